@@ -1,0 +1,88 @@
+//! Guest-physical memory layout. Memory is identity mapped (virtual =
+//! physical) with 2 MiB pages, except the first 2 MiB and the stack arena,
+//! which use 4 KiB pages (null page and stack guard pages absent).
+//!
+//! ```text
+//! 0x0000_0000  null page (absent), low memory: AP start page, PVH start info
+//! 0x0010_0000  kernel image, kernel stacks, GDT/TSS/IDT, page tables  (ring 0 only)
+//! 0x0040_0000  application image (text, data, bss)                     (ring 3)
+//! 0x0100_0000  thread-stack arena: 128 slots of 256 KiB, guard below each
+//! 0x0300_0000  heap: per-core pools up to the end of RAM
+//! 0xFE00_0000  device MMIO (virtio-mmio user-accessible, APIC ring 0)
+//! ```
+
+pub const PAGE_SIZE: u64 = 4096;
+pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+
+pub const KERNEL_BASE: u64 = 0x0010_0000;
+pub const APP_BASE: u64 = 0x0040_0000;
+pub const APP_LIMIT: u64 = 0x0100_0000;
+
+pub const STACK_ARENA: u64 = 0x0100_0000;
+pub const STACK_SLOT_SIZE: u64 = 256 << 10;
+pub const STACK_SLOTS: u64 = 128;
+pub const STACK_ARENA_END: u64 = STACK_ARENA + STACK_SLOT_SIZE * STACK_SLOTS;
+
+pub const HEAP_BASE: u64 = STACK_ARENA_END;
+/// RAM is mapped up to here; the launcher never asks for more below 4 GiB.
+pub const RAM_MAP_LIMIT: u64 = 3 << 30;
+/// Smallest RAM a VM may have: the fixed regions plus 16 MiB of heap.
+pub const MIN_RAM: u64 = HEAP_BASE + (16 << 20);
+
+pub const MMIO_BASE: u64 = 0xFE00_0000;
+/// microvm's virtio-mmio window (ring 3 drivers map it).
+pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
+pub const VIRTIO_MMIO_END: u64 = 0xFEC0_0000;
+pub const LAPIC_BASE: u64 = 0xFEE0_0000;
+
+/// Which stack slot an address inside the arena belongs to.
+pub fn stack_slot_of(addr: u64) -> Option<u64> {
+    if (STACK_ARENA..STACK_ARENA_END).contains(&addr) {
+        Some((addr - STACK_ARENA) / STACK_SLOT_SIZE)
+    } else {
+        None
+    }
+}
+
+/// Whether `[addr, addr+len)` lies wholly in memory ring 3 may hand to the kernel.
+pub fn is_user_range(addr: u64, len: u64, ram_end: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else { return false };
+    addr >= APP_BASE && end <= ram_end.min(RAM_MAP_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_ordered_and_aligned() {
+        assert!(KERNEL_BASE < APP_BASE && APP_BASE < APP_LIMIT);
+        assert_eq!(APP_LIMIT, STACK_ARENA);
+        assert_eq!(STACK_ARENA % LARGE_PAGE_SIZE, 0);
+        assert_eq!(STACK_ARENA_END % LARGE_PAGE_SIZE, 0);
+        assert_eq!(HEAP_BASE % LARGE_PAGE_SIZE, 0);
+        assert_eq!(STACK_SLOT_SIZE % PAGE_SIZE, 0);
+        assert!(MIN_RAM < RAM_MAP_LIMIT);
+    }
+
+    #[test]
+    fn stack_slots() {
+        assert_eq!(stack_slot_of(STACK_ARENA), Some(0));
+        assert_eq!(stack_slot_of(STACK_ARENA + STACK_SLOT_SIZE - 1), Some(0));
+        assert_eq!(stack_slot_of(STACK_ARENA + STACK_SLOT_SIZE), Some(1));
+        assert_eq!(stack_slot_of(STACK_ARENA_END - 1), Some(STACK_SLOTS - 1));
+        assert_eq!(stack_slot_of(STACK_ARENA_END), None);
+        assert_eq!(stack_slot_of(0), None);
+    }
+
+    #[test]
+    fn user_ranges() {
+        let ram = 256 << 20;
+        assert!(is_user_range(APP_BASE, 10, ram));
+        assert!(!is_user_range(KERNEL_BASE, 10, ram));
+        assert!(!is_user_range(APP_BASE - 1, 10, ram));
+        assert!(!is_user_range(ram - 4, 8, ram));
+        assert!(!is_user_range(u64::MAX - 2, 8, ram));
+        assert!(is_user_range(ram - 8, 8, ram));
+    }
+}
