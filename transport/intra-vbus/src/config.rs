@@ -1,0 +1,123 @@
+//! Ring count and sizes, and what they cost in memory.
+
+use core::fmt;
+use core::mem::size_of;
+
+use crate::header::Header;
+use crate::virtq::Desc;
+
+/// Most cores a bus connects (one VM's vCPUs).
+pub const MAX_CORES: usize = 64;
+
+/// Largest ring: VIRTIO allows 32768 entries per split virtqueue.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Default descriptors per ring (messages in flight from one core to another).
+pub const DEFAULT_QUEUE_SIZE: u16 = 64;
+
+/// Default eager limit, chosen by measurement (see README.md): at 4 KiB a
+/// two-copy eager message and a one-copy rendezvous cost about the same.
+pub const DEFAULT_EAGER_MAX: usize = 4096;
+
+/// Default number of empty polls before a blocking call sleeps.
+pub const DEFAULT_SPIN_POLLS: u32 = 20_000;
+
+/// Shape of a bus. Every ordered pair of distinct cores gets one ring of
+/// `queue_size` descriptors, each with its own `eager_max`-byte buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Number of cores the bus connects, 1..=[`MAX_CORES`].
+    pub cores: usize,
+    /// Descriptors per ring: a power of two, 2..=[`MAX_QUEUE_SIZE`]. This is
+    /// how many messages may be in flight from one core to another before a
+    /// send reports [`SendError::WouldBlock`](crate::SendError::WouldBlock).
+    pub queue_size: u16,
+    /// Messages of at most this many bytes are copied into ring buffers
+    /// (eager); longer ones are sent by reference (rendezvous).
+    pub eager_max: usize,
+    /// Empty polls the blocking helpers spin before they sleep. Waking a
+    /// halted vCPU costs ~136 µs under PVM and ~1 µs on VMX: tune per machine.
+    pub spin_polls: u32,
+}
+
+/// Why a [`Config`] was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `cores` is 0 or above [`MAX_CORES`].
+    Cores,
+    /// `queue_size` is not a power of two in 2..=[`MAX_QUEUE_SIZE`].
+    QueueSize,
+    /// `eager_max` is above 1 GiB (descriptor lengths are 32-bit).
+    EagerMax,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigError::Cores => "cores must be in 1..=64",
+            ConfigError::QueueSize => "queue_size must be a power of two in 2..=32768",
+            ConfigError::EagerMax => "eager_max must be at most 1 GiB",
+        })
+    }
+}
+
+/// Round up to whole cache lines, so that no two rings' parts share one.
+pub(crate) const fn cache_lines(bytes: usize) -> usize {
+    bytes.div_ceil(64) * 64
+}
+
+impl Config {
+    /// Defaults for `cores` cores: [`DEFAULT_QUEUE_SIZE`] descriptors of
+    /// [`DEFAULT_EAGER_MAX`] bytes per ring.
+    pub const fn new(cores: usize) -> Self {
+        Config {
+            cores,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            eager_max: DEFAULT_EAGER_MAX,
+            spin_polls: DEFAULT_SPIN_POLLS,
+        }
+    }
+
+    /// Checks the limits documented on each field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cores == 0 || self.cores > MAX_CORES {
+            return Err(ConfigError::Cores);
+        }
+        let q = self.queue_size;
+        if q < 2 || q > MAX_QUEUE_SIZE || !q.is_power_of_two() {
+            return Err(ConfigError::QueueSize);
+        }
+        if self.eager_max > 1 << 30 {
+            return Err(ConfigError::EagerMax);
+        }
+        Ok(())
+    }
+
+    /// Bytes of one eager buffer: `eager_max` rounded up to cache lines.
+    pub const fn slot_bytes(&self) -> usize {
+        cache_lines(self.eager_max)
+    }
+
+    /// Shared bytes of one ring (one ordered core pair):
+    /// descriptor table + header table + available ring + used ring + eager buffers.
+    pub const fn ring_bytes(&self) -> usize {
+        let q = self.queue_size as usize;
+        cache_lines(q * size_of::<Desc>())
+            + cache_lines(q * size_of::<Header>())
+            + cache_lines(2 * (3 + q)) // avail: flags, idx, ring[q], used_event
+            + cache_lines(2 * 3 + 8 * q) // used: flags, idx, ring[q] of (id, len), avail_event
+            + q * self.slot_bytes()
+    }
+
+    /// Sender-private bookkeeping per ring, kept in the sending [`Endpoint`](crate::Endpoint):
+    /// a free list (2 B) and a generation counter (4 B) per descriptor.
+    pub const fn private_ring_bytes(&self) -> usize {
+        6 * self.queue_size as usize
+    }
+
+    /// Total bytes of a bus: `cores·(cores−1)` rings, shared and private parts.
+    pub const fn memory_bytes(&self) -> usize {
+        let rings = self.cores * self.cores.saturating_sub(1);
+        rings * (self.ring_bytes() + self.private_ring_bytes())
+    }
+}

@@ -1,0 +1,487 @@
+//! One core's view of the bus: sends to other cores, receives from them, and
+//! waits for either without losing a wake-up.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use core::fmt;
+use core::marker::PhantomData;
+
+use crate::bus::{Bus, Notify};
+use crate::header::{Envelope, Header, Protocol};
+use crate::sync::{fence, spin_hint, Ordering};
+use crate::virtq::{DeviceState, DriverState};
+use crate::CoreId;
+
+/// Why a send did not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Every descriptor of the ring to that core is in flight: poll
+    /// ([`Endpoint::test`], [`Endpoint::wait_for_work`]) and try again.
+    /// Nothing was sent; nothing is ever dropped.
+    WouldBlock,
+    /// The destination core is not below `config.cores`.
+    NoSuchCore,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendError::WouldBlock => "ring full, try again",
+            SendError::NoSuchCore => "no such core on this bus",
+        })
+    }
+}
+
+/// A started send; poll it with [`Endpoint::test`]. Eager and same-core sends
+/// are complete at once; a rendezvous send completes when the receiver has
+/// copied the payload and given the descriptor back.
+#[derive(Debug)]
+#[must_use = "a rendezvous send's buffer stays borrowed until the handle tests complete"]
+pub struct SendHandle {
+    pending: Option<PendingSend>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingSend {
+    from: CoreId,
+    to: CoreId,
+    id: u16,
+    generation: u32,
+}
+
+impl SendHandle {
+    const COMPLETE: SendHandle = SendHandle { pending: None };
+}
+
+/// A received message, taken off its ring but not yet given back.
+///
+/// Read it with [`payload`](Incoming::payload), then hand it to
+/// [`Endpoint::release`]. Until then the sender's descriptor stays in flight:
+/// for rendezvous its send stays incomplete, and a ring whose descriptors are
+/// all held reports [`SendError::WouldBlock`] to its sender. Dropping an
+/// `Incoming` without releasing it leaks the descriptor for good.
+#[must_use = "release the message, or its descriptor never returns to the sender"]
+pub struct Incoming<'bus> {
+    header: Header,
+    src_core: CoreId,
+    dst_core: CoreId,
+    bus: *const (),
+    source: Source,
+    payload: *const u8,
+    _bus: PhantomData<&'bus ()>,
+}
+
+enum Source {
+    Ring { id: u16 },
+    Local(Box<[u8]>),
+}
+
+impl fmt::Debug for Incoming<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("header", &self.header)
+            .field("src_core", &self.src_core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'bus> Incoming<'bus> {
+    /// What the MPI layer matches on.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The core it came from.
+    pub fn src_core(&self) -> CoreId {
+        self.src_core
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.header.len as usize
+    }
+
+    /// True for a zero-length (control) message.
+    pub fn is_empty(&self) -> bool {
+        self.header.len == 0
+    }
+
+    /// The payload, read in place: the ring buffer (eager) or the sender's own
+    /// buffer (rendezvous). Copying it out is the one copy of a rendezvous.
+    pub fn payload(&self) -> &[u8] {
+        match &self.source {
+            Source::Local(data) => data,
+            // SAFETY: the descriptor is ours until `release` consumes `self`,
+            // so the sender leaves the memory alone: an eager slot is reused
+            // only after the descriptor is given back, and a rendezvous
+            // buffer must stay valid and unwritten until then (the contract
+            // of `try_isend`). The pointer and length came from the sender's
+            // descriptor and header, published with Release and read after
+            // our Acquire.
+            Source::Ring { .. } => unsafe {
+                core::slice::from_raw_parts(self.payload, self.header.len as usize)
+            },
+        }
+    }
+}
+
+struct LocalMessage {
+    header: Header,
+    data: Box<[u8]>,
+}
+
+/// Core `core`'s end of the bus: the private half of the `cores−1` rings it
+/// sends on and the `cores−1` rings it receives on, plus a local queue for
+/// messages between ranks of the same core.
+///
+/// Exactly one exists per core ([`Bus::endpoint`]); ranks sharing a core
+/// (cooperative threads) share it.
+pub struct Endpoint<'bus, N: Notify> {
+    bus: &'bus Bus<N>,
+    core: CoreId,
+    /// Driver state of ring `core → dst`, by `dst` (own index unused).
+    tx: Box<[DriverState]>,
+    /// Device state of ring `src → core`, by `src` (own index unused).
+    rx: Box<[DeviceState]>,
+    /// Messages between ranks of this core: no ring, no other core involved.
+    local: VecDeque<LocalMessage>,
+    /// Where the next `poll` starts, so every source gets its turn.
+    next_source: CoreId,
+    /// Between `prepare_wait` and `finish_wait`.
+    waiting: bool,
+    /// Outgoing rings whose used-buffer interrupts we enabled to sleep.
+    interrupts_on: u64,
+}
+
+impl<N: Notify> fmt::Debug for Endpoint<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint").field("core", &self.core).finish_non_exhaustive()
+    }
+}
+
+impl<'bus, N: Notify> Endpoint<'bus, N> {
+    pub(crate) fn new(bus: &'bus Bus<N>, core: CoreId) -> Self {
+        let config = bus.config();
+        let q = |peer| if peer == core { 0 } else { config.queue_size };
+        Endpoint {
+            bus,
+            core,
+            tx: (0..config.cores).map(|dst| DriverState::new(q(dst))).collect(),
+            rx: (0..config.cores).map(|_| DeviceState::default()).collect(),
+            local: VecDeque::new(),
+            next_source: 0,
+            waiting: false,
+            interrupts_on: 0,
+        }
+    }
+
+    /// The core this endpoint belongs to.
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+
+    /// The bus this endpoint belongs to.
+    pub fn bus(&self) -> &'bus Bus<N> {
+        self.bus
+    }
+
+    fn cores(&self) -> CoreId {
+        self.bus.config().cores
+    }
+
+    // ----- sending ------------------------------------------------------
+
+    /// Starts sending `data` to core `to` without blocking.
+    ///
+    /// At most `eager_max` bytes: copied into the ring now, complete at once.
+    /// Longer: the descriptor points at `data`, the receiver copies straight
+    /// from it, and the send completes when [`test`](Self::test) says so.
+    /// To the own core: copied into the local queue, complete at once.
+    /// A full ring returns [`SendError::WouldBlock`] and sends nothing.
+    ///
+    /// # Safety
+    /// If the send is a rendezvous (`data.len() > eager_max`, other core),
+    /// `data` must stay valid and must not be written until `test` on the
+    /// returned handle has returned true; forgetting the handle therefore
+    /// means never freeing or writing `data` again. [`send`](Self::send) is
+    /// the safe, blocking form.
+    pub unsafe fn try_isend(
+        &mut self,
+        to: CoreId,
+        env: Envelope,
+        data: &[u8],
+    ) -> Result<SendHandle, SendError> {
+        if to >= self.cores() {
+            return Err(SendError::NoSuchCore);
+        }
+        let eager = data.len() <= self.bus.config().eager_max;
+        let header = Header {
+            env,
+            len: data.len() as u64,
+            protocol: if eager { Protocol::Eager } else { Protocol::Rendezvous },
+        };
+        if to == self.core {
+            self.local.push_back(LocalMessage { header, data: data.into() });
+            if self.waiting {
+                // Another rank of this core is about to sleep on it.
+                self.bus.notifier().notify(self.core);
+            }
+            return Ok(SendHandle::COMPLETE);
+        }
+        let ring = self.bus.ring(self.core, to);
+        // SAFETY: this endpoint is the only one of its core, so the only
+        // driver of ring core→to, and tx[to] is that ring's driver state; the
+        // rendezvous buffer contract is our caller's.
+        let published = unsafe { ring.publish(&mut self.tx[to], &header, data) };
+        let published = published.ok_or(SendError::WouldBlock)?;
+        if published.notify {
+            self.bus.notifier().notify(to);
+        }
+        Ok(if eager {
+            SendHandle::COMPLETE
+        } else {
+            SendHandle {
+                pending: Some(PendingSend {
+                    from: self.core,
+                    to,
+                    id: published.id,
+                    generation: published.generation,
+                }),
+            }
+        })
+    }
+
+    /// Whether the send behind `handle` is complete (its buffer may be reused).
+    pub fn test(&mut self, handle: &SendHandle) -> bool {
+        let Some(p) = handle.pending else { return true };
+        assert_eq!(p.from, self.core, "send handle of another endpoint");
+        let ring = self.bus.ring(self.core, p.to);
+        // SAFETY: this endpoint is ring core→to's only driver (see try_isend).
+        unsafe { ring.reclaim(&mut self.tx[p.to]) };
+        self.tx[p.to].generation(p.id) != p.generation
+    }
+
+    /// Blocks until the send behind `handle` is complete. Does not receive:
+    /// the peer must be receiving for a rendezvous to complete.
+    pub fn wait_send(&mut self, handle: SendHandle) {
+        while !self.test(&handle) {
+            self.wait_for_work();
+        }
+    }
+
+    /// Sends `data` to core `to` and returns once the send is complete,
+    /// waiting for ring space first. Does not receive meanwhile: two cores
+    /// sending rendezvous messages to each other this way deadlock, exactly
+    /// like two blocking MPI_Ssend; use `try_isend` plus a progress loop there.
+    pub fn send(&mut self, to: CoreId, env: Envelope, data: &[u8]) -> Result<(), SendError> {
+        let handle = loop {
+            // SAFETY: `data` is borrowed for this whole call and we return
+            // only once the send is complete; if waiting unwinds, the guard
+            // below aborts instead of letting the receiver read freed memory.
+            match unsafe { self.try_isend(to, env, data) } {
+                Ok(handle) => break handle,
+                Err(SendError::WouldBlock) => self.wait_for_work(),
+                Err(e) => return Err(e),
+            }
+        };
+        let guard = AbortOnUnwind;
+        self.wait_send(handle);
+        core::mem::forget(guard);
+        Ok(())
+    }
+
+    // ----- receiving ----------------------------------------------------
+
+    /// The header of the next message from core `src`, leaving the message
+    /// queued (it stays at the head of that core's FIFO).
+    pub fn peek_from(&self, src: CoreId) -> Option<Header> {
+        if src == self.core {
+            return self.local.front().map(|m| m.header);
+        }
+        let ring = self.bus.ring(src, self.core);
+        let id = ring.peek(&self.rx[src])?;
+        // SAFETY: this endpoint is ring src→core's only device and `id` is
+        // the descriptor at its head, not yet consumed nor given back.
+        Some(unsafe { ring.header(id) })
+    }
+
+    /// Takes the next message from core `src`, if any (FIFO per core pair).
+    pub fn poll_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
+        if src >= self.cores() {
+            return None;
+        }
+        if src == self.core {
+            let m = self.local.pop_front()?;
+            return Some(self.incoming(m.header, src, Source::Local(m.data), core::ptr::null()));
+        }
+        let ring = self.bus.ring(src, self.core);
+        let id = ring.peek(&self.rx[src])?;
+        // SAFETY: as in peek_from; we keep the descriptor until release.
+        let header = unsafe { ring.header(id) };
+        let payload = match header.protocol {
+            Protocol::Eager => ring.slot(id).cast_const(),
+            // SAFETY: as above. The address was exposed by the sender
+            // (`expose_provenance`) when it published the descriptor.
+            Protocol::Rendezvous => {
+                core::ptr::with_exposed_provenance(unsafe { ring.desc(id) }.addr as usize)
+            }
+        };
+        ring.consume(&mut self.rx[src]);
+        Some(self.incoming(header, src, Source::Ring { id }, payload))
+    }
+
+    /// Takes the next message from any core, taking turns between sources.
+    pub fn poll(&mut self) -> Option<Incoming<'bus>> {
+        let n = self.cores();
+        for k in 0..n {
+            let src = (self.next_source + k) % n;
+            if let Some(m) = self.poll_from(src) {
+                self.next_source = (src + 1) % n;
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// Blocks until a message arrives and takes it.
+    pub fn recv(&mut self) -> Incoming<'bus> {
+        loop {
+            if let Some(m) = self.poll() {
+                return m;
+            }
+            self.wait_for_work();
+        }
+    }
+
+    /// Gives a received message back: its descriptor returns to the sender
+    /// (completing a rendezvous send). Messages may be released in any order.
+    pub fn release(&mut self, msg: Incoming<'bus>) {
+        assert!(
+            msg.dst_core == self.core && msg.bus == self.bus as *const Bus<N> as *const (),
+            "message of another endpoint"
+        );
+        let Source::Ring { id } = msg.source else { return };
+        let src = msg.src_core;
+        let ring = self.bus.ring(src, self.core);
+        // SAFETY: this endpoint is ring src→core's only device; `msg` held
+        // descriptor `id` and is consumed here, so its payload can no longer
+        // be read.
+        if unsafe { ring.give_back(&mut self.rx[src], id) } {
+            self.bus.notifier().notify(src);
+        }
+    }
+
+    /// Copies the payload into the front of `dst` and releases the message;
+    /// returns the length. If `dst` is too short nothing is copied and the
+    /// message comes back untouched (never truncated).
+    pub fn receive_into(
+        &mut self,
+        msg: Incoming<'bus>,
+        dst: &mut [u8],
+    ) -> Result<usize, Incoming<'bus>> {
+        let len = msg.len();
+        if dst.len() < len {
+            return Err(msg);
+        }
+        dst[..len].copy_from_slice(msg.payload());
+        self.release(msg);
+        Ok(len)
+    }
+
+    fn incoming(
+        &self,
+        header: Header,
+        src_core: CoreId,
+        source: Source,
+        payload: *const u8,
+    ) -> Incoming<'bus> {
+        Incoming {
+            header,
+            src_core,
+            dst_core: self.core,
+            bus: self.bus as *const Bus<N> as *const (),
+            source,
+            payload,
+            _bus: PhantomData,
+        }
+    }
+
+    // ----- waiting ------------------------------------------------------
+
+    /// Whether anything happened that a waiter on this core cares about: a
+    /// message to take, or descriptors returned on a ring we send on.
+    pub fn has_work(&self) -> bool {
+        if !self.local.is_empty() {
+            return true;
+        }
+        (0..self.cores()).filter(|&peer| peer != self.core).any(|peer| {
+            self.bus.ring(peer, self.core).peek(&self.rx[peer]).is_some()
+                || (self.tx[peer].in_flight() > 0
+                    && self.bus.ring(self.core, peer).has_used(&self.tx[peer]))
+        })
+    }
+
+    /// Announces that this core is about to sleep, then re-checks. Returns
+    /// true if the caller may now sleep ([`Notify::wait`] or the runtime's own
+    /// wait): any message or returned descriptor arriving from now on notifies
+    /// this core. Returns false (and undoes the announcement) if work is
+    /// already there. Call [`finish_wait`](Self::finish_wait) after waking.
+    pub fn prepare_wait(&mut self) -> bool {
+        self.waiting = true;
+        for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
+            self.bus.ring(peer, self.core).set_device_wants_notifications(true);
+            if self.tx[peer].in_flight() > 0 {
+                self.bus.ring(self.core, peer).set_driver_wants_interrupts(true);
+                self.interrupts_on |= 1 << peer;
+            }
+        }
+        // Store-buffering pair with the fence in publish / give_back.
+        fence(Ordering::SeqCst);
+        if self.has_work() {
+            self.finish_wait();
+            return false;
+        }
+        true
+    }
+
+    /// Back to polling: peers stop notifying this core.
+    pub fn finish_wait(&mut self) {
+        if !self.waiting {
+            return;
+        }
+        self.waiting = false;
+        for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
+            self.bus.ring(peer, self.core).set_device_wants_notifications(false);
+            if self.interrupts_on & (1 << peer) != 0 {
+                self.bus.ring(self.core, peer).set_driver_wants_interrupts(false);
+            }
+        }
+        self.interrupts_on = 0;
+    }
+
+    /// Spins up to `config.spin_polls` polls, then sleeps through
+    /// [`Notify::wait`] until there may be work. May return without work
+    /// (spurious wake): callers loop.
+    pub fn wait_for_work(&mut self) {
+        for _ in 0..self.bus.config().spin_polls {
+            if self.has_work() {
+                return;
+            }
+            spin_hint();
+        }
+        if self.prepare_wait() {
+            self.bus.notifier().wait(self.core);
+            self.finish_wait();
+        }
+    }
+}
+
+/// Turns an unwind into an abort (a panic while panicking aborts): used where
+/// unwinding would free a buffer another core may still read.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        panic!("unwinding out of a rendezvous send whose buffer may still be read");
+    }
+}

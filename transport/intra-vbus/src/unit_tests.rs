@@ -1,0 +1,69 @@
+//! Tests that look inside the ring (single thread, two endpoints).
+
+use super::*;
+use core::mem::size_of;
+
+struct NoNotify;
+impl Notify for NoNotify {
+    fn notify(&self, _core: CoreId) {}
+    fn wait(&self, _core: CoreId) {}
+}
+
+fn env(tag: i32) -> Envelope {
+    Envelope { src_rank: 0, dst_rank: 1, tag, comm: 7, kind: 0 }
+}
+
+#[test]
+fn sizes_of_shared_structures() {
+    assert_eq!(size_of::<virtq::Desc>(), 16);
+    assert_eq!(size_of::<Header>(), 40);
+}
+
+#[test]
+fn index_wraps_past_u16_max() {
+    let config = Config { queue_size: 4, eager_max: 64, ..Config::new(2) };
+    let bus = Bus::new(config, NoNotify).unwrap();
+    let mut a = bus.endpoint(0).unwrap();
+    let mut b = bus.endpoint(1).unwrap();
+    let total: u32 = 200_000;
+    let (mut sent, mut received) = (0u32, 0u32);
+    while received < total {
+        // Fill the ring until back-pressure, then drain it.
+        while sent < total {
+            let bytes = sent.to_le_bytes();
+            // SAFETY: eager (4 bytes ≤ eager_max): complete at once.
+            match unsafe { a.try_isend(1, env(sent as i32), &bytes) } {
+                Ok(h) => assert!(a.test(&h)),
+                Err(SendError::WouldBlock) => break,
+                Err(e) => panic!("{e}"),
+            }
+            sent += 1;
+        }
+        while let Some(m) = b.poll() {
+            assert_eq!(m.header().env.tag, received as i32);
+            assert_eq!(m.payload(), &received.to_le_bytes());
+            b.release(m);
+            received += 1;
+        }
+    }
+    assert_eq!(bus.ring(0, 1).avail_idx(), (total % 65_536) as u16);
+}
+
+#[test]
+fn config_limits() {
+    assert_eq!(Config::new(0).validate(), Err(ConfigError::Cores));
+    assert_eq!(Config::new(65).validate(), Err(ConfigError::Cores));
+    assert!(Config::new(64).validate().is_ok());
+    for q in [0u16, 1, 3, 100] {
+        assert_eq!(Config { queue_size: q, ..Config::new(2) }.validate(), Err(ConfigError::QueueSize));
+    }
+    assert!(Config { queue_size: 32768, ..Config::new(2) }.validate().is_ok());
+}
+
+#[test]
+fn endpoint_taken_once() {
+    let bus = Bus::new(Config::new(2), NoNotify).unwrap();
+    let _a = bus.endpoint(0).unwrap();
+    assert_eq!(bus.endpoint(0).unwrap_err(), EndpointError::Taken);
+    assert_eq!(bus.endpoint(2).unwrap_err(), EndpointError::NoSuchCore);
+}

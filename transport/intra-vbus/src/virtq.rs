@@ -1,0 +1,368 @@
+//! One VIRTIO 1.x split virtqueue (§2.7) between two cores.
+//!
+//! The sending core is the *driver*: it fills a descriptor and offers it in
+//! the available ring. The receiving core is the *device*: it consumes
+//! descriptors in order from the available ring and gives them back, in any
+//! order, through the used ring. Both indices are free-running `u16`s; the
+//! ring position is `idx % queue_size` (a power of two, so wrap-around at
+//! 65,536 is seamless).
+//!
+//! Ordering (Rust/C11 memory model, not only x86-TSO):
+//! - the driver writes descriptor, header and eager bytes, then stores
+//!   `avail.idx` with Release; the device loads it with Acquire before reading
+//!   them. The device reads them, then stores `used.idx` with Release; the
+//!   driver loads it with Acquire before reusing the descriptor.
+//! - notification suppression is the spec's flags: the device keeps
+//!   `VIRTQ_USED_F_NO_NOTIFY` set while it polls and clears it only when about
+//!   to sleep; the driver keeps `VIRTQ_AVAIL_F_NO_INTERRUPT` set likewise.
+//!   Publishing side: store idx, `fence(SeqCst)`, load the peer's flag.
+//!   Sleeping side: clear own flag, `fence(SeqCst)`, re-load the idx. The two
+//!   SeqCst fences order the pair (store-buffering litmus), so at least one
+//!   side sees the other: the sleeper finds the new entry or the publisher
+//!   sees the flag and notifies. No wake-up is lost; a polling peer is never
+//!   notified.
+//!
+//! Layout: each part is one cache-line-aligned allocation, so the
+//! driver-written parts (descriptors, headers, avail, eager buffers) and the
+//! device-written part (used) never share a line. The avail and used rings are
+//! the spec's arrays of little-endian 16-bit words (flags, idx, ring, event);
+//! a used element `{le32 id, le32 len}` is four words with `len` always 0
+//! (our buffers are device-read-only). Each descriptor has a fixed header
+//! slot and eager buffer of its own, like the per-buffer header of virtio-net.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use crate::header::Header;
+use crate::sync::{fence, AtomicU16, Ordering, SharedCell};
+
+/// Driver → device: "don't interrupt me when you use buffers" (§2.7.7).
+pub(crate) const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Device → driver: "don't notify me when you add buffers" (§2.7.10).
+pub(crate) const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+
+// Word offsets inside the available and used rings.
+const FLAGS: usize = 0;
+const IDX: usize = 1;
+const RING: usize = 2;
+/// Words per used element `{le32 id, le32 len}`.
+const USED_ELEM_WORDS: usize = 4;
+
+/// A split-virtqueue descriptor (§2.7.5). `flags` and `next` stay 0: a
+/// message is never chained, its header lives in the descriptor's header slot.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Desc {
+    /// Eager: the descriptor's ring buffer. Rendezvous: the sender's buffer.
+    pub(crate) addr: u64,
+    /// Payload bytes (saturated at `u32::MAX`; the header's `len` is exact).
+    pub(crate) len: u32,
+    pub(crate) flags: u16,
+    pub(crate) next: u16,
+}
+
+#[repr(C, align(64))]
+struct WordLine([AtomicU16; 32]);
+
+/// A contiguous, cache-line-aligned array of 16-bit words accessed atomically
+/// (Relaxed for ring entries, which are ordered by the idx word).
+struct Words(Box<[WordLine]>);
+
+impl Words {
+    fn new(words: usize, initial: impl Fn(usize) -> u16) -> Self {
+        let lines = words.div_ceil(32);
+        Words(
+            (0..lines)
+                .map(|l| WordLine(core::array::from_fn(|k| AtomicU16::new(initial(l * 32 + k)))))
+                .collect(),
+        )
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize) -> &AtomicU16 {
+        &self.0[i / 32].0[i % 32]
+    }
+}
+
+/// The eager buffers of one ring: raw, zeroed, cache-line-aligned memory.
+struct EagerBuffers {
+    base: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: EagerBuffers is plain memory owned by its Virtq; who may touch which
+// byte when is decided by the ring protocol (see Virtq's Sync impl).
+unsafe impl Send for EagerBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for EagerBuffers {}
+
+impl EagerBuffers {
+    fn new(bytes: usize) -> Self {
+        let layout = Layout::from_size_align(bytes, 64).expect("eager buffers too large");
+        if bytes == 0 {
+            return EagerBuffers { base: NonNull::<[u8; 64]>::dangling().cast(), layout };
+        }
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout));
+        EagerBuffers { base, layout }
+    }
+}
+
+impl Drop for EagerBuffers {
+    fn drop(&mut self) {
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `new` with this very layout, freed only here.
+            unsafe { alloc::alloc::dealloc(self.base.as_ptr(), self.layout) };
+        }
+    }
+}
+
+/// What a publish did.
+pub(crate) struct Published {
+    pub(crate) id: u16,
+    /// The descriptor's generation; it changes when the descriptor comes back.
+    pub(crate) generation: u32,
+    /// The device asked to be notified (it is about to sleep or asleep).
+    pub(crate) notify: bool,
+}
+
+/// Driver-side bookkeeping, private to the sending core.
+#[derive(Debug)]
+pub(crate) struct DriverState {
+    /// Descriptors not in flight (a stack: the most recently returned buffer is reused first).
+    free: Vec<u16>,
+    /// Per descriptor: how many times it came back. A send is complete when
+    /// its descriptor's generation moved on.
+    generation: Vec<u32>,
+    next_avail: u16,
+    last_used: u16,
+}
+
+impl DriverState {
+    pub(crate) fn new(queue_size: u16) -> Self {
+        DriverState {
+            free: (0..queue_size).rev().collect(),
+            generation: alloc::vec![0; queue_size as usize],
+            next_avail: 0,
+            last_used: 0,
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.generation.len() - self.free.len()
+    }
+
+    pub(crate) fn generation(&self, id: u16) -> u32 {
+        self.generation[id as usize]
+    }
+}
+
+/// Device-side bookkeeping, private to the receiving core.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceState {
+    last_avail: u16,
+    next_used: u16,
+}
+
+/// One ring: shared memory of one ordered core pair.
+pub(crate) struct Virtq {
+    size: u16,
+    desc: Box<[SharedCell<Desc>]>,
+    headers: Box<[SharedCell<Header>]>,
+    avail: Words,
+    used: Words,
+    eager: EagerBuffers,
+    slot_bytes: usize,
+}
+
+// SAFETY: the cells and eager buffers are only touched through the methods
+// below, whose contracts make one core the driver and one the device, and
+// hand every descriptor's memory from one to the other with Release/Acquire
+// on the ring indices (see the module docs). The remaining fields are atomics
+// or immutable.
+unsafe impl Sync for Virtq {}
+
+impl Virtq {
+    pub(crate) fn new(size: u16, slot_bytes: usize) -> Self {
+        debug_assert!(size.is_power_of_two() && slot_bytes % 64 == 0);
+        let q = size as usize;
+        let suppressed = |flags: u16| move |i: usize| if i == FLAGS { flags } else { 0 };
+        Virtq {
+            size,
+            desc: (0..q).map(|_| SharedCell::new(Desc::default())).collect(),
+            headers: (0..q).map(|_| SharedCell::new(Header::EMPTY)).collect(),
+            // Both sides start polling: notifications suppressed.
+            avail: Words::new(RING + q + 1, suppressed(VIRTQ_AVAIL_F_NO_INTERRUPT)),
+            used: Words::new(RING + USED_ELEM_WORDS * q + 1, suppressed(VIRTQ_USED_F_NO_NOTIFY)),
+            eager: EagerBuffers::new(q * slot_bytes),
+            slot_bytes,
+        }
+    }
+
+    #[inline(always)]
+    fn pos(&self, idx: u16) -> usize {
+        (idx & (self.size - 1)) as usize
+    }
+
+    /// The eager buffer of descriptor `id`.
+    #[inline(always)]
+    pub(crate) fn slot(&self, id: u16) -> *mut u8 {
+        assert!(id < self.size);
+        // `wrapping_add` keeps this safe; the offset is in bounds since id < size.
+        self.eager.base.as_ptr().wrapping_add(id as usize * self.slot_bytes)
+    }
+
+    // ----- driver side -------------------------------------------------
+
+    /// Offers one message. Eager payloads (at most the slot size) are copied
+    /// now; otherwise the descriptor points at `payload`. Returns `None` when
+    /// every descriptor is in flight (back-pressure).
+    ///
+    /// # Safety
+    /// The caller is this ring's only driver and `st` its state. For a
+    /// rendezvous header, `payload` stays valid and unwritten until the
+    /// descriptor's generation moves on.
+    pub(crate) unsafe fn publish(
+        &self,
+        st: &mut DriverState,
+        header: &Header,
+        payload: &[u8],
+    ) -> Option<Published> {
+        if st.free.is_empty() {
+            // SAFETY: forwarded from our caller.
+            unsafe { self.reclaim(st) };
+        }
+        let id = st.free.pop()?;
+        let i = id as usize;
+        let desc = match header.protocol {
+            crate::Protocol::Eager => {
+                assert!(payload.len() <= self.slot_bytes, "eager payload larger than its slot");
+                let slot = self.slot(id);
+                // SAFETY: descriptor `id` came off the free list: the device
+                // gave it back (its used entry was Acquire-loaded in reclaim)
+                // and no longer reads the slot, so we own its slot_bytes bytes;
+                // `payload` is a live shared slice, so it cannot be this slot.
+                unsafe { core::ptr::copy_nonoverlapping(payload.as_ptr(), slot, payload.len()) };
+                Desc { addr: slot as u64, len: payload.len() as u32, flags: 0, next: 0 }
+            }
+            crate::Protocol::Rendezvous => Desc {
+                addr: payload.as_ptr().expose_provenance() as u64,
+                len: payload.len().min(u32::MAX as usize) as u32,
+                flags: 0,
+                next: 0,
+            },
+        };
+        // SAFETY: descriptor `id` is ours until published (see above): the
+        // device reads these cells only after acquiring an idx covering it.
+        self.desc[i].with_mut(|p| unsafe { p.write(desc) });
+        // SAFETY: as above.
+        self.headers[i].with_mut(|p| unsafe { p.write(*header) });
+        let idx = st.next_avail;
+        self.avail.at(RING + self.pos(idx)).store(id, Ordering::Relaxed);
+        st.next_avail = idx.wrapping_add(1);
+        self.avail.at(IDX).store(st.next_avail, Ordering::Release);
+        // Store-buffering pair with the device's `prepare_wait`.
+        fence(Ordering::SeqCst);
+        let flags = self.used.at(FLAGS).load(Ordering::Relaxed);
+        Some(Published {
+            id,
+            generation: st.generation[i],
+            notify: flags & VIRTQ_USED_F_NO_NOTIFY == 0,
+        })
+    }
+
+    /// Takes back every descriptor the device has returned.
+    ///
+    /// # Safety
+    /// The caller is this ring's only driver and `st` its state.
+    pub(crate) unsafe fn reclaim(&self, st: &mut DriverState) {
+        let used_idx = self.used.at(IDX).load(Ordering::Acquire);
+        while st.last_used != used_idx {
+            let word = RING + USED_ELEM_WORDS * self.pos(st.last_used);
+            let id = self.used.at(word).load(Ordering::Relaxed);
+            assert!(id < self.size, "corrupt used ring");
+            st.generation[id as usize] = st.generation[id as usize].wrapping_add(1);
+            st.free.push(id);
+            st.last_used = st.last_used.wrapping_add(1);
+        }
+    }
+
+    /// Whether the device has returned descriptors not yet reclaimed.
+    pub(crate) fn has_used(&self, st: &DriverState) -> bool {
+        self.used.at(IDX).load(Ordering::Acquire) != st.last_used
+    }
+
+    /// Driver asks for (true) or suppresses (false) used-buffer notifications.
+    /// Only the driver writes this word.
+    pub(crate) fn set_driver_wants_interrupts(&self, on: bool) {
+        let flags = if on { 0 } else { VIRTQ_AVAIL_F_NO_INTERRUPT };
+        self.avail.at(FLAGS).store(flags, Ordering::Relaxed);
+    }
+
+    // ----- device side -------------------------------------------------
+
+    /// The next offered descriptor, left in the ring.
+    pub(crate) fn peek(&self, st: &DeviceState) -> Option<u16> {
+        let avail_idx = self.avail.at(IDX).load(Ordering::Acquire);
+        if avail_idx == st.last_avail {
+            return None;
+        }
+        let id = self.avail.at(RING + self.pos(st.last_avail)).load(Ordering::Relaxed);
+        assert!(id < self.size, "corrupt available ring");
+        Some(id)
+    }
+
+    /// Moves past the descriptor `peek` returned: it is now the device's until
+    /// given back.
+    pub(crate) fn consume(&self, st: &mut DeviceState) {
+        st.last_avail = st.last_avail.wrapping_add(1);
+    }
+
+    /// # Safety
+    /// The caller is this ring's only device and holds descriptor `id` (from
+    /// `peek`, not yet given back).
+    pub(crate) unsafe fn header(&self, id: u16) -> Header {
+        // SAFETY: the driver wrote it before the Release store of the avail
+        // idx we Acquire-loaded in peek, and rewrites it only after we give
+        // the descriptor back.
+        self.headers[id as usize].with(|p| unsafe { p.read() })
+    }
+
+    /// # Safety
+    /// As for [`Virtq::header`].
+    pub(crate) unsafe fn desc(&self, id: u16) -> Desc {
+        // SAFETY: as in `header`.
+        self.desc[id as usize].with(|p| unsafe { p.read() })
+    }
+
+    /// Returns descriptor `id` to the driver; true if the driver asked to be
+    /// notified.
+    ///
+    /// # Safety
+    /// The caller is this ring's only device, `st` its state, holds `id` and
+    /// touches neither its slot nor its payload afterwards.
+    pub(crate) unsafe fn give_back(&self, st: &mut DeviceState, id: u16) -> bool {
+        let word = RING + USED_ELEM_WORDS * self.pos(st.next_used);
+        self.used.at(word).store(id, Ordering::Relaxed);
+        st.next_used = st.next_used.wrapping_add(1);
+        self.used.at(IDX).store(st.next_used, Ordering::Release);
+        // Store-buffering pair with the driver's `prepare_wait`.
+        fence(Ordering::SeqCst);
+        self.avail.at(FLAGS).load(Ordering::Relaxed) & VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+    }
+
+    /// Device asks for (true) or suppresses (false) available-buffer
+    /// notifications. Only the device writes this word.
+    pub(crate) fn set_device_wants_notifications(&self, on: bool) {
+        let flags = if on { 0 } else { VIRTQ_USED_F_NO_NOTIFY };
+        self.used.at(FLAGS).store(flags, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn avail_idx(&self) -> u16 {
+        self.avail.at(IDX).load(Ordering::Relaxed)
+    }
+}
