@@ -1,4 +1,4 @@
 fn main() {
-    eprintln!("toro-mpirun: not built yet");
-    std::process::exit(2);
+    let code = toro_launcher::main_with(std::env::args().collect());
+    std::process::exit(code);
 }

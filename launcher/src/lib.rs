@@ -1,0 +1,174 @@
+//! `toro-mpirun`: starts a Toro MPI job as a group of QEMU VMs on this host.
+//!
+//! Flow: parse and check everything (options, profile, image, QEMU,
+//! accelerator, plan) before anything starts — bad input is one line and
+//! exit code 2 — then either print the plan (`--dry-run`) or run it.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod image;
+pub mod plan;
+pub mod qemu;
+pub mod run;
+#[doc(hidden)]
+pub mod testutil;
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use cli::{Cli, Options};
+use plan::{Plan, PlanInput};
+use qemu::{display_command, qemu_args, switch_args, QemuSetup};
+
+/// Overrides the random job id (tests, reproducible dry runs).
+pub const JOB_ID_ENV: &str = "TORO_JOB_ID";
+
+fn job_id() -> Result<String, String> {
+    if let Ok(id) = std::env::var(JOB_ID_ENV) {
+        let ok = !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        return if ok { Ok(id) } else { Err(format!("{JOB_ID_ENV}={id:?}: want 1-32 letters, digits or -")) };
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    Ok(format!("{:08x}", h.finish() as u32))
+}
+
+fn host_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+struct Prepared {
+    opts: Options,
+    plan: Plan,
+    setup: QemuSetup,
+    switch: Option<PathBuf>,
+}
+
+fn prepare(cli: Cli) -> Result<Prepared, String> {
+    let opts = Options::from_cli(cli)?;
+    image::check_image(&opts.image).map_err(|e| e.to_string())?;
+    let input = PlanInput {
+        np: opts.np,
+        vms: opts.vms,
+        ranks_per_vm: opts.ranks_per_vm,
+        cpus_per_vm: opts.cpus_per_vm,
+        map_by: opts.map_by,
+        host_cores: host_cores(),
+        mem_mib: opts.mem_mib,
+        job_id: job_id()?,
+        spin_ns: opts.spin,
+        env: opts.env.clone(),
+        args: opts.args.clone(),
+    };
+    let plan = Plan::new(&input)?;
+    let qemu = qemu::find_qemu(opts.qemu.as_deref())?;
+    let accel = qemu::resolve_accel(opts.accel)?;
+    let switch = if plan.vms.len() > 1 {
+        match qemu::find_switch() {
+            Ok(p) => Some(p),
+            // A dry run shows the plan even where the switch is not installed.
+            Err(_) if opts.dry_run => Some(PathBuf::from(qemu::DEFAULT_SWITCH)),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    if !opts.dry_run && run::JobDir::path_for(&plan.job_id).exists() {
+        return Err(format!("job {} already exists ({})", plan.job_id, run::JobDir::path_for(&plan.job_id).display()));
+    }
+    let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone() };
+    Ok(Prepared { opts, plan, setup, switch })
+}
+
+/// The job plan and the command lines, as `--dry-run` prints them.
+pub fn describe(plan: &Plan, setup: &QemuSetup, switch: Option<&std::path::Path>) -> String {
+    let mut s = String::new();
+    let job_dir = run::JobDir::path_for(&plan.job_id);
+    let switch_dir = run::JobDir::switch_dir(&job_dir);
+    s += &format!("job {}\n", plan.job_id);
+    s += &format!(
+        "world {} ranks, {} VM{}, map-by {}, machine {}, accel {}\n",
+        plan.world,
+        plan.vms.len(),
+        if plan.vms.len() == 1 { "" } else { "s" },
+        plan.map_by.name(),
+        setup.machine.name(),
+        setup.accel.name()
+    );
+    match switch {
+        Some(_) => s += &format!(
+            "network: VDE switch at {} (private to this job), {}/{}\n",
+            switch_dir.display(),
+            plan::IP_BASE,
+            plan::IP_PREFIX
+        ),
+        None => s += "network: none (one VM)\n",
+    }
+    for vm in &plan.vms {
+        s += &format!(
+            "vm {}: ranks {}, {} vCPU{}, {}M",
+            vm.index,
+            plan::rank_list(&vm.ranks),
+            vm.cpus,
+            if vm.cpus == 1 { "" } else { "s" },
+            vm.mem_mib
+        );
+        if plan.vms.len() > 1 {
+            s += &format!(", mac {}, ip {}/{}", vm.mac_string(), vm.ip, plan::IP_PREFIX);
+        }
+        s += "\n";
+    }
+    for r in 0..plan.world {
+        let (vm, core) = plan.location(r).expect("every rank is placed");
+        s += &format!("rank {r}: vm {vm} core {core}\n");
+    }
+    if let Some(sw) = switch {
+        s += &format!("command switch: {}\n", display_command(sw, &switch_args(&switch_dir)));
+    }
+    for vm in &plan.vms {
+        s += &format!("command vm {}: {}\n", vm.index, display_command(&setup.qemu, &qemu_args(setup, plan, vm, &switch_dir)));
+    }
+    s
+}
+
+/// The whole program; returns the exit code.
+pub fn main_with(argv: Vec<String>) -> i32 {
+    let cli = match Cli::try_parse_from(cli::rewrite_np(argv)) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return 0;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("toro-mpirun: error: {first} (see --help)");
+            return run::EXIT_BAD_INPUT;
+        }
+    };
+    let p = match prepare(cli) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("toro-mpirun: error: {e}");
+            return run::EXIT_BAD_INPUT;
+        }
+    };
+    if p.opts.dry_run {
+        let _ = std::io::stdout().write_all(describe(&p.plan, &p.setup, p.switch.as_deref()).as_bytes());
+        return 0;
+    }
+    match run::run(&p.plan, &p.setup, &p.opts, p.switch.as_deref()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("toro-mpirun: error: {e}");
+            run::EXIT_BAD_INPUT
+        }
+    }
+}

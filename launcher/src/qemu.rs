@@ -1,0 +1,210 @@
+//! Everything about QEMU: finding it, choosing the accelerator, and the one
+//! function that spells a VM's command line.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::plan::{Plan, VmPlan};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// Minimal machine, boots in tens of ms (virtio-mmio devices).
+    Microvm,
+    /// PC with PCI (virtio-pci devices); boots in seconds under PVM.
+    Q35,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when /dev/kvm can create a VM, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Machine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        }
+    }
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+pub const DEFAULT_SWITCH: &str = "vde_switch";
+/// Tests and unusual hosts may point the KVM probe elsewhere.
+pub const KVM_DEVICE_ENV: &str = "TORO_KVM_DEVICE";
+/// Tests and unusual hosts may name another VDE switch binary.
+pub const SWITCH_ENV: &str = "TORO_VDE_SWITCH";
+
+/// Finds an executable: a path with a `/` as is, else through `PATH`.
+pub fn find_executable(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if name.as_os_str().to_string_lossy().contains('/') {
+        return ok(name).then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| ok(p))
+}
+
+pub fn find_qemu(user: Option<&Path>) -> Result<PathBuf, String> {
+    let name = user.unwrap_or(Path::new(DEFAULT_QEMU));
+    find_executable(name).ok_or_else(|| match user {
+        Some(p) => format!("QEMU binary {} not found or not executable", p.display()),
+        None => format!("{DEFAULT_QEMU} not found in PATH (install it: apt-get install qemu-system-x86)"),
+    })
+}
+
+pub fn find_switch() -> Result<PathBuf, String> {
+    let name = std::env::var_os(SWITCH_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_SWITCH.into());
+    find_executable(&name).ok_or_else(|| {
+        format!(
+            "{} not found: a job with more than one VM needs the VDE switch (install it: apt-get install vde2)",
+            name.display()
+        )
+    })
+}
+
+/// Whether `/dev/kvm` (or `$TORO_KVM_DEVICE`) can create a VM. Opening the
+/// device is not enough: under nested or PVM setups the node may exist
+/// while `KVM_CREATE_VM` fails, so the probe creates (and drops) one.
+pub fn kvm_usable() -> Result<(), String> {
+    let dev = std::env::var_os(KVM_DEVICE_ENV).map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into());
+    probe_kvm(&dev).map_err(|e| format!("{}: {e}", dev.display()))
+}
+
+#[allow(unsafe_code)]
+fn probe_kvm(dev: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(dev).map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => "no such device".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (are you in group kvm?)".to_string(),
+            _ => e.to_string(),
+        }
+    })?;
+    // SAFETY: plain ioctls on a file descriptor we own; no pointers passed.
+    let version = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if version != 12 {
+        return Err("not a KVM device (KVM_GET_API_VERSION failed)".into());
+    }
+    // SAFETY: as above; the returned descriptor is closed right away.
+    let vm = unsafe { libc::ioctl(f.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm < 0 {
+        return Err(format!("KVM_CREATE_VM failed: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `vm` is a descriptor the kernel just gave us and nobody else holds.
+    unsafe { libc::close(vm) };
+    Ok(())
+}
+
+/// Resolves `auto`; `kvm` must be usable.
+pub fn resolve_accel(a: Accel) -> Result<Accel, String> {
+    match a {
+        Accel::Tcg => Ok(Accel::Tcg),
+        Accel::Auto => Ok(if kvm_usable().is_ok() { Accel::Kvm } else { Accel::Tcg }),
+        Accel::Kvm => kvm_usable()
+            .map(|_| Accel::Kvm)
+            .map_err(|e| format!("--accel kvm but KVM is not usable: {e} (use --accel tcg or auto)")),
+    }
+}
+
+/// How the VMs of a job are started.
+#[derive(Clone, Debug)]
+pub struct QemuSetup {
+    pub qemu: PathBuf,
+    pub machine: Machine,
+    /// Resolved: never `Auto`.
+    pub accel: Accel,
+    pub image: PathBuf,
+}
+
+/// The full QEMU argument list of one VM. `switch_dir` is the VDE switch's
+/// control directory; the network device is only added for a job with more
+/// than one VM.
+pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-M", setup.machine.name()]);
+    match setup.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        _ => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    push(&["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.mem_mib)]);
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"]);
+    push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    if plan.vms.len() > 1 {
+        let nic = match setup.machine {
+            Machine::Microvm => "virtio-net-device",
+            Machine::Q35 => "virtio-net-pci",
+        };
+        let mut netdev = OsString::from("vde,id=net0,sock=");
+        netdev.push(switch_dir);
+        a.push("-netdev".into());
+        a.push(netdev);
+        a.push("-device".into());
+        a.push(format!("{nic},netdev=net0,mac={}", vm.mac_string()).into());
+    }
+    a.push("-kernel".into());
+    a.push(setup.image.clone().into());
+    a.push("-append".into());
+    a.push(vm.cmdline.clone().into());
+    a
+}
+
+/// The VDE switch of a job: a plain L2 learning switch whose control
+/// directory lives in the job's private temp dir. It runs in the
+/// foreground and ends by itself when its stdin (held by the launcher) closes.
+pub fn switch_args(switch_dir: &Path) -> Vec<OsString> {
+    vec!["--sock".into(), switch_dir.into(), "--mode".into(), "600".into(), "--dirmode".into(), "700".into()]
+}
+
+/// Quotes a word for display in a shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=./,:@%+".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn display_command(program: &Path, args: &[OsString]) -> String {
+    let mut words = vec![shell_quote(&program.to_string_lossy())];
+    words.extend(args.iter().map(|a| shell_quote(&a.to_string_lossy())));
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a=b,c"), "a=b,c");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn kvm_probe_on_a_non_kvm_device() {
+        assert!(probe_kvm(Path::new("/dev/null")).unwrap_err().contains("not a KVM device"));
+        assert!(probe_kvm(Path::new("/nonexistent/kvm")).unwrap_err().contains("no such device"));
+    }
+}

@@ -1,0 +1,525 @@
+//! Runs a planned job: the VDE switch (more than one VM), one QEMU process
+//! group per VM, live console streaming, the job's exit status, and the
+//! guarantee that nothing (process, socket, temp dir) outlives the job.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use toro_abi::status;
+
+use crate::cli::Options;
+use crate::plan::{rank_list, Plan, VmPlan};
+use crate::qemu::{qemu_args, switch_args, QemuSetup};
+
+/// Launcher exit codes besides the VMs' own statuses.
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_TIMEOUT: i32 = 124;
+pub const EXIT_VM_DIED: i32 = 125;
+
+/// How long a stopped VM gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(700);
+/// How long to wait for a VM's last console lines after its QEMU exited.
+const DRAIN: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The job's private directory (0700): the VDE switch's sockets live here,
+/// so two jobs never share a segment. Removed on drop, whatever happened.
+pub struct JobDir(PathBuf);
+
+impl JobDir {
+    pub fn path_for(job_id: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("toro-mpirun-{job_id}"))
+    }
+    pub fn create(job_id: &str) -> Result<JobDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let p = Self::path_for(job_id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .map_err(|e| format!("cannot create the job directory {}: {e}", p.display()))?;
+        Ok(JobDir(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn switch_dir(job_dir: &Path) -> PathBuf {
+        job_dir.join("net")
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+enum Event {
+    Out(usize, String),
+    Err(usize, String),
+    Eof(usize),
+    Signal(i32),
+}
+
+struct VmRun {
+    child: Option<Child>,
+    pid: i32,
+    status: Option<ExitStatus>,
+    exited_at: Option<Instant>,
+    open_streams: u8,
+    done: bool,
+    last_sys: Option<String>,
+    qemu_error: Option<String>,
+    log: Option<File>,
+}
+
+/// Why the job ended badly: the one line to print and the exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub code: i32,
+    pub line: String,
+}
+
+/// Puts the child in its own process group (so the terminal's SIGINT reaches
+/// only the launcher, and stopping a VM stops everything it started) and
+/// has the kernel kill it if the launcher dies.
+#[allow(unsafe_code)]
+fn own_group(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+}
+
+#[allow(unsafe_code)]
+fn kill_group(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: sends a signal to a process group we created; no memory involved.
+        unsafe { libc::kill(-pid, sig) };
+    }
+}
+
+/// Stops children: SIGTERM to each process group, SIGKILL after the grace period.
+fn stop(children: &mut [(&mut Option<Child>, i32)]) {
+    for (c, pid) in children.iter_mut() {
+        if c.is_some() {
+            kill_group(*pid, libc::SIGTERM);
+        }
+    }
+    let until = Instant::now() + TERM_GRACE;
+    loop {
+        let mut alive = false;
+        for (c, _) in children.iter_mut() {
+            if let Some(ch) = c.as_mut() {
+                match ch.try_wait() {
+                    Ok(None) => alive = true,
+                    _ => **c = None,
+                }
+            }
+        }
+        if !alive || Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (c, pid) in children.iter_mut() {
+        // Also reaches anything the process left in its group.
+        kill_group(*pid, libc::SIGKILL);
+        if let Some(mut ch) = c.take() {
+            let _ = ch.wait();
+        }
+    }
+}
+
+fn spawn_reader(vm: usize, stream: impl Read + Send + 'static, tx: Sender<Event>, is_err: bool) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                        buf.pop();
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    let ev = if is_err { Event::Err(vm, line) } else { Event::Out(vm, line) };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Eof(vm));
+    });
+}
+
+/// `[rank N] ` at the start of an application line.
+fn rank_prefix(line: &str) -> Option<(u32, usize)> {
+    let rest = line.strip_prefix("[rank ")?;
+    let close = rest.find("] ")?;
+    let n = rest[..close].parse().ok()?;
+    Some((n, 6 + close + 2))
+}
+
+/// The console line as the user sees it.
+pub fn format_line(vm: u32, line: &str, tag: bool) -> String {
+    match (rank_prefix(line), tag) {
+        (Some(_), true) => line.to_string(),
+        (Some((_, at)), false) => line[at..].to_string(),
+        (None, true) => format!("[vm {vm}] {line}"),
+        (None, false) => line.to_string(),
+    }
+}
+
+/// Names the rank (or VM) a failure belongs to, from the VM's last system line.
+pub fn who(vm: &VmPlan, sys: Option<&str>) -> String {
+    let number_after = |key: &str| -> Option<u32> {
+        let s = sys?;
+        let at = s.find(key)? + key.len();
+        let digits: String = s[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok()
+    };
+    if let Some(r) = number_after("rank ").filter(|r| vm.ranks.contains(r)) {
+        let core = vm.core_of(r).unwrap_or(0);
+        return format!("rank {r} (vm {}, core {core})", vm.index);
+    }
+    if let Some(c) = number_after("core ").filter(|c| *c < vm.cpus) {
+        let on = vm.ranks_on_core(c);
+        return if on.len() == 1 {
+            format!("rank {} (vm {}, core {c})", on[0], vm.index)
+        } else {
+            format!("vm {} core {c} (ranks {})", vm.index, rank_list(&on))
+        };
+    }
+    if vm.ranks.len() == 1 {
+        format!("rank {} (vm {})", vm.ranks[0], vm.index)
+    } else {
+        format!("vm {} (ranks {})", vm.index, rank_list(&vm.ranks))
+    }
+}
+
+/// Maps how a QEMU process ended to success or the one failure line.
+pub fn classify(vm: &VmPlan, st: ExitStatus, last_sys: Option<&str>, qemu_error: Option<&str>) -> Result<(), Failure> {
+    use std::os::unix::process::ExitStatusExt;
+    let died = |why: String| Failure {
+        code: EXIT_VM_DIED,
+        line: format!("{} died: {why}", who(vm, None)),
+    };
+    let code = match st.code() {
+        Some(c) => c,
+        None => {
+            let sig = st.signal().unwrap_or(0);
+            return Err(died(format!("QEMU killed by signal {sig}{}", signal_name(sig))));
+        }
+    };
+    match status::from_qemu_exit_code(code) {
+        // QEMU also exits with 1 on its own errors: those print on stderr.
+        Some(0) => match qemu_error {
+            None => Ok(()),
+            Some(e) => Err(died(format!("QEMU failed: {e}"))),
+        },
+        Some(s) => {
+            let mut line = format!("{} failed: {} (status {s})", who(vm, last_sys), status::describe(s));
+            if let Some(sys) = last_sys.filter(|_| s >= status::PANIC) {
+                line.push_str(": ");
+                line.push_str(sys.strip_prefix("toro: ").unwrap_or(sys));
+            }
+            Err(Failure { code: s as i32, line })
+        }
+        None => Err(died(match qemu_error {
+            Some(e) => format!("QEMU exited with code {code}: {e}"),
+            None => format!("QEMU exited with code {code} without a Toro exit status"),
+        })),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGTERM => " (SIGTERM)",
+        libc::SIGINT => " (SIGINT)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGABRT => " (SIGABRT)",
+        _ => "",
+    }
+}
+
+/// Starts the job and waits for it; returns the launcher's exit code.
+pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>) -> Result<i32, String> {
+    let job_dir = JobDir::create(&plan.job_id)?;
+    let switch_dir = JobDir::switch_dir(job_dir.path());
+    let mut logs = Vec::new();
+    if let Some(dir) = &opts.output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--output-dir {}: {e}", dir.display()))?;
+        for vm in &plan.vms {
+            let p = dir.join(format!("vm-{}.log", vm.index));
+            logs.push(Some(File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?));
+        }
+    } else {
+        logs.resize_with(plan.vms.len(), || None);
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let sig_handle = signals.handle();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for s in signals.forever() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // The switch: only for more than one VM.
+    let mut switch_child: Option<Child> = None;
+    let mut switch_stdin = None;
+    if let Some(sw) = switch.filter(|_| plan.vms.len() > 1) {
+        let mut cmd = Command::new(sw);
+        cmd.args(switch_args(&switch_dir)).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        own_group(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", sw.display()))?;
+        switch_stdin = child.stdin.take();
+        let pid = child.id() as i32;
+        switch_child = Some(child);
+        let until = Instant::now() + Duration::from_secs(2);
+        let ready = loop {
+            if switch_dir.join("ctl").exists() {
+                break Ok(());
+            }
+            if let Some(Ok(Some(st))) = switch_child.as_mut().map(|c| c.try_wait()) {
+                break Err(format!("the VDE switch {} exited at start ({st})", sw.display()));
+            }
+            if Instant::now() >= until {
+                break Err(format!("the VDE switch {} did not create {}/ctl within 2 s", sw.display(), switch_dir.display()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Err(e) = ready {
+            stop(&mut [(&mut switch_child, pid)]);
+            sig_handle.close();
+            return Err(e);
+        }
+    }
+    let switch_pid = switch_child.as_ref().map_or(0, |c| c.id() as i32);
+
+    let mut vms: Vec<VmRun> = Vec::new();
+    let mut start_error = None;
+    for (k, vm) in plan.vms.iter().enumerate() {
+        let mut cmd = Command::new(&setup.qemu);
+        cmd.args(qemu_args(setup, plan, vm, &switch_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        own_group(&mut cmd);
+        match cmd.spawn() {
+            Ok(mut child) => {
+                spawn_reader(k, child.stdout.take().unwrap(), tx.clone(), false);
+                spawn_reader(k, child.stderr.take().unwrap(), tx.clone(), true);
+                vms.push(VmRun {
+                    pid: child.id() as i32,
+                    child: Some(child),
+                    status: None,
+                    exited_at: None,
+                    open_streams: 2,
+                    done: false,
+                    last_sys: None,
+                    qemu_error: None,
+                    log: logs[k].take(),
+                });
+            }
+            Err(e) => {
+                start_error = Some(format!("cannot start {} for vm {k}: {e}", setup.qemu.display()));
+                break;
+            }
+        }
+    }
+    drop(tx);
+
+    let start = Instant::now();
+    let deadline = opts.timeout.map(|t| start + t);
+    let mut failure: Option<Failure> = start_error.map(|e| Failure { code: EXIT_VM_DIED, line: e });
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+
+    let handle = |ev: Event, vms: &mut Vec<VmRun>, stdout: &mut std::io::Stdout, stderr: &mut std::io::Stderr| -> Option<i32> {
+        match ev {
+            Event::Out(k, line) => {
+                let v = &mut vms[k];
+                if let Some(log) = v.log.as_mut() {
+                    let _ = writeln!(log, "{line}");
+                }
+                if line.starts_with("toro: ") {
+                    v.last_sys = Some(line.clone());
+                }
+                let _ = writeln!(stdout.lock(), "{}", format_line(k as u32, &line, opts.tag_output));
+            }
+            Event::Err(k, line) => {
+                let v = &mut vms[k];
+                if let Some(log) = v.log.as_mut() {
+                    let _ = writeln!(log, "[qemu] {line}");
+                }
+                if !line.contains("warning:") && !line.trim().is_empty() {
+                    v.qemu_error = Some(line.clone());
+                }
+                let _ = writeln!(stderr.lock(), "[vm {k}] {line}");
+            }
+            Event::Eof(k) => vms[k].open_streams = vms[k].open_streams.saturating_sub(1),
+            Event::Signal(s) => return Some(s),
+        }
+        None
+    };
+
+    let mut got_signal = None;
+    while failure.is_none() {
+        let wait = deadline.map_or(POLL, |d| d.saturating_duration_since(Instant::now()).min(POLL));
+        match rx.recv_timeout(wait) {
+            Ok(ev) => {
+                got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr));
+                while let Ok(ev) = rx.try_recv() {
+                    got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        let now = Instant::now();
+        for v in vms.iter_mut() {
+            if let Some(c) = v.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    v.status = Some(st);
+                    v.exited_at = Some(now);
+                    v.child = None;
+                }
+            }
+        }
+        // Earliest exit first, once its last lines are in.
+        let mut finished: Vec<usize> = (0..vms.len())
+            .filter(|&k| {
+                let v = &vms[k];
+                !v.done && v.status.is_some() && (v.open_streams == 0 || now - v.exited_at.unwrap() >= DRAIN)
+            })
+            .collect();
+        finished.sort_by_key(|&k| vms[k].exited_at);
+        for k in finished {
+            let v = &mut vms[k];
+            v.done = true;
+            if let Err(f) = classify(&plan.vms[k], v.status.unwrap(), v.last_sys.as_deref(), v.qemu_error.as_deref()) {
+                failure.get_or_insert(f);
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        if let Some(s) = got_signal {
+            let name = if s == SIGINT { "SIGINT" } else { "SIGTERM" };
+            failure = Some(Failure { code: 128 + s, line: format!("{name} received: stopped every VM of job {}", plan.job_id) });
+            break;
+        }
+        if vms.iter().all(|v| v.done) {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let running: Vec<String> = vms
+                .iter()
+                .zip(&plan.vms)
+                .filter(|(v, _)| !v.done)
+                .map(|(_, p)| format!("vm {} (ranks {})", p.index, rank_list(&p.ranks)))
+                .collect();
+            let t = opts.timeout.unwrap_or_default();
+            failure = Some(Failure {
+                code: EXIT_TIMEOUT,
+                line: format!("timeout after {:?}: stopped {}", t, running.join(", ")),
+            });
+        }
+    }
+
+    // Stop whatever still runs: the VMs, then the switch.
+    let mut pairs: Vec<(&mut Option<Child>, i32)> = vms.iter_mut().map(|v| (&mut v.child, v.pid)).collect();
+    stop(&mut pairs);
+    drop(switch_stdin);
+    stop(&mut [(&mut switch_child, switch_pid)]);
+    sig_handle.close();
+    // Print what the VMs said before they ended.
+    let until = Instant::now() + DRAIN;
+    while vms.iter().any(|v| v.open_streams > 0) {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(ev) => {
+                handle(ev, &mut vms, &mut stdout, &mut stderr);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = stdout.flush();
+    drop(job_dir);
+    Ok(match failure {
+        None => 0,
+        Some(f) => {
+            let _ = writeln!(stderr, "toro-mpirun: {}", f.line);
+            f.code
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn vm(ranks: Vec<u32>, cpus: u32) -> VmPlan {
+        VmPlan { index: 1, ranks, cpus, mem_mib: 256, mac: [0; 6], ip: std::net::Ipv4Addr::LOCALHOST, cmdline: String::new() }
+    }
+
+    #[test]
+    fn tagging() {
+        assert_eq!(format_line(0, "[rank 3] hi", true), "[rank 3] hi");
+        assert_eq!(format_line(0, "[rank 3] hi", false), "hi");
+        assert_eq!(format_line(2, "toro: panic", true), "[vm 2] toro: panic");
+        assert_eq!(format_line(2, "toro: panic", false), "toro: panic");
+        assert_eq!(format_line(2, "[rank x] y", false), "[rank x] y");
+    }
+
+    #[test]
+    fn naming() {
+        let v = vm(vec![4, 5, 6, 7], 2);
+        assert_eq!(who(&v, Some("toro: panic in rank 6 on core 0: boom")), "rank 6 (vm 1, core 0)");
+        assert_eq!(who(&v, Some("toro: panic on core 1 at x: boom")), "vm 1 core 1 (ranks 5,7)");
+        assert_eq!(who(&v, None), "vm 1 (ranks 4-7)");
+        assert_eq!(who(&v, Some("toro: panic in rank 99")), "vm 1 (ranks 4-7)");
+        let v = vm(vec![4, 5], 2);
+        assert_eq!(who(&v, Some("toro: page fault on core 1 at 0x0")), "rank 5 (vm 1, core 1)");
+    }
+
+    #[test]
+    fn status_mapping() {
+        let v = vm(vec![2, 3], 2);
+        let code = |c: i32| ExitStatus::from_raw(c << 8);
+        assert_eq!(classify(&v, code(1), None, None), Ok(()));
+        let f = classify(&v, code(203), Some("toro: panic on core 1: oops"), None).unwrap_err();
+        assert_eq!(f, Failure { code: 101, line: "rank 3 (vm 1, core 1) failed: panic (status 101): panic on core 1: oops".into() });
+        let f = classify(&v, code(221), Some("toro: page fault on core 0"), None).unwrap_err();
+        assert_eq!(f.code, 110);
+        let f = classify(&v, code(7), None, None).unwrap_err();
+        assert_eq!(f, Failure { code: 3, line: "vm 1 (ranks 2-3) failed: application exit status (status 3)".into() });
+        let f = classify(&v, code(0), None, None).unwrap_err();
+        assert_eq!(f.code, EXIT_VM_DIED);
+        assert!(f.line.contains("died") && f.line.contains("code 0"), "{}", f.line);
+        let f = classify(&v, code(1), None, Some("qemu-system-x86_64: cannot load kernel")).unwrap_err();
+        assert_eq!(f.code, EXIT_VM_DIED);
+        let f = classify(&v, ExitStatus::from_raw(9), None, None).unwrap_err();
+        assert_eq!(f.line, "vm 1 (ranks 2-3) died: QEMU killed by signal 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,434 @@
+//! The launcher as a user runs it: bad input, dry runs, and process
+//! management with a fake QEMU (a shell script) and a fake VDE switch, so
+//! no VM image or KVM is needed. Every test is bounded in time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use toro_launcher::testutil::{write_script, FakeImage, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_toro-mpirun");
+
+/// A sandbox: a valid image, a fake QEMU, a fake switch, a private TMPDIR.
+struct Sandbox {
+    dir: TempDir,
+}
+
+const FAKE_QEMU_HEAD: &str = r#"
+while [ $# -gt 0 ]; do
+  if [ "$1" = -append ]; then cmdline="$2"; fi
+  shift
+done
+vm=${cmdline#*vm=}; vm=${vm%% *}
+echo $$ >> "$SANDBOX/pids"
+"#;
+
+const FAKE_SWITCH: &str = r#"
+dir=
+while [ $# -gt 0 ]; do
+  if [ "$1" = --sock ]; then dir="$2"; fi
+  shift
+done
+echo $$ >> "$SANDBOX/pids"
+mkdir -p "$dir" && touch "$dir/ctl"
+cat > /dev/null
+rm -rf "$dir"
+"#;
+
+impl Sandbox {
+    fn new(tag: &str) -> Sandbox {
+        let dir = TempDir::new(tag);
+        FakeImage::default().write(&dir.path().join("app.elf"));
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        write_script(&dir.path().join("switch"), FAKE_SWITCH);
+        let s = Sandbox { dir };
+        s.qemu("exit 1");
+        s
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// The fake QEMU runs `body` with `$vm` set from the command line.
+    fn qemu(&self, body: &str) {
+        write_script(&self.path("qemu"), &format!("{FAKE_QEMU_HEAD}{body}"));
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(["--qemu", self.path("qemu").to_str().unwrap(), "--accel", "tcg"]);
+        c.args(args);
+        c.env("SANDBOX", self.dir.path())
+            .env("TMPDIR", self.path("tmp"))
+            .env("TORO_VDE_SWITCH", self.path("switch"))
+            .env("TORO_JOB_ID", "t1")
+            .stdin(Stdio::null());
+        c
+    }
+    fn image(&self) -> String {
+        self.path("app.elf").to_str().unwrap().to_string()
+    }
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+    /// Nothing of the job is left: no process it started, no temp file.
+    fn assert_clean(&self) {
+        for pid in self.pids() {
+            assert!(!alive(pid), "process {pid} of the job is still running");
+        }
+        let left: Vec<_> = std::fs::read_dir(self.path("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+    }
+}
+
+/// Runs to completion within `limit`, or kills and fails.
+fn run(mut c: Command, limit: Duration) -> Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY-free: libc::kill on a pid we started.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGKILL)
+            };
+            panic!("toro-mpirun did not finish within {limit:?}");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Bad input: exit 2, one line `toro-mpirun: error: ...`, nothing started.
+fn expect_bad(s: &Sandbox, args: &[&str], expect: &str) {
+    expect_bad_cmd(s, s.cmd(args), expect)
+}
+
+fn expect_bad_cmd(s: &Sandbox, c: Command, expect: &str) {
+    let out = run(c, Duration::from_secs(10));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("toro-mpirun: error: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(expect), "{err:?} does not contain {expect:?}");
+    assert!(out.stdout.is_empty());
+    assert!(s.pids().is_empty(), "something was started");
+    s.assert_clean();
+}
+
+#[test]
+fn bad_rank_counts_and_placements() {
+    let s = Sandbox::new("bad-np");
+    let img = s.image();
+    expect_bad(&s, &["-np", "0", &img], "at least 1");
+    expect_bad(&s, &["-np", "-3", &img], "at least 1");
+    expect_bad(&s, &[&img], "missing -np");
+    expect_bad(&s, &["-np", "2", "--vms", "3", &img], "every VM needs at least one rank");
+    expect_bad(&s, &["-np", "2", "--vms", "0", &img], "at least 1");
+    expect_bad(&s, &["-np", "200", &img], "at most 128");
+    expect_bad(&s, &["-np", "4", "--cpus-per-vm", "65", &img], "--cpus-per-vm");
+    expect_bad(&s, &["-np", "4", "--vms", "2", "--ranks-per-vm", "2", &img], "cannot be used with");
+    expect_bad(&s, &["-np", "4", "--mem", "16M", &img], "--mem");
+    expect_bad(&s, &["-np", "4", "--timeout", "soon", &img], "--timeout");
+    expect_bad(&s, &["-np", "4", "-x", "1BAD=2", &img], "variable name");
+    expect_bad(&s, &["-np", "4", "--map-by", "diagonal", &img], "diagonal");
+    expect_bad(&s, &["-np", "4", "--bogus", &img], "--bogus");
+    expect_bad(&s, &["-np", "4000", "--vms", "40", "--map-by", "cyclic", &img], "command line");
+}
+
+#[test]
+fn bad_images() {
+    let s = Sandbox::new("bad-image");
+    expect_bad(&s, &["-np", "1", &s.path("missing.elf").to_string_lossy()], "no such file");
+    expect_bad(&s, &["-np", "1", &s.path("tmp").to_string_lossy()], "cannot read it");
+    expect_bad(&s, &["-np", "1", &s.path("qemu").to_string_lossy()], "not an ELF file");
+    let cases = [
+        (FakeImage { machine: 40, ..Default::default() }, "not an x86-64 ELF64"),
+        (FakeImage { class: 1, ..Default::default() }, "not an x86-64 ELF64"),
+        (FakeImage { pvh_note: false, ..Default::default() }, "no PVH entry note"),
+        (FakeImage { app_header: false, ..Default::default() }, "not a Toro MPI application"),
+        (FakeImage { abi_version: 7, ..Default::default() }, "ABI version 7"),
+    ];
+    for (i, (img, msg)) in cases.into_iter().enumerate() {
+        let p = s.path(&format!("bad{i}.elf"));
+        img.write(&p);
+        expect_bad(&s, &["-np", "1", p.to_str().unwrap()], msg);
+    }
+}
+
+#[test]
+fn missing_tools_and_kvm() {
+    let s = Sandbox::new("bad-tools");
+    let img = s.image();
+    let mut c = Command::new(BIN);
+    c.args(["-np", "1", "--accel", "tcg", &img]).env("PATH", s.path("tmp")).env("TMPDIR", s.path("tmp"));
+    expect_bad_cmd(&s, c, "apt-get install qemu-system-x86");
+    let mut c = Command::new(BIN);
+    c.args(["-np", "1", "--accel", "tcg", "--qemu", "/nonexistent/qemu", &img]).env("TMPDIR", s.path("tmp"));
+    expect_bad_cmd(&s, c, "/nonexistent/qemu not found");
+    let mut c = s.cmd(&["-np", "1", "--accel", "kvm", &img]);
+    c.env("TORO_KVM_DEVICE", "/dev/null");
+    expect_bad_cmd(&s, c, "--accel kvm but KVM is not usable");
+    let mut c = s.cmd(&["-np", "2", "--vms", "2", &img]);
+    c.env("TORO_VDE_SWITCH", "/nonexistent/vde_switch");
+    expect_bad_cmd(&s, c, "apt-get install vde2");
+    // auto falls back to TCG when KVM is not usable.
+    let mut c = s.cmd(&["-np", "1", "--accel", "auto", "--dry-run", &img]);
+    c.env("TORO_KVM_DEVICE", "/dev/null");
+    let out = run(c, Duration::from_secs(10));
+    assert!(text(&out.stdout).contains("-accel tcg -cpu max"));
+}
+
+#[test]
+fn bad_config() {
+    let s = Sandbox::new("bad-config");
+    std::fs::write(s.path("p.toml"), "np = 2\nvmz = 2\n").unwrap();
+    expect_bad(&s, &["--config", s.path("p.toml").to_str().unwrap(), &s.image()], "unknown key `vmz`");
+    expect_bad(&s, &["--config", s.path("none.toml").to_str().unwrap(), &s.image()], "cannot read");
+}
+
+fn dry(s: &Sandbox, args: &[&str]) -> String {
+    let mut all = vec!["--dry-run"];
+    all.extend_from_slice(args);
+    let out = run(s.cmd(&all), Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(s.pids().is_empty(), "a dry run started something");
+    s.assert_clean();
+    text(&out.stdout)
+}
+
+#[test]
+fn dry_run_plan_and_commands() {
+    let s = Sandbox::new("dry");
+    let img = s.image();
+    let out = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", &img, "a b", "-v"]);
+    let tmp = s.path("tmp");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "job t1");
+    assert_eq!(lines[1], "world 6 ranks, 2 VMs, map-by block, machine microvm, accel tcg");
+    assert_eq!(lines[2], format!("network: VDE switch at {}/toro-mpirun-t1/net (private to this job), 169.254.1.1/16", tmp.display()));
+    assert_eq!(lines[3], "vm 0: ranks 0-2, 2 vCPUs, 512M, mac 02:74:6f:00:00:00, ip 169.254.1.1/16");
+    assert_eq!(lines[4], "vm 1: ranks 3-5, 2 vCPUs, 512M, mac 02:74:6f:00:00:01, ip 169.254.1.2/16");
+    assert_eq!(&lines[5..11], ["rank 0: vm 0 core 0", "rank 1: vm 0 core 1", "rank 2: vm 0 core 0",
+        "rank 3: vm 1 core 0", "rank 4: vm 1 core 1", "rank 5: vm 1 core 0"]);
+    assert_eq!(lines[11], format!(
+        "command switch: {} --sock {}/toro-mpirun-t1/net --mode 600 --dirmode 700",
+        s.path("switch").display(), tmp.display()));
+    assert_eq!(lines[13], format!(
+        "command vm 1: {} -M microvm -accel tcg -cpu max -smp 2 -m 512M -nodefaults -no-user-config -nographic \
+         -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4 \
+         -netdev vde,id=net0,sock={}/toro-mpirun-t1/net -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
+         -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
+         mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
+        s.path("qemu").display(), tmp.display()));
+    assert_eq!(lines.len(), 14);
+}
+
+#[test]
+fn dry_run_single_vm_cyclic_q35_env() {
+    let s = Sandbox::new("dry2");
+    let img = s.image();
+    let out = dry(&s, &["-n", "3", "--machine", "q35", "-x", "A=x y", "--spin", "900", &img]);
+    assert!(out.contains("network: none (one VM)"), "{out}");
+    assert!(!out.contains("-netdev") && !out.contains("command switch"), "{out}");
+    assert!(out.contains("-M q35 "), "{out}");
+    assert!(out.contains("place=0-2@"), "{out}");
+    assert!(out.contains(" spin=900 env.A=x%20y'"), "{out}");
+    let out = dry(&s, &["-np", "4", "--vms", "2", "--map-by", "cyclic", "--machine", "q35", &img]);
+    assert!(out.contains("vm 0: ranks 0,2,"), "{out}");
+    assert!(out.contains("rank 1: vm 1 core 0"), "{out}");
+    assert!(out.contains("virtio-net-pci,netdev=net0"), "{out}");
+    let out = dry(&s, &["-np", "5", "--ranks-per-vm", "2", &img]);
+    assert!(out.contains("world 5 ranks, 3 VMs"), "{out}");
+    assert!(out.contains("vm 2: ranks 4, 1 vCPU,"), "{out}");
+}
+
+#[test]
+fn config_profile_and_overrides() {
+    let s = Sandbox::new("config");
+    std::fs::write(s.path("p.toml"), "np = 4\nvms = 2\nmem = \"300M\"\nmachine = \"q35\"\n[env]\nB = \"2\"\n").unwrap();
+    let cfg = s.path("p.toml");
+    let out = dry(&s, &["--config", cfg.to_str().unwrap(), &s.image()]);
+    assert!(out.contains("world 4 ranks, 2 VMs") && out.contains("-m 300M") && out.contains("-M q35"), "{out}");
+    assert!(out.contains("env.B=2"), "{out}");
+    let out = dry(&s, &["--config", cfg.to_str().unwrap(), "-np", "6", "--ranks-per-vm", "6", "--mem", "1G", &s.image()]);
+    assert!(out.contains("world 6 ranks, 1 VM,") && out.contains("-m 1024M"), "{out}");
+    // The shipped profiles are valid.
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/4vms.toml");
+    let out = dry(&s, &["--config", configs.to_str().unwrap(), &s.image()]);
+    assert!(out.contains("world 8 ranks, 4 VMs"), "{out}");
+}
+
+/// A job run to the end, with its output.
+fn job(s: &Sandbox, args: &[&str], limit: Duration) -> (Option<i32>, String, String, Duration) {
+    let t = Instant::now();
+    let out = run(s.cmd(args), limit);
+    let took = t.elapsed();
+    s.assert_clean();
+    (out.status.code(), text(&out.stdout), text(&out.stderr), took)
+}
+
+#[test]
+fn success_streams_tagged_whole_lines() {
+    let s = Sandbox::new("ok");
+    s.qemu(r#"
+echo "toro: vm $vm up"
+if [ "$vm" = 0 ]; then printf '[rank 0] par'; sleep 0.2; echo 'tial'; else sleep 0.1; echo "[rank 1] hello"; fi
+exit 1"#);
+    let img = s.image();
+    let (code, out, err, _) = job(&s, &["-np", "2", "--vms", "2", "--output-dir", s.path("logs").to_str().unwrap(), &img], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["[rank 0] partial", "[rank 1] hello", "[vm 0] toro: vm 0 up", "[vm 1] toro: vm 1 up"]);
+    assert_eq!(err, "");
+    assert_eq!(std::fs::read_to_string(s.path("logs/vm-1.log")).unwrap(), "toro: vm 1 up\n[rank 1] hello\n");
+    assert_eq!(s.pids().len(), 3, "2 VMs and the switch");
+
+    let (code, out, _, _) = job(&s, &["-np", "2", "--vms", "2", "--no-tag-output", &img], Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["hello", "partial", "toro: vm 0 up", "toro: vm 1 up"]);
+}
+
+#[test]
+fn panic_names_the_rank_and_stops_the_others() {
+    let s = Sandbox::new("panic");
+    s.qemu(r#"
+if [ "$vm" = 1 ]; then
+  sleep 0.3; echo "[rank 3] about to fail"; echo "toro: panic on core 1 at app.rs:7: boom"; exit 203
+fi
+sleep 30"#);
+    let (code, out, err, took) = job(&s, &["-np", "4", "--vms", "2", "--cpus-per-vm", "2", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(101), "{err}");
+    assert!(out.contains("[rank 3] about to fail"), "{out}");
+    assert_eq!(err.trim_end(), "toro-mpirun: rank 3 (vm 1, core 1) failed: panic (status 101): panic on core 1 at app.rs:7: boom");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn app_status_and_qemu_errors() {
+    let s = Sandbox::new("status");
+    s.qemu("exit 7");
+    let (code, _, err, _) = job(&s, &["-np", "1", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(3));
+    assert_eq!(err.trim_end(), "toro-mpirun: rank 0 (vm 0) failed: application exit status (status 3)");
+    s.qemu("echo 'qemu-system-x86_64: cannot load the kernel' >&2; exit 1");
+    let (code, _, err, _) = job(&s, &["-np", "2", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(125));
+    assert!(err.contains("[vm 0] qemu-system-x86_64: cannot load the kernel"), "{err}");
+    assert!(err.trim_end().ends_with("toro-mpirun: vm 0 (ranks 0-1) died: QEMU failed: qemu-system-x86_64: cannot load the kernel"), "{err}");
+    s.qemu("exit 0");
+    let (code, _, err, _) = job(&s, &["-np", "1", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(125));
+    assert!(err.contains("died: QEMU exited with code 0"), "{err}");
+}
+
+#[test]
+fn killed_vm_ends_the_job_within_2s() {
+    let s = Sandbox::new("died");
+    s.qemu(r#"
+sleep 30 &
+echo $! >> "$SANDBOX/pids"
+if [ "$vm" = 1 ]; then sleep 0.3; kill -9 $$; fi
+wait"#);
+    let (code, _, err, took) = job(&s, &["-np", "4", "--vms", "2", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(125), "{err}");
+    assert_eq!(err.trim_end(), "toro-mpirun: vm 1 (ranks 2-3) died: QEMU killed by signal 9 (SIGKILL)");
+    assert!(took < Duration::from_millis(2300), "took {took:?}");
+    assert_eq!(s.pids().len(), 5);
+}
+
+#[test]
+fn timeout_stops_everything() {
+    let s = Sandbox::new("timeout");
+    s.qemu("trap '' TERM; sleep 30 & echo $! >> \"$SANDBOX/pids\"; while :; do sleep 1; done");
+    let (code, _, err, took) = job(&s, &["-np", "2", "--vms", "2", "--timeout", "0.5", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(124), "{err}");
+    assert!(err.starts_with("toro-mpirun: timeout after 500ms: stopped vm 0 (ranks 0), vm 1 (ranks 1)"), "{err}");
+    // 0.5 s, then SIGTERM is ignored, SIGKILL within the 2 s budget.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+}
+
+fn signal_test(sig: i32, code: i32, name: &str) {
+    let s = Sandbox::new(name);
+    s.qemu(r#"sleep 30 & echo $! >> "$SANDBOX/pids"; echo "[rank $vm] ready"; wait"#);
+    let mut c = s.cmd(&["-np", "2", "--vms", "2", &s.image()]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains("ready") {
+                seen += 1;
+                if seen == 2 {
+                    let _ = tx.send(());
+                }
+            }
+            line.clear();
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(10));
+    #[allow(unsafe_code)]
+    // SAFETY: signals a process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, if ready.is_ok() { sig } else { libc::SIGKILL })
+    };
+    ready.expect("the VMs' lines were streamed live");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "launcher did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(code), "{err}");
+    assert!(err.contains(&format!("toro-mpirun: {name} received")), "{err}");
+    s.assert_clean();
+    assert_eq!(s.pids().len(), 5);
+}
+
+#[test]
+fn sigint_stops_the_job() {
+    signal_test(libc::SIGINT, 130, "SIGINT");
+}
+
+#[test]
+fn sigterm_stops_the_job() {
+    signal_test(libc::SIGTERM, 143, "SIGTERM");
+}
+
+#[test]
+fn help_has_examples() {
+    let out = run({ let mut c = Command::new(BIN); c.arg("--help"); c }, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0));
+    let t = text(&out.stdout);
+    assert!(t.contains("Examples:") && t.contains("toro-mpirun -np 32 --vms 4 app.elf"), "{t}");
+}
