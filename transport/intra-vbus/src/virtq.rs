@@ -361,7 +361,7 @@ impl Virtq {
         self.used.at(FLAGS).store(flags, Ordering::Relaxed);
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn avail_idx(&self) -> u16 {
         self.avail.at(IDX).load(Ordering::Relaxed)
     }
