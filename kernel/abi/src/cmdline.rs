@@ -34,6 +34,11 @@ impl<'a> Cmdline<'a> {
             .last()
     }
 
+    /// A switch: `name` alone or `name=V` with V other than `0`.
+    pub fn flag(&self, name: &str) -> bool {
+        self.options().any(|w| w == name) || self.get(name).is_some_and(|v| v != "0")
+    }
+
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, CmdlineError> {
         match self.get(key) {
             None => Ok(None),
@@ -131,6 +136,8 @@ mod tests {
         assert_eq!(c.get("cpus"), Some("4"));
         assert_eq!(c.get_u64("world"), Ok(Some(8)));
         assert_eq!(c.get("nope"), None);
+        assert!(Cmdline::new("a b=1 c=0").flag("a") && Cmdline::new("b=1").flag("b"));
+        assert!(!Cmdline::new("c=0 d").flag("c") && !Cmdline::new("-- a").flag("a"));
         assert_eq!(c.get_u64("ranks"), Err(CmdlineError::BadNumber));
         assert_eq!(c.env().collect::<Vec<_>>(), vec![("OMP", "1")]);
         assert_eq!(c.app_args().collect::<Vec<_>>(), vec!["a%20b", "c"]);

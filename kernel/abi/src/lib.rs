@@ -12,7 +12,7 @@ pub mod memmap;
 /// Trap numbers, passed in `rax` to `int TRAP_VECTOR`.
 pub mod trap {
     /// The DPL-3 interrupt gate every trap goes through.
-    pub const TRAP_VECTOR: u8 = 0x80;
+    pub const TRAP_VECTOR: u8 = 0x81;
     /// Halt this core until an interrupt arrives (the wake-up IPI). No arguments.
     pub const HALT: u64 = 0;
     /// Send the wake-up IPI to core `rdi`.

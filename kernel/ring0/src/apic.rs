@@ -1,0 +1,96 @@
+//! Local APIC: x2APIC (MSRs) when the CPU has it, else xAPIC (MMIO).
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cpu::{cpuid, rdmsr, wrmsr};
+use toro_abi::layout::LAPIC_BASE;
+
+/// Read by the wake-up interrupt stub to pick the EOI method.
+#[no_mangle]
+pub static X2APIC_MODE: AtomicBool = AtomicBool::new(false);
+
+const APIC_BASE_MSR: u32 = 0x1B;
+const SPURIOUS_VECTOR: u32 = 0xFF;
+
+// Register offsets (xAPIC MMIO offset; x2APIC MSR = 0x800 + offset / 16).
+const ID: u32 = 0x20;
+const TPR: u32 = 0x80;
+const EOI: u32 = 0xB0;
+const SVR: u32 = 0xF0;
+const ICR_LO: u32 = 0x300;
+const ICR_HI: u32 = 0x310;
+
+fn x2apic() -> bool {
+    X2APIC_MODE.load(Ordering::Relaxed)
+}
+
+fn write(reg: u32, value: u32) {
+    if x2apic() {
+        wrmsr(0x800 + reg / 16, value as u64);
+    } else {
+        // SAFETY: the xAPIC page is identity mapped (uncached) for ring 0.
+        unsafe { core::ptr::write_volatile((LAPIC_BASE + reg as u64) as *mut u32, value) };
+    }
+}
+
+fn read(reg: u32) -> u32 {
+    if x2apic() {
+        rdmsr(0x800 + reg / 16) as u32
+    } else {
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::read_volatile((LAPIC_BASE + reg as u64) as *const u32) }
+    }
+}
+
+/// Enables this CPU's local APIC. The boot CPU decides the mode for all.
+pub fn init(boot_cpu: bool) {
+    if boot_cpu {
+        let has_x2apic = cpuid(1)[2] & (1 << 21) != 0;
+        X2APIC_MODE.store(has_x2apic, Ordering::Relaxed);
+    }
+    let mut base = rdmsr(APIC_BASE_MSR) | (1 << 11);
+    if x2apic() {
+        base |= 1 << 10;
+    }
+    wrmsr(APIC_BASE_MSR, base);
+    write(TPR, 0);
+    write(SVR, 0x100 | SPURIOUS_VECTOR);
+}
+
+pub fn id() -> u32 {
+    if x2apic() { read(ID) } else { read(ID) >> 24 }
+}
+
+fn send_icr(dest: u32, low: u32) {
+    if x2apic() {
+        wrmsr(0x830, (dest as u64) << 32 | low as u64);
+    } else {
+        write(ICR_HI, dest << 24);
+        write(ICR_LO, low);
+        while read(ICR_LO) & (1 << 12) != 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// A fixed-delivery interrupt `vector` to the CPU with `apic_id`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    send_icr(apic_id, vector as u32);
+}
+
+const ALL_BUT_SELF: u32 = 3 << 18;
+
+/// INIT to every other CPU.
+pub fn broadcast_init() {
+    send_icr(0, ALL_BUT_SELF | 0x4500);
+}
+
+/// Start-up IPI to every other CPU: they begin in real mode at `page`.
+pub fn broadcast_startup(page: u64) {
+    send_icr(0, ALL_BUT_SELF | 0x4600 | (page >> 12) as u32);
+}
+
+#[allow(dead_code)]
+pub fn eoi() {
+    write(EOI, 0);
+}

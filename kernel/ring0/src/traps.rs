@@ -1,0 +1,254 @@
+//! Interrupt entry: CPU exceptions (reported, then the VM ends), the DPL-3
+//! trap gate ring 3 calls the kernel through, and the wake-up IPI.
+
+use core::arch::global_asm;
+use core::sync::atomic::Ordering;
+
+use crate::cpu::{self, Gate};
+use crate::{apic, exit, kprintln, serial, BOOT};
+use toro_abi::{status, trap, WAKE_VECTOR};
+
+global_asm!(
+    r#"
+    .macro EXC_NOERR vec
+    exc_\vec:
+        pushq $0
+        pushq $\vec
+        jmp exc_common
+    .endm
+    .macro EXC_ERR vec
+    exc_\vec:
+        pushq $\vec
+        jmp exc_common
+    .endm
+
+    .text
+    EXC_NOERR 0
+    EXC_NOERR 1
+    EXC_NOERR 2
+    EXC_NOERR 3
+    EXC_NOERR 4
+    EXC_NOERR 5
+    /* vector 6: see ud_entry */
+    EXC_NOERR 7
+    EXC_ERR 8
+    EXC_NOERR 9
+    EXC_ERR 10
+    EXC_ERR 11
+    EXC_ERR 12
+    EXC_ERR 13
+    EXC_ERR 14
+    EXC_NOERR 15
+    EXC_NOERR 16
+    EXC_ERR 17
+    EXC_NOERR 18
+    EXC_NOERR 19
+    EXC_NOERR 20
+    EXC_ERR 21
+    EXC_NOERR 22
+    EXC_NOERR 23
+    EXC_NOERR 24
+    EXC_NOERR 25
+    EXC_NOERR 26
+    EXC_NOERR 27
+    EXC_NOERR 28
+    EXC_ERR 29
+    EXC_ERR 30
+    EXC_NOERR 31
+
+exc_6:
+    pushq $0
+    pushq $6
+    jmp exc_common
+
+    /* #UD. KVM PVM turns `int N` in ring 3 into #UD; when ring 3 executed
+       our trap instruction, serve the trap here and resume after it. */
+    .global ud_entry
+ud_entry:
+    testb $3, 8(%rsp)
+    jz exc_6
+    movq (%rsp), %r11
+    cmpw ${trap_insn}, (%r11)
+    jne exc_6
+    addq $2, (%rsp)
+    jmp trap_entry
+
+exc_common:
+    movq %rsp, %rdi
+    andq $-16, %rsp
+    call exception_report
+    ud2
+
+    /* int 0x80 from ring 3: rax = trap number, rdi/rsi/rdx = arguments.
+       The ring-3 caller treats every C caller-saved register as clobbered,
+       so nothing is saved here (each ring-0 instruction is costly under PVM). */
+    .global trap_entry
+trap_entry:
+    movq %rdx, %rcx
+    movq %rsi, %rdx
+    movq %rdi, %rsi
+    movq %rax, %rdi
+    subq $8, %rsp
+    call trap_dispatch
+    addq $8, %rsp
+    iretq
+
+    /* Wake-up IPI: taken inside the halt trap (or in ring 3 if a
+       hypervisor leaves interrupts on there); only acknowledges. */
+    .global wake_entry
+wake_entry:
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    cmpb $0, X2APIC_MODE(%rip)
+    je 1f
+    movl $0x80b, %ecx
+    xorl %eax, %eax
+    xorl %edx, %edx
+    wrmsr
+    jmp 2f
+1:  movl $0xfee000b0, %eax
+    movl $0, (%rax)
+2:  popq %rdx
+    popq %rcx
+    popq %rax
+    iretq
+
+    .global spurious_entry
+spurious_entry:
+    iretq
+
+    .section .rodata
+    .p2align 3
+    .global exception_stubs
+exception_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad exc_\v
+    .endr
+    .text
+"#,
+    trap_insn = const 0xCD | (toro_abi::trap::TRAP_VECTOR as u16) << 8,
+    options(att_syntax)
+);
+
+extern "C" {
+    static exception_stubs: [u64; 32];
+    fn ud_entry();
+    fn trap_entry();
+    fn wake_entry();
+    fn spurious_entry();
+}
+
+/// Builds the IDT (boot CPU, before the others start).
+pub fn init_idt() {
+    for v in 0..32u8 {
+        // SAFETY: exception_stubs is a read-only table emitted above.
+        let stub = unsafe { exception_stubs[v as usize] };
+        cpu::set_gate(v, stub, Gate::Kernel { ist: 1 });
+    }
+    // #UD doubles as a trap path (see ud_entry): no IST, like the trap gate.
+    cpu::set_gate(6, ud_entry as *const () as u64, Gate::Kernel { ist: 0 });
+    cpu::set_gate(trap::TRAP_VECTOR, trap_entry as *const () as u64, Gate::User);
+    cpu::set_gate(WAKE_VECTOR, wake_entry as *const () as u64, Gate::Kernel { ist: 0 });
+    cpu::set_gate(0xFF, spurious_entry as *const () as u64, Gate::Kernel { ist: 0 });
+}
+
+#[repr(C)]
+pub struct ExceptionFrame {
+    vector: u64,
+    error: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+    rsp: u64,
+    ss: u64,
+}
+
+fn exception_name(v: u64) -> &'static str {
+    match v {
+        0 => "divide error (#DE)",
+        1 => "debug (#DB)",
+        2 => "NMI",
+        3 => "breakpoint (#BP)",
+        4 => "overflow (#OF)",
+        5 => "bound range (#BR)",
+        6 => "invalid opcode (#UD)",
+        7 => "device not available (#NM)",
+        8 => "double fault (#DF)",
+        10 => "invalid TSS (#TS)",
+        11 => "segment not present (#NP)",
+        12 => "stack fault (#SS)",
+        13 => "general protection (#GP)",
+        14 => "page fault (#PF)",
+        16 => "x87 floating point (#MF)",
+        17 => "alignment check (#AC)",
+        18 => "machine check (#MC)",
+        19 => "SIMD floating point (#XM)",
+        _ => "exception",
+    }
+}
+
+#[no_mangle]
+extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
+    let core = cpu::current_index();
+    let user = frame.cs & 3 == 3;
+    let ring = if user { "application (ring 3)" } else { "kernel (ring 0)" };
+    let name = exception_name(frame.vector);
+    if frame.vector == 14 {
+        let cr2: u64;
+        // SAFETY: reads the faulting address register.
+        unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+        let access = if frame.error & 2 != 0 { "write" } else if frame.error & 16 != 0 { "execute" } else { "read" };
+        let why = if frame.error & 1 != 0 { "protection violation" } else { "page not present" };
+        kprintln!(
+            "core {core}: {name} in the {ring}: {access} at address {cr2:#x} ({why}), rip {:#x}, rsp {:#x}, error {:#x}",
+            frame.rip, frame.rsp, frame.error
+        );
+    } else {
+        kprintln!(
+            "core {core}: {name} (vector {}) in the {ring}: rip {:#x}, rsp {:#x}, error {:#x}",
+            frame.vector, frame.rip, frame.rsp, frame.error
+        );
+    }
+    exit(if user { status::USER_FAULT } else { status::KERNEL_FAULT })
+}
+
+#[no_mangle]
+extern "C" fn trap_dispatch(number: u64, a0: u64, a1: u64, _a2: u64) -> u64 {
+    match number {
+        trap::HALT => {
+            // `sti; hlt` is atomic with respect to interrupts: a wake-up IPI
+            // that arrived while ring 3 ran (interrupts masked) ends the hlt.
+            // SAFETY: enables interrupts only for the duration of the halt.
+            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            0
+        }
+        trap::SEND_IPI => {
+            let boot = BOOT.get();
+            if a0 >= boot.cpu_count as u64 {
+                return trap::ERROR;
+            }
+            apic::send_ipi(boot.apic_ids[a0 as usize], toro_abi::WAKE_VECTOR);
+            0
+        }
+        trap::EXIT => exit(a0.min(127) as u8),
+        trap::CONSOLE_WRITE => {
+            let ram_end = BOOT.get().heap_end;
+            if !toro_abi::layout::is_user_range(a0, a1, ram_end) {
+                return trap::ERROR;
+            }
+            // SAFETY: the range lies in ring-3 memory that is mapped (checked above).
+            let bytes = unsafe { core::slice::from_raw_parts(a0 as *const u8, a1 as usize) };
+            serial::lock().write_bytes(bytes);
+            0
+        }
+        _ => trap::ERROR,
+    }
+}
+
+/// Counts the CPUs that finished their ring-0 setup.
+pub static CPUS_READY: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+pub fn cpus_ready() -> u32 {
+    CPUS_READY.load(Ordering::Acquire)
+}

@@ -1,0 +1,266 @@
+//! Per-core memory pools. Each core allocates from its own pool; a block
+//! freed on another core is pushed onto its owner's lock-free list and
+//! returned to the owner's free list the next time the owner allocates.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use linked_list_allocator::Heap;
+use spin::Mutex;
+use toro_abi::MAX_CPUS;
+
+/// What a remotely freed block holds while it waits for its owner.
+/// Every block the allocator hands out has room for it (its minimum is 16 bytes).
+#[repr(C)]
+struct RemoteFree {
+    next: *mut RemoteFree,
+    size: u32,
+    align: u32,
+}
+
+pub struct CorePool {
+    /// Taken by the owner core only, except when another core's pool ran dry.
+    heap: Mutex<Heap>,
+    remote: AtomicPtr<RemoteFree>,
+}
+
+impl CorePool {
+    const fn empty() -> Self {
+        CorePool { heap: Mutex::new(Heap::empty()), remote: AtomicPtr::new(ptr::null_mut()) }
+    }
+
+    fn drain_remote(&self, heap: &mut Heap) {
+        if self.remote.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        let mut block = self.remote.swap(ptr::null_mut(), Ordering::Acquire);
+        while let Some(b) = NonNull::new(block) {
+            // SAFETY: every block on the list was allocated from this heap and
+            // handed over by free_remote, which wrote a RemoteFree into it.
+            unsafe {
+                let RemoteFree { next, size, align } = b.as_ptr().read();
+                heap.deallocate(b.cast(), Layout::from_size_align_unchecked(size as usize, align as usize));
+                block = next;
+            }
+        }
+    }
+
+    fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut heap = self.heap.lock();
+        self.drain_remote(&mut heap);
+        heap.allocate_first_fit(layout).map_or(ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    /// # Safety
+    /// `ptr` came from this pool with `layout` and is not used any more.
+    unsafe fn free_local(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.heap.lock().deallocate(NonNull::new_unchecked(ptr), layout) };
+    }
+
+    /// # Safety
+    /// As for `free_local`; the block must be at least 16 bytes (the allocator's minimum).
+    unsafe fn free_remote(&self, ptr: *mut u8, layout: Layout) {
+        let block = ptr.cast::<RemoteFree>();
+        let mut head = self.remote.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is ours until the push below publishes it.
+            unsafe { block.write(RemoteFree { next: head, size: layout.size() as u32, align: layout.align() as u32 }) };
+            match self.remote.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn free_bytes(&self) -> usize {
+        let mut heap = self.heap.lock();
+        self.drain_remote(&mut heap);
+        heap.free()
+    }
+}
+
+/// The pools of every core over one region of memory, cut in equal parts.
+pub struct Pools {
+    pools: [CorePool; MAX_CPUS],
+    start: AtomicUsize,
+    part: AtomicUsize,
+    count: AtomicUsize,
+}
+
+impl Pools {
+    pub const fn new() -> Self {
+        const EMPTY: CorePool = CorePool::empty();
+        Pools { pools: [EMPTY; MAX_CPUS], start: AtomicUsize::new(0), part: AtomicUsize::new(0), count: AtomicUsize::new(0) }
+    }
+
+    /// Cuts `[start, end)` into `cores` page-aligned pools.
+    ///
+    /// # Safety
+    /// The region is unused memory owned by these pools from now on; call once.
+    pub unsafe fn init(&self, start: usize, end: usize, cores: usize) {
+        let cores = cores.clamp(1, MAX_CPUS);
+        let part = ((end - start) / cores) & !0xfff;
+        for (i, pool) in self.pools[..cores].iter().enumerate() {
+            // SAFETY: the parts are disjoint pieces of the region the caller gave us.
+            unsafe { pool.heap.lock().init((start + i * part) as *mut u8, part) };
+        }
+        self.start.store(start, Ordering::Relaxed);
+        self.part.store(part, Ordering::Relaxed);
+        self.count.store(cores, Ordering::Release);
+    }
+
+    pub fn cores(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The memory of `core`'s pool.
+    pub fn region(&self, core: usize) -> (usize, usize) {
+        let part = self.part.load(Ordering::Relaxed);
+        let start = self.start.load(Ordering::Relaxed) + core * part;
+        (start, start + part)
+    }
+
+    pub fn owner(&self, addr: usize) -> Option<usize> {
+        let start = self.start.load(Ordering::Relaxed);
+        let part = self.part.load(Ordering::Relaxed);
+        let i = addr.checked_sub(start)? / part.max(1);
+        (i < self.cores()).then_some(i)
+    }
+
+    /// Allocates on `core`'s pool, or on another's when that one is full.
+    pub fn alloc(&self, core: usize, layout: Layout) -> *mut u8 {
+        let n = self.cores();
+        if n == 0 {
+            return ptr::null_mut();
+        }
+        (0..n)
+            .map(|k| self.pools[(core + k) % n].alloc(layout))
+            .find(|p| !p.is_null())
+            .unwrap_or(ptr::null_mut())
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc` with `layout` and is not used any more.
+    pub unsafe fn dealloc(&self, core: usize, ptr: *mut u8, layout: Layout) {
+        let Some(owner) = self.owner(ptr as usize) else { return };
+        // SAFETY: the caller's guarantee, forwarded.
+        unsafe {
+            if owner == core {
+                self.pools[owner].free_local(ptr, layout)
+            } else {
+                self.pools[owner].free_remote(ptr, layout)
+            }
+        }
+    }
+
+    /// Free bytes of `core`'s pool, blocks freed elsewhere counted back in.
+    pub fn free_bytes(&self, core: usize) -> usize {
+        self.pools[core].free_bytes()
+    }
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Region {
+        pools: Pools,
+        _mem: Vec<u64>,
+    }
+
+    fn region(bytes: usize, cores: usize) -> Arc<Region> {
+        let mem = vec![0u64; bytes / 8 + 512];
+        let start = (mem.as_ptr() as usize + 4095) & !4095;
+        let pools = Pools::new();
+        // SAFETY: the Vec outlives the pools (both live in Region) and is used by nothing else.
+        unsafe { pools.init(start, start + bytes, cores) };
+        Arc::new(Region { pools, _mem: mem })
+    }
+
+    #[test]
+    fn split_and_owner() {
+        let r = region(1 << 20, 4);
+        let (s0, e0) = r.pools.region(0);
+        let (s3, e3) = r.pools.region(3);
+        assert_eq!(e0 - s0, 256 << 10);
+        assert_eq!(r.pools.owner(s0), Some(0));
+        assert_eq!(r.pools.owner(e0), Some(1));
+        assert_eq!(r.pools.owner(e3 - 1), Some(3));
+        assert_eq!(r.pools.owner(e3), None);
+        assert_eq!(r.pools.owner(s0 - 1), None);
+        assert!(s3 > s0);
+    }
+
+    #[test]
+    fn local_alloc_free_returns_every_byte() {
+        let r = region(1 << 20, 2);
+        let before = r.pools.free_bytes(0);
+        let layouts = [Layout::from_size_align(1, 1).unwrap(), Layout::from_size_align(100, 64).unwrap(),
+                       Layout::from_size_align(4096, 4096).unwrap()];
+        let ptrs: Vec<_> = layouts.iter().map(|l| (r.pools.alloc(0, *l), *l)).collect();
+        for (p, l) in &ptrs {
+            assert!(!p.is_null());
+            assert_eq!(*p as usize % l.align(), 0);
+            assert_eq!(r.pools.owner(*p as usize), Some(0));
+        }
+        assert!(r.pools.free_bytes(0) < before);
+        for (p, l) in ptrs {
+            // SAFETY: allocated above with this layout.
+            unsafe { r.pools.dealloc(0, p, l) };
+        }
+        assert_eq!(r.pools.free_bytes(0), before);
+    }
+
+    #[test]
+    fn cross_core_frees_from_threads_come_home() {
+        let r = region(4 << 20, 2);
+        let before = [r.pools.free_bytes(0), r.pools.free_bytes(1)];
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize)>(64);
+        let r0 = r.clone();
+        // "Core 0" allocates, "core 1" frees: 20,000 pairs of assorted sizes.
+        let producer = std::thread::spawn(move || {
+            for i in 0..20_000usize {
+                let size = 1 + (i * 37) % 700;
+                let p = r0.pools.alloc(0, Layout::from_size_align(size, 8).unwrap());
+                assert!(!p.is_null());
+                tx.send((p as usize, size)).unwrap();
+            }
+        });
+        let r1 = r.clone();
+        let consumer = std::thread::spawn(move || {
+            for (p, size) in rx {
+                // SAFETY: allocated by the producer with this layout, handed over once.
+                unsafe { r1.pools.dealloc(1, p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+            }
+        });
+        producer.join().unwrap();
+        consumer.join().unwrap();
+        assert_eq!([r.pools.free_bytes(0), r.pools.free_bytes(1)], before);
+    }
+
+    #[test]
+    fn full_pool_borrows_from_the_next() {
+        let r = region(256 << 10, 2);
+        let big = Layout::from_size_align(100 << 10, 8).unwrap();
+        let a = r.pools.alloc(0, big);
+        let b = r.pools.alloc(0, big);
+        assert_eq!(r.pools.owner(a as usize), Some(0));
+        assert_eq!(r.pools.owner(b as usize), Some(1), "second block must come from core 1's pool");
+        assert!(r.pools.alloc(0, big).is_null(), "no pool has room: null, not a panic");
+        // SAFETY: allocated above with this layout.
+        unsafe {
+            r.pools.dealloc(0, a, big);
+            r.pools.dealloc(0, b, big);
+        }
+        assert_eq!(r.pools.free_bytes(1), 128 << 10);
+    }
+}

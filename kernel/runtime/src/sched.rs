@@ -1,0 +1,386 @@
+//! Cooperative threads: each has its own stack slot (guard page below),
+//! each core has a run queue and a scheduler context on its boot stack.
+//! A thread runs until it yields, blocks, migrates or ends; an idle core
+//! spins for the configured budget, then halts until a wake-up IPI.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use spin::{Mutex, Once};
+use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
+
+use crate::arch::{self, SLOT_RESERVED};
+use crate::state::ThreadState;
+
+pub const NO_RANK: u32 = u32::MAX;
+
+pub struct Thread {
+    /// Saved stack pointer while switched out.
+    context: UnsafeCell<usize>,
+    core: AtomicUsize,
+    state: ThreadState,
+    start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    slot: usize,
+    rank: AtomicU32,
+    finished: AtomicBool,
+    joiner: Mutex<Option<Arc<Thread>>>,
+    /// Console text of the current unfinished line (see console.rs).
+    pub(crate) line: UnsafeCell<String>,
+}
+
+// SAFETY: `context`, `start` and `line` are touched only by the thread
+// itself or by the scheduler of the core it is switched out on, never both
+// at once (a thread is on one run queue or running on one core at a time).
+unsafe impl Sync for Thread {}
+unsafe impl Send for Thread {}
+
+impl Thread {
+    fn new(slot: usize, core: usize, rank: u32, start: Option<Box<dyn FnOnce() + Send>>) -> Arc<Thread> {
+        Arc::new(Thread {
+            context: UnsafeCell::new(0),
+            core: AtomicUsize::new(core),
+            state: ThreadState::new_runnable(),
+            start: UnsafeCell::new(start),
+            slot,
+            rank: AtomicU32::new(rank),
+            finished: AtomicBool::new(false),
+            joiner: Mutex::new(None),
+            line: UnsafeCell::new(String::new()),
+        })
+    }
+
+    pub fn core(&self) -> usize {
+        self.core.load(Ordering::Relaxed)
+    }
+
+    pub fn rank(&self) -> Option<u32> {
+        Some(self.rank.load(Ordering::Relaxed)).filter(|r| *r != NO_RANK)
+    }
+
+    pub fn set_rank(&self, rank: u32) {
+        self.rank.store(rank, Ordering::Relaxed);
+    }
+}
+
+/// What the scheduler does with a thread that just switched to it.
+enum After {
+    Yield,
+    Migrate(usize),
+    Block,
+    Exit,
+}
+
+struct Core {
+    run_queue: Mutex<VecDeque<Arc<Thread>>>,
+    queued: AtomicUsize,
+    sleeping: AtomicBool,
+    scheduler_context: UnsafeCell<usize>,
+    after: UnsafeCell<After>,
+    idle: Arc<Thread>,
+    switches: AtomicUsize,
+}
+
+// SAFETY: scheduler_context and after are used only on the core itself.
+unsafe impl Sync for Core {}
+
+static CORES: Once<Vec<Core>> = Once::new();
+static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static SPIN_NS: AtomicUsize = AtomicUsize::new(0);
+
+fn cores() -> &'static [Core] {
+    CORES.get().expect("scheduler not initialised")
+}
+
+fn slot_top(slot: usize) -> usize {
+    STACK_ARENA as usize + (slot + 1) * STACK_SLOT_SIZE as usize
+}
+
+/// The owner pointer at the top of every stack slot.
+fn slot_owner(slot: usize) -> *mut *const Thread {
+    (slot_top(slot) - 8) as *mut *const Thread
+}
+
+fn current_slot() -> usize {
+    (arch::stack_pointer() - STACK_ARENA as usize) / STACK_SLOT_SIZE as usize
+}
+
+/// The running thread, found from the stack pointer; null before init.
+fn current_ptr() -> *const Thread {
+    // SAFETY: every stack we run on is a slot of the arena; its top word
+    // is either null or the Arc-owned thread of that slot.
+    unsafe { *slot_owner(current_slot()) }
+}
+
+pub fn current() -> &'static Thread {
+    let t = current_ptr();
+    assert!(!t.is_null(), "no current thread before the scheduler runs");
+    // SAFETY: the thread's Arc is held by its core (running) until it exits,
+    // and it is running now.
+    unsafe { &*t }
+}
+
+/// The core the caller runs on.
+pub fn current_core() -> usize {
+    let t = current_ptr();
+    if t.is_null() {
+        current_slot() // boot stacks: slot i belongs to core i
+    } else {
+        // SAFETY: as in `current`.
+        unsafe { (*t).core() }
+    }
+}
+
+pub fn core_count() -> usize {
+    cores().len()
+}
+
+/// Called by core 0 once the heap works.
+pub(crate) fn init(core_count: usize, total_slots: usize, spin_ns: u64) {
+    SPIN_NS.store(spin_ns as usize, Ordering::Relaxed);
+    *FREE_SLOTS.lock() = (core_count..total_slots).rev().collect();
+    CORES.call_once(|| {
+        (0..core_count)
+            .map(|c| Core {
+                run_queue: Mutex::new(VecDeque::with_capacity(64)),
+                queued: AtomicUsize::new(0),
+                sleeping: AtomicBool::new(false),
+                scheduler_context: UnsafeCell::new(0),
+                after: UnsafeCell::new(After::Yield),
+                idle: Thread::new(c, c, NO_RANK, None),
+                switches: AtomicUsize::new(0),
+            })
+            .collect()
+    });
+}
+
+/// Each core, on its boot stack: become the core's scheduler.
+pub(crate) fn run_scheduler(core: usize) -> ! {
+    let me = &cores()[core];
+    me.idle.state.set_running();
+    // SAFETY: slot `core` is this core's boot stack; its owner is the idle thread.
+    unsafe { *slot_owner(core) = Arc::as_ptr(&me.idle) };
+    loop {
+        let next = {
+            let mut q = me.run_queue.lock();
+            let t = q.pop_front();
+            if t.is_some() {
+                me.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            t
+        };
+        match next {
+            Some(t) => run(me, core, t),
+            None => idle(me),
+        }
+    }
+}
+
+fn run(me: &Core, core: usize, t: Arc<Thread>) {
+    t.core.store(core, Ordering::Relaxed);
+    t.state.set_running();
+    me.switches.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `t` is switched out (it came off a run queue), so its saved
+    // context is complete; ours is saved into our own scheduler slot.
+    unsafe { arch::toro_switch(me.scheduler_context.get(), *t.context.get()) };
+    // SAFETY: the thread that just switched back set `after` on this core.
+    let after = unsafe { core::ptr::replace(me.after.get(), After::Yield) };
+    match after {
+        After::Yield => push(core, t),
+        After::Migrate(to) => push(to, t),
+        After::Block => {
+            if !t.state.commit_block() {
+                push(core, t);
+            }
+        }
+        After::Exit => {
+            FREE_SLOTS.lock().push(t.slot);
+            t.finished.store(true, Ordering::Release);
+            let joiner = t.joiner.lock().take();
+            if let Some(j) = joiner {
+                wake(&j);
+            }
+        }
+    }
+}
+
+fn idle(me: &Core) {
+    let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
+    let start = crate::time::now_ns();
+    while crate::time::now_ns() - start < budget {
+        if me.queued.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // Announce, re-check, halt: a waker that queued after our check sees
+    // `sleeping` and sends the IPI, which ends the halt (or pre-empts it).
+    me.sleeping.store(true, Ordering::SeqCst);
+    if me.queued.load(Ordering::SeqCst) == 0 {
+        arch::halt();
+    }
+    me.sleeping.store(false, Ordering::Relaxed);
+}
+
+fn push(core: usize, t: Arc<Thread>) {
+    let target = &cores()[core];
+    {
+        let mut q = target.run_queue.lock();
+        q.push_back(t);
+        target.queued.fetch_add(1, Ordering::SeqCst);
+    }
+    if core != current_core() && target.sleeping.load(Ordering::SeqCst) {
+        arch::send_ipi(core);
+    }
+}
+
+fn switch_to_scheduler(after: After) {
+    let t = current();
+    let core = &cores()[t.core()];
+    // SAFETY: `after` and the contexts are this core's; the scheduler reads
+    // `after` only once we have switched.
+    unsafe {
+        *core.after.get() = after;
+        arch::toro_switch(t.context.get(), *core.scheduler_context.get());
+    }
+}
+
+fn is_idle_thread(t: &Thread) -> bool {
+    t.slot < cores().len()
+}
+
+/// Lets the other threads of this core run.
+pub fn yield_now() {
+    let t = current();
+    if is_idle_thread(t) || cores()[t.core()].queued.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    switch_to_scheduler(After::Yield);
+}
+
+/// Moves the calling thread to `core`; returns running there.
+pub fn migrate(core: usize) {
+    assert!(core < core_count(), "migrate to core {core}: this VM has {} cores", core_count());
+    let t = current();
+    assert!(!is_idle_thread(t), "a core's scheduler context cannot migrate");
+    if t.core() != core {
+        switch_to_scheduler(After::Migrate(core));
+    }
+}
+
+/// Blocks until `wake` is called for this thread (perhaps already). May
+/// return early: callers re-check their condition in a loop.
+pub fn block() {
+    let t = current();
+    assert!(!is_idle_thread(t), "a core's scheduler context cannot block");
+    if t.state.begin_block() {
+        switch_to_scheduler(After::Block);
+    }
+}
+
+/// Makes `t` runnable again if it blocks or is about to.
+pub fn wake(t: &Arc<Thread>) {
+    if t.state.wake() {
+        push(t.core(), t.clone());
+    }
+}
+
+/// The Arc of the running thread (to hand to a waker).
+pub fn current_arc() -> Arc<Thread> {
+    let t = current_ptr();
+    // SAFETY: as in `current`; the count is raised for the new Arc.
+    unsafe {
+        Arc::increment_strong_count(t);
+        Arc::from_raw(t)
+    }
+}
+
+#[no_mangle]
+extern "C" fn toro_thread_main() -> ! {
+    let t = current();
+    // SAFETY: the start closure is taken once, by the thread itself.
+    let start = unsafe { (*t.start.get()).take() };
+    if let Some(f) = start {
+        f();
+    }
+    crate::console::flush_line(t);
+    switch_to_scheduler(After::Exit);
+    unreachable!("an exited thread was resumed")
+}
+
+pub struct JoinHandle<T> {
+    thread: Arc<Thread>,
+    result: Arc<Mutex<Option<T>>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the thread to end and returns what its closure returned.
+    pub fn join(self) -> T {
+        loop {
+            if self.thread.finished.load(Ordering::Acquire) {
+                break;
+            }
+            *self.thread.joiner.lock() = Some(current_arc());
+            if self.thread.finished.load(Ordering::Acquire) {
+                break;
+            }
+            block();
+        }
+        self.result.lock().take().expect("joined thread produced no result")
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.finished.load(Ordering::Acquire)
+    }
+}
+
+/// Starts `f` as a new thread on `core`. Panics when every stack slot is taken.
+pub fn spawn_on<T: Send + 'static>(core: usize, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    assert!(core < core_count(), "spawn on core {core}: this VM has {} cores", core_count());
+    let slot = FREE_SLOTS.lock().pop().expect("out of thread stacks (128 slots of 256 KiB)");
+    let result = Arc::new(Mutex::new(None));
+    let r = result.clone();
+    let rank = current_rank_raw();
+    let t = Thread::new(slot, core, rank, Some(Box::new(move || *r.lock() = Some(f()))));
+    let top = slot_top(slot);
+    // SAFETY: the slot is free (taken off the free list) and mapped. Layout
+    // below the reserved top: the trampoline's address (toro_switch's `ret`
+    // lands there with rsp 16-aligned, so its `call` aligns like any call),
+    // then six zeroed callee-saved registers for toro_switch to pop.
+    unsafe {
+        *slot_owner(slot) = Arc::as_ptr(&t);
+        let base = top - SLOT_RESERVED;
+        let frame = base as *mut usize;
+        frame.sub(1).write(arch::toro_thread_trampoline as *const () as usize);
+        for i in 2..=7 {
+            frame.sub(i).write(0);
+        }
+        *t.context.get() = base - 7 * 8;
+    }
+    push(core, t.clone());
+    JoinHandle { thread: t, result }
+}
+
+/// Starts `f` as a new thread on the calling core.
+pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    spawn_on(current_core(), f)
+}
+
+fn current_rank_raw() -> u32 {
+    let t = current_ptr();
+    if t.is_null() {
+        NO_RANK
+    } else {
+        // SAFETY: as in `current`.
+        unsafe { (*t).rank.load(Ordering::Relaxed) }
+    }
+}
+
+/// Context switches done by `core`'s scheduler so far.
+pub fn switch_count(core: usize) -> usize {
+    cores()[core].switches.load(Ordering::Relaxed)
+}
