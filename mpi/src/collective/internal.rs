@@ -1,0 +1,447 @@
+//! Collective algorithms on bytes, over point-to-point messages in the communicator's
+//! collective context (so they never match user messages).
+//!
+//! Every reduction combines contributions in a fixed order that depends only on the
+//! rank count (never on timing), so results are reproducible, and all-reduce results
+//! are bit-identical on every rank: each partial is computed once, or computed by both
+//! partners from the same operands in the same order (lower ranks first).
+
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::operation::Operation;
+use crate::communicator::CommState;
+use crate::datatype::{DatatypeRef, Primitive, Token};
+use crate::engine::Pattern;
+use crate::error::{fail, ErrorClass, MpiResult};
+use crate::raw::AlignedBytes;
+
+/// Tags inside the collective context, one per algorithm (FIFO order per pair keeps
+/// consecutive collectives apart).
+mod tag {
+    pub const BARRIER: i32 = 1;
+    pub const BROADCAST: i32 = 2;
+    pub const REDUCE: i32 = 3;
+    pub const ALL_REDUCE: i32 = 4;
+    pub const GATHER: i32 = 5;
+    pub const SCATTER: i32 = 6;
+    pub const ALL_GATHER: i32 = 7;
+    pub const ALL_TO_ALL: i32 = 8;
+    pub const SCAN: i32 = 9;
+}
+
+/// Above this many bytes (and with at least one element per rank), all-reduce uses the
+/// bandwidth-optimal ring instead of latency-optimal recursive doubling.
+pub(crate) const ALL_REDUCE_RING_MIN_BYTES: usize = 16 * 1024;
+
+/// A communicator seen by a collective algorithm.
+pub(crate) struct Group<'c> {
+    comm: &'c CommState,
+    pub(crate) rank: usize,
+    pub(crate) size: usize,
+    datatype: DatatypeRef,
+}
+
+impl<'c> Group<'c> {
+    pub(crate) fn new(comm: &'c CommState, datatype: DatatypeRef) -> Group<'c> {
+        Group { comm, rank: comm.rank() as usize, size: comm.size() as usize, datatype }
+    }
+
+    fn send(&self, to: usize, tag: i32, payload: &[u8]) -> MpiResult<()> {
+        let dest = self.comm.world_rank_of(to as i32);
+        let context = self.comm.collective_context();
+        let mut engine = self.comm.engine.borrow_mut();
+        let handle = engine.start_send(dest, context, tag, false, payload)?;
+        engine.wait_send(handle);
+        Ok(())
+    }
+
+    /// Receives exactly `into.len()` bytes; any other length means the ranks disagree on
+    /// counts.
+    fn receive(&self, from: usize, tag: i32, into: &mut [u8]) -> MpiResult<()> {
+        let pattern = Pattern {
+            context: self.comm.collective_context(),
+            source: Some(self.comm.world_rank_of(from as i32)),
+            tag: Some(tag),
+        };
+        let header = self.comm.engine.borrow_mut().receive_into(pattern, into, self.datatype)?;
+        if header.len != into.len() {
+            return fail(
+                ErrorClass::Count,
+                format!("collective: rank {} sent {} bytes, {} expected (counts differ between ranks)", from, header.len, into.len()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends and receives at once, so exchanges cannot deadlock on rendezvous transports.
+    fn exchange(&self, to: usize, payload: &[u8], from: usize, into: &mut [u8], tag: i32) -> MpiResult<()> {
+        let dest = self.comm.world_rank_of(to as i32);
+        let context = self.comm.collective_context();
+        let handle = self.comm.engine.borrow_mut().start_send(dest, context, tag, false, payload)?;
+        let received = self.receive(from, tag, into);
+        self.comm.engine.borrow_mut().wait_send(handle);
+        received
+    }
+}
+
+fn reduce_into(op: &dyn Operation, input: &[u8], inout: &mut [u8], datatype: DatatypeRef) -> MpiResult<()> {
+    op.reduce(input, inout, datatype, Token(()))
+}
+
+// ---- synchronization and data movement ----
+
+/// Dissemination barrier: ⌈log2 n⌉ rounds, in round k every rank signals rank + 2^k.
+pub(crate) fn barrier(group: &Group) -> MpiResult<()> {
+    let (r, n) = (group.rank, group.size);
+    let mut distance = 1;
+    while distance < n {
+        group.exchange((r + distance) % n, &[], (r + n - distance) % n, &mut [], tag::BARRIER)?;
+        distance <<= 1;
+    }
+    Ok(())
+}
+
+/// Binomial-tree broadcast.
+pub(crate) fn broadcast(group: &Group, root: usize, buffer: &mut [u8]) -> MpiResult<()> {
+    let n = group.size;
+    let relative = (group.rank + n - root) % n;
+    let mut mask = 1;
+    while mask < n {
+        if relative & mask != 0 {
+            group.receive((relative - mask + root) % n, tag::BROADCAST, buffer)?;
+            break;
+        }
+        mask <<= 1;
+    }
+    mask >>= 1;
+    while mask > 0 {
+        if relative + mask < n {
+            group.send((relative + mask + root) % n, tag::BROADCAST, buffer)?;
+        }
+        mask >>= 1;
+    }
+    Ok(())
+}
+
+/// Binomial-tree gather of equal blocks; the root gets them in rank order.
+pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&mut [u8]>) -> MpiResult<()> {
+    let (n, size) = (group.size, block.len());
+    let relative = (group.rank + n - root) % n;
+    let subtree = subtree_size(relative, n);
+    // Blocks of ranks relative..relative+subtree, in relative order.
+    let mut gathered = vec![0u8; subtree * size];
+    gathered[..size].copy_from_slice(block);
+    let mut have = 1;
+    let mut mask = 1;
+    while mask < n {
+        if relative & mask != 0 {
+            group.send((relative - mask + root) % n, tag::GATHER, &gathered[..have * size])?;
+            break;
+        }
+        if relative + mask < n {
+            let blocks = mask.min(n - relative - mask);
+            group.receive((relative + mask + root) % n, tag::GATHER, &mut gathered[have * size..(have + blocks) * size])?;
+            have += blocks;
+        }
+        mask <<= 1;
+    }
+    if let Some(output) = output {
+        for (index, chunk) in gathered.chunks(size.max(1)).enumerate().take(if size == 0 { 0 } else { n }) {
+            let rank = (index + root) % n;
+            output[rank * size..(rank + 1) * size].copy_from_slice(chunk);
+        }
+    }
+    Ok(())
+}
+
+/// Ranks in the binomial subtree rooted at `relative` (relative to the root).
+fn subtree_size(relative: usize, n: usize) -> usize {
+    if relative == 0 { n } else { (relative & relative.wrapping_neg()).min(n - relative) }
+}
+
+/// Binomial-tree scatter of equal blocks from the root's rank-ordered `input`.
+pub(crate) fn scatter(group: &Group, root: usize, input: Option<&[u8]>, output: &mut [u8]) -> MpiResult<()> {
+    let (n, size) = (group.size, output.len());
+    let relative = (group.rank + n - root) % n;
+    let subtree = subtree_size(relative, n);
+    let mut blocks = vec![0u8; subtree * size];
+    match input {
+        Some(input) => {
+            for index in 0..n {
+                let rank = (index + root) % n;
+                blocks[index * size..(index + 1) * size].copy_from_slice(&input[rank * size..(rank + 1) * size]);
+            }
+        }
+        None => {
+            let lowbit = relative & relative.wrapping_neg();
+            group.receive((relative - lowbit + root) % n, tag::SCATTER, &mut blocks)?;
+        }
+    }
+    let mut mask = if relative == 0 { n.next_power_of_two() >> 1 } else { (relative & relative.wrapping_neg()) >> 1 };
+    while mask > 0 {
+        if mask < subtree {
+            let end = (2 * mask).min(subtree);
+            group.send((relative + mask + root) % n, tag::SCATTER, &blocks[mask * size..end * size])?;
+        }
+        mask >>= 1;
+    }
+    output.copy_from_slice(&blocks[..size]);
+    Ok(())
+}
+
+/// Linear gather of parts of different sizes (`ranges[i]` of the root's output).
+pub(crate) fn gather_varcount(group: &Group, root: usize, block: &[u8], output: Option<(&mut [u8], &[Range<usize>])>) -> MpiResult<()> {
+    match output {
+        None => group.send(root, tag::GATHER, block),
+        Some((output, ranges)) => {
+            for (rank, range) in ranges.iter().enumerate() {
+                if rank == group.rank {
+                    if block.len() != range.len() {
+                        return fail(ErrorClass::Count, "root's own part differs from its send count");
+                    }
+                    output[range.clone()].copy_from_slice(block);
+                } else {
+                    group.receive(rank, tag::GATHER, &mut output[range.clone()])?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Linear scatter of parts of different sizes.
+pub(crate) fn scatter_varcount(group: &Group, root: usize, input: Option<(&[u8], &[Range<usize>])>, output: &mut [u8]) -> MpiResult<()> {
+    match input {
+        None => group.receive(root, tag::SCATTER, output),
+        Some((input, ranges)) => {
+            for (rank, range) in ranges.iter().enumerate() {
+                if rank == group.rank {
+                    if output.len() != range.len() {
+                        return fail(ErrorClass::Count, "root's receive buffer differs from its own part");
+                    }
+                    output.copy_from_slice(&input[range.clone()]);
+                } else {
+                    group.send(rank, tag::SCATTER, &input[range.clone()])?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Ring all-gather: n-1 steps, each rank forwards the block it received last.
+/// `ranges[i]` is rank i's part of `output`; the own part must already be in place.
+pub(crate) fn all_gather_ring(group: &Group, output: &mut [u8], ranges: &[Range<usize>]) -> MpiResult<()> {
+    let (r, n) = (group.rank, group.size);
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let mut outgoing = Vec::new();
+    for step in 0..n.saturating_sub(1) {
+        let send_block = (r + n - step) % n;
+        let receive_block = (r + 2 * n - step - 1) % n;
+        outgoing.clear();
+        outgoing.extend_from_slice(&output[ranges[send_block].clone()]);
+        group.exchange(right, &outgoing, left, &mut output[ranges[receive_block].clone()], tag::ALL_GATHER)?;
+    }
+    Ok(())
+}
+
+/// Pairwise-exchange all-to-all: in step s rank r sends to r+s and receives from r-s.
+pub(crate) fn all_to_all_pairwise(group: &Group, input: &[u8], send: &[Range<usize>], output: &mut [u8], receive: &[Range<usize>]) -> MpiResult<()> {
+    let (r, n) = (group.rank, group.size);
+    if send[r].len() != receive[r].len() {
+        return fail(ErrorClass::Count, "own send and receive parts differ in size");
+    }
+    output[receive[r].clone()].copy_from_slice(&input[send[r].clone()]);
+    for step in 1..n {
+        let (to, from) = ((r + step) % n, (r + n - step) % n);
+        group.exchange(to, &input[send[to].clone()], from, &mut output[receive[from].clone()], tag::ALL_TO_ALL)?;
+    }
+    Ok(())
+}
+
+// ---- reductions ----
+
+/// Binomial-tree reduction to rank 0 in rank order, then handed to the root.
+pub(crate) fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&mut [u8]>, op: &dyn Operation) -> MpiResult<()> {
+    let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    let mut accumulated = AlignedBytes::from_bytes(input);
+    let mut incoming = AlignedBytes::zeroed(input.len());
+    let mut mask = 1;
+    while mask < n {
+        if r & mask != 0 {
+            group.send(r - mask, tag::REDUCE, accumulated.as_ref())?;
+            break;
+        }
+        if r + mask < n {
+            // `accumulated` holds ranks r..r+mask, the child ranks r+mask..: lower first.
+            group.receive(r + mask, tag::REDUCE, incoming.as_mut())?;
+            reduce_into(op, accumulated.as_ref(), incoming.as_mut(), datatype)?;
+            core::mem::swap(&mut accumulated, &mut incoming);
+        }
+        mask <<= 1;
+    }
+    if root != 0 {
+        if r == 0 {
+            group.send(root, tag::REDUCE, accumulated.as_ref())?;
+        } else if r == root {
+            group.receive(0, tag::REDUCE, accumulated.as_mut())?;
+        }
+    }
+    if let Some(output) = output {
+        output.copy_from_slice(accumulated.as_ref());
+    }
+    Ok(())
+}
+
+/// All-reduce: recursive doubling for short vectors or non-commutative operations,
+/// ring reduce-scatter + all-gather for long ones.
+pub(crate) fn all_reduce(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
+    let count = input.len() / group.datatype.size().max(1);
+    if op.is_commutative() && input.len() >= ALL_REDUCE_RING_MIN_BYTES && count >= group.size {
+        all_reduce_ring(group, input, output, op)
+    } else {
+        all_reduce_recursive_doubling(group, input, output, op)
+    }
+}
+
+/// Recursive doubling; with n not a power of two the first 2·(n − 2^k) ranks pair up
+/// first (even into odd) and the odd ones take part. Partners combine lower-rank data
+/// first, so both compute bit-identical results.
+pub(crate) fn all_reduce_recursive_doubling(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
+    let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    let mut accumulated = AlignedBytes::from_bytes(input);
+    let mut incoming = AlignedBytes::zeroed(input.len());
+    let power = if n.is_power_of_two() { n } else { n.next_power_of_two() >> 1 };
+    let extra = n - power;
+    let participant = if r < 2 * extra {
+        if r % 2 == 0 {
+            group.send(r + 1, tag::ALL_REDUCE, accumulated.as_ref())?;
+            None
+        } else {
+            group.receive(r - 1, tag::ALL_REDUCE, incoming.as_mut())?;
+            reduce_into(op, incoming.as_ref(), accumulated.as_mut(), datatype)?;
+            Some(r / 2)
+        }
+    } else {
+        Some(r - extra)
+    };
+    if let Some(virtual_rank) = participant {
+        let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
+        let mut mask = 1;
+        while mask < power {
+            let partner = virtual_rank ^ mask;
+            group.exchange(real(partner), accumulated.as_ref(), real(partner), incoming.as_mut(), tag::ALL_REDUCE)?;
+            if partner < virtual_rank {
+                reduce_into(op, incoming.as_ref(), accumulated.as_mut(), datatype)?;
+            } else {
+                reduce_into(op, accumulated.as_ref(), incoming.as_mut(), datatype)?;
+                core::mem::swap(&mut accumulated, &mut incoming);
+            }
+            mask <<= 1;
+        }
+    }
+    if r < 2 * extra {
+        if r % 2 == 1 {
+            group.send(r - 1, tag::ALL_REDUCE, accumulated.as_ref())?;
+        } else {
+            group.receive(r + 1, tag::ALL_REDUCE, accumulated.as_mut())?;
+        }
+    }
+    output.copy_from_slice(accumulated.as_ref());
+    Ok(())
+}
+
+/// Element ranges (in bytes) of n nearly equal chunks.
+fn chunk_ranges(len: usize, element: usize, n: usize) -> Vec<Range<usize>> {
+    let count = len / element;
+    (0..n).map(|i| (i * count / n) * element..((i + 1) * count / n) * element).collect()
+}
+
+/// Ring all-reduce: reduce-scatter then all-gather around the ring. Each chunk is
+/// reduced by exactly one chain of ranks, then copied, so all ranks agree bit for bit.
+pub(crate) fn all_reduce_ring(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
+    let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    let ranges = chunk_ranges(input.len(), datatype.size(), n);
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let mut accumulated = AlignedBytes::from_bytes(input);
+    let largest = ranges.iter().map(|range| range.len()).max().unwrap_or(0);
+    let mut incoming = AlignedBytes::zeroed(largest);
+    for step in 0..n - 1 {
+        let send_chunk = ranges[(r + n - step) % n].clone();
+        let receive_chunk = ranges[(r + 2 * n - step - 1) % n].clone();
+        let length = receive_chunk.len();
+        group.exchange(right, &accumulated.as_ref()[send_chunk], left, &mut incoming.as_mut()[..length], tag::ALL_REDUCE)?;
+        reduce_into(op, &incoming.as_ref()[..length], &mut accumulated.as_mut()[receive_chunk], datatype)?;
+    }
+    // Rank r now owns the finished chunk r+1; circulate the finished chunks.
+    output.copy_from_slice(accumulated.as_ref());
+    let mut outgoing = Vec::with_capacity(largest);
+    for step in 0..n - 1 {
+        let send_chunk = ranges[(r + 1 + n - step) % n].clone();
+        let receive_chunk = ranges[(r + n - step) % n].clone();
+        outgoing.clear();
+        outgoing.extend_from_slice(&output[send_chunk]);
+        group.exchange(right, &outgoing, left, &mut output[receive_chunk], tag::ALL_REDUCE)?;
+    }
+    Ok(())
+}
+
+/// Inclusive (or exclusive) prefix reduction by recursive doubling, in rank order.
+/// Exclusive: rank 0's `output` is left untouched (undefined in MPI).
+pub(crate) fn scan(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation, exclusive: bool) -> MpiResult<()> {
+    let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    // `window`: reduction of the ranks of my aligned block; `prefix`: of ranks below me
+    // (plus mine when inclusive).
+    let mut window = AlignedBytes::from_bytes(input);
+    let mut prefix: Option<AlignedBytes> = (!exclusive).then(|| AlignedBytes::from_bytes(input));
+    let mut incoming = AlignedBytes::zeroed(input.len());
+    let mut mask = 1;
+    while mask < n {
+        let partner = r ^ mask;
+        if partner < n {
+            group.exchange(partner, window.as_ref(), partner, incoming.as_mut(), tag::SCAN)?;
+            if partner < r {
+                match prefix.as_mut() {
+                    Some(prefix) => reduce_into(op, incoming.as_ref(), prefix.as_mut(), datatype)?,
+                    None => prefix = Some(incoming.clone()),
+                }
+                reduce_into(op, incoming.as_ref(), window.as_mut(), datatype)?;
+            } else {
+                reduce_into(op, window.as_ref(), incoming.as_mut(), datatype)?;
+                core::mem::swap(&mut window, &mut incoming);
+            }
+        }
+        mask <<= 1;
+    }
+    if let Some(prefix) = prefix {
+        output.copy_from_slice(prefix.as_ref());
+    }
+    Ok(())
+}
+
+// ---- helpers for communicator management ----
+
+/// All-reduce of one u32 with MAX (agreeing on communicator ids).
+pub(crate) fn all_reduce_max_u32(comm: &CommState, value: u32) -> MpiResult<u32> {
+    let group = Group::new(comm, DatatypeRef::primitive(Primitive::U32));
+    let mut output = [0u8; 4];
+    all_reduce(&group, &value.to_ne_bytes(), &mut output, &super::SystemOperation::max())?;
+    Ok(u32::from_ne_bytes(output))
+}
+
+/// All-gather of one (color, key) pair per rank.
+pub(crate) fn all_gather_pairs(comm: &CommState, pair: [i32; 2]) -> MpiResult<Vec<[i32; 2]>> {
+    let group = Group::new(comm, DatatypeRef::primitive(Primitive::I32).contiguous(2));
+    let n = group.size;
+    let mut output = vec![0u8; 8 * n];
+    output[8 * group.rank..8 * group.rank + 8].copy_from_slice(&[pair[0].to_ne_bytes(), pair[1].to_ne_bytes()].concat());
+    let ranges: Vec<_> = (0..n).map(|i| 8 * i..8 * i + 8).collect();
+    all_gather_ring(&group, &mut output, &ranges)?;
+    Ok(output
+        .chunks(8)
+        .map(|c| [i32::from_ne_bytes(c[..4].try_into().expect("4 bytes")), i32::from_ne_bytes(c[4..].try_into().expect("4 bytes"))])
+        .collect())
+}

@@ -1,0 +1,320 @@
+//! Collective communication (rsmpi's `collective` module): `CommunicatorCollectives`
+//! for operations without a root, `Root` for those with one.
+
+pub(crate) mod internal;
+mod operation;
+pub(crate) mod topology;
+
+pub use operation::{Operation, SystemOperation, UserOperation};
+
+use alloc::format;
+
+use crate::communicator::{CommState, Communicator};
+use crate::datatype::{partition_ranges, Buffer, BufferMut, DatatypeRef, Partition, PartitionMut, Token};
+use crate::error::{fail, ErrorClass, MpiResult};
+use crate::point_to_point::Process;
+use crate::Rank;
+use internal::Group;
+use topology::Plan;
+
+fn check_len(what: &str, actual: usize, expected: usize) -> MpiResult<()> {
+    if actual != expected {
+        return fail(ErrorClass::Count, format!("{}: buffer of {} bytes, {} expected", what, actual, expected));
+    }
+    Ok(())
+}
+
+fn check_reduction(send: DatatypeRef, receive: DatatypeRef, op: &dyn Operation) -> MpiResult<()> {
+    if send != receive {
+        return fail(ErrorClass::Type, "send and receive buffers of a reduction have different datatypes");
+    }
+    op.check_applicable(send, Token(()))
+}
+
+/// Every rank's data is whole values.
+fn check_divisible(what: &str, len: usize, parts: usize) -> MpiResult<usize> {
+    if parts == 0 || len % parts != 0 {
+        return fail(ErrorClass::Count, format!("{}: {} bytes do not split into {} equal parts", what, len, parts));
+    }
+    Ok(len / parts)
+}
+
+/// Runs a collective body through the communicator's error handler.
+fn run<T>(comm: &CommState, body: impl FnOnce() -> MpiResult<T>) -> T {
+    comm.check(body())
+}
+
+/// Collective operations of a whole communicator.
+pub trait CommunicatorCollectives: Communicator {
+    /// `MPI_Barrier`.
+    fn barrier(&self) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let group = Group::new(comm, DatatypeRef::primitive(crate::datatype::Primitive::U8));
+            match topology::plan(comm) {
+                // Hook for hierarchical barriers: see `topology`.
+                Plan::Flat | Plan::Hierarchical(_) => internal::barrier(&group),
+            }
+        })
+    }
+
+    /// `MPI_Allgather`: rank i's `sendbuf` lands in the i-th part of every `recvbuf`.
+    fn all_gather_into<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let group = Group::new(comm, recvbuf.buffer_datatype());
+            let output = recvbuf.bytes_mut(Token(()));
+            let block = sendbuf.bytes().len();
+            check_len("all_gather_into receive buffer", output.len(), block * group.size)?;
+            let ranges: alloc::vec::Vec<_> = (0..group.size).map(|i| i * block..(i + 1) * block).collect();
+            output[ranges[group.rank].clone()].copy_from_slice(sendbuf.bytes());
+            internal::all_gather_ring(&group, output, &ranges)
+        })
+    }
+
+    /// `MPI_Allgatherv`.
+    fn all_gather_varcount_into<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut PartitionMut<'_, R>) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let datatype = recvbuf.buffer.buffer_datatype();
+            let group = Group::new(comm, datatype);
+            let output = recvbuf.buffer.bytes_mut(Token(()));
+            let ranges = partition_ranges(&recvbuf.counts, &recvbuf.displs, group.size, datatype.size(), output.len())?;
+            check_len("all_gather_varcount_into own part", sendbuf.bytes().len(), ranges[group.rank].len())?;
+            output[ranges[group.rank].clone()].copy_from_slice(sendbuf.bytes());
+            internal::all_gather_ring(&group, output, &ranges)
+        })
+    }
+
+    /// `MPI_Alltoall`: part j of rank i's `sendbuf` lands in part i of rank j's `recvbuf`.
+    fn all_to_all_into<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let group = Group::new(comm, recvbuf.buffer_datatype());
+            let output = recvbuf.bytes_mut(Token(()));
+            let input = sendbuf.bytes();
+            check_len("all_to_all_into receive buffer", output.len(), input.len())?;
+            let block = check_divisible("all_to_all_into", input.len(), group.size)?;
+            let ranges: alloc::vec::Vec<_> = (0..group.size).map(|i| i * block..(i + 1) * block).collect();
+            internal::all_to_all_pairwise(&group, input, &ranges, output, &ranges)
+        })
+    }
+
+    /// `MPI_Alltoallv`.
+    fn all_to_all_varcount_into<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &Partition<'_, S>, recvbuf: &mut PartitionMut<'_, R>) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let datatype = recvbuf.buffer.buffer_datatype();
+            let group = Group::new(comm, datatype);
+            let input = sendbuf.buffer.bytes();
+            let send_size = sendbuf.buffer.buffer_datatype().size();
+            let send = partition_ranges(&sendbuf.counts, &sendbuf.displs, group.size, send_size, input.len())?;
+            let output = recvbuf.buffer.bytes_mut(Token(()));
+            let receive = partition_ranges(&recvbuf.counts, &recvbuf.displs, group.size, datatype.size(), output.len())?;
+            internal::all_to_all_pairwise(&group, input, &send, output, &receive)
+        })
+    }
+
+    /// `MPI_Allreduce`; the result is bit-identical on every rank.
+    fn all_reduce_into<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let datatype = recvbuf.buffer_datatype();
+            check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
+            let output = recvbuf.bytes_mut(Token(()));
+            check_len("all_reduce_into receive buffer", output.len(), sendbuf.bytes().len())?;
+            let group = Group::new(comm, datatype);
+            match topology::plan(comm) {
+                // Hook for hierarchical all-reduce: see `topology`.
+                Plan::Flat | Plan::Hierarchical(_) => internal::all_reduce(&group, sendbuf.bytes(), output, &op),
+            }
+        })
+    }
+
+    /// `MPI_Reduce_scatter_block`: the reduction of all `sendbuf`s, part i to rank i.
+    fn reduce_scatter_block_into<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O) {
+        let comm = self.comm_state();
+        run(comm, || {
+            let datatype = recvbuf.buffer_datatype();
+            check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
+            let group = Group::new(comm, datatype);
+            let output = recvbuf.bytes_mut(Token(()));
+            check_len("reduce_scatter_block_into send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
+            let mut reduced = (group.rank == 0).then(|| alloc::vec![0u8; sendbuf.bytes().len()]);
+            internal::reduce(&group, 0, sendbuf.bytes(), reduced.as_deref_mut(), &op)?;
+            internal::scatter(&group, 0, reduced.as_deref(), output)
+        })
+    }
+
+    /// `MPI_Scan`: rank i gets the reduction of ranks 0..=i.
+    fn scan_into<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O) {
+        scan(self.comm_state(), sendbuf, recvbuf, &op, false)
+    }
+
+    /// `MPI_Exscan`: rank i gets the reduction of ranks 0..i; rank 0's buffer is untouched.
+    fn exclusive_scan_into<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O) {
+        scan(self.comm_state(), sendbuf, recvbuf, &op, true)
+    }
+}
+
+fn scan<S: ?Sized + Buffer, R: ?Sized + BufferMut>(comm: &CommState, sendbuf: &S, recvbuf: &mut R, op: &dyn Operation, exclusive: bool) {
+    run(comm, || {
+        let datatype = recvbuf.buffer_datatype();
+        check_reduction(sendbuf.buffer_datatype(), datatype, op)?;
+        let output = recvbuf.bytes_mut(Token(()));
+        check_len("scan receive buffer", output.len(), sendbuf.bytes().len())?;
+        internal::scan(&Group::new(comm, datatype), sendbuf.bytes(), output, op, exclusive)
+    })
+}
+
+impl<C: Communicator> CommunicatorCollectives for C {}
+
+/// Collective operations with a root process (rsmpi's `Root`), for `Process`.
+/// The root calls the `*_root` variant, every other rank the plain one.
+pub trait Root {
+    fn root_rank(&self) -> Rank;
+    /// `MPI_Bcast`.
+    fn broadcast_into<B: ?Sized + BufferMut>(&self, buffer: &mut B);
+    /// `MPI_Gather`, non-root side.
+    fn gather_into<S: ?Sized + Buffer>(&self, sendbuf: &S);
+    /// `MPI_Gather`, root side: rank i's data in part i of `recvbuf`.
+    fn gather_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R);
+    /// `MPI_Gatherv`, non-root side.
+    fn gather_varcount_into<S: ?Sized + Buffer>(&self, sendbuf: &S);
+    /// `MPI_Gatherv`, root side.
+    fn gather_varcount_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut PartitionMut<'_, R>);
+    /// `MPI_Scatter`, non-root side.
+    fn scatter_into<R: ?Sized + BufferMut>(&self, recvbuf: &mut R);
+    /// `MPI_Scatter`, root side: part i of `sendbuf` goes to rank i.
+    fn scatter_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R);
+    /// `MPI_Scatterv`, non-root side.
+    fn scatter_varcount_into<R: ?Sized + BufferMut>(&self, recvbuf: &mut R);
+    /// `MPI_Scatterv`, root side.
+    fn scatter_varcount_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &Partition<'_, S>, recvbuf: &mut R);
+    /// `MPI_Reduce`, non-root side.
+    fn reduce_into<S: ?Sized + Buffer, O: Operation>(&self, sendbuf: &S, op: O);
+    /// `MPI_Reduce`, root side.
+    fn reduce_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O);
+}
+
+impl Process<'_> {
+    /// Validates the root and whether this rank called the right variant.
+    fn root_for(&self, caller_is_root: bool) -> MpiResult<usize> {
+        self.comm.check_rank(self.rank, ErrorClass::Root)?;
+        let is_root = self.rank == self.comm.rank();
+        if is_root != caller_is_root {
+            let detail = if is_root { "the root must call the *_root variant" } else { "only the root may call the *_root variant" };
+            return fail(ErrorClass::Root, detail);
+        }
+        Ok(self.rank as usize)
+    }
+}
+
+impl Root for Process<'_> {
+    fn root_rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn broadcast_into<B: ?Sized + BufferMut>(&self, buffer: &mut B) {
+        run(self.comm, || {
+            self.comm.check_rank(self.rank, ErrorClass::Root)?;
+            let group = Group::new(self.comm, buffer.buffer_datatype());
+            match topology::plan(self.comm) {
+                // Hook for hierarchical broadcast: see `topology`.
+                Plan::Flat | Plan::Hierarchical(_) => internal::broadcast(&group, self.rank as usize, buffer.bytes_mut(Token(()))),
+            }
+        })
+    }
+
+    fn gather_into<S: ?Sized + Buffer>(&self, sendbuf: &S) {
+        run(self.comm, || {
+            let root = self.root_for(false)?;
+            internal::gather(&Group::new(self.comm, sendbuf.buffer_datatype()), root, sendbuf.bytes(), None)
+        })
+    }
+
+    fn gather_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R) {
+        run(self.comm, || {
+            let root = self.root_for(true)?;
+            let group = Group::new(self.comm, recvbuf.buffer_datatype());
+            let output = recvbuf.bytes_mut(Token(()));
+            check_len("gather_into_root receive buffer", output.len(), sendbuf.bytes().len() * group.size)?;
+            internal::gather(&group, root, sendbuf.bytes(), Some(output))
+        })
+    }
+
+    fn gather_varcount_into<S: ?Sized + Buffer>(&self, sendbuf: &S) {
+        run(self.comm, || {
+            let root = self.root_for(false)?;
+            internal::gather_varcount(&Group::new(self.comm, sendbuf.buffer_datatype()), root, sendbuf.bytes(), None)
+        })
+    }
+
+    fn gather_varcount_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut PartitionMut<'_, R>) {
+        run(self.comm, || {
+            let root = self.root_for(true)?;
+            let datatype = recvbuf.buffer.buffer_datatype();
+            let group = Group::new(self.comm, datatype);
+            let output = recvbuf.buffer.bytes_mut(Token(()));
+            let ranges = partition_ranges(&recvbuf.counts, &recvbuf.displs, group.size, datatype.size(), output.len())?;
+            internal::gather_varcount(&group, root, sendbuf.bytes(), Some((output, &ranges)))
+        })
+    }
+
+    fn scatter_into<R: ?Sized + BufferMut>(&self, recvbuf: &mut R) {
+        run(self.comm, || {
+            let root = self.root_for(false)?;
+            let group = Group::new(self.comm, recvbuf.buffer_datatype());
+            internal::scatter(&group, root, None, recvbuf.bytes_mut(Token(())))
+        })
+    }
+
+    fn scatter_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &S, recvbuf: &mut R) {
+        run(self.comm, || {
+            let root = self.root_for(true)?;
+            let group = Group::new(self.comm, recvbuf.buffer_datatype());
+            let output = recvbuf.bytes_mut(Token(()));
+            check_len("scatter_into_root send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
+            internal::scatter(&group, root, Some(sendbuf.bytes()), output)
+        })
+    }
+
+    fn scatter_varcount_into<R: ?Sized + BufferMut>(&self, recvbuf: &mut R) {
+        run(self.comm, || {
+            let root = self.root_for(false)?;
+            let group = Group::new(self.comm, recvbuf.buffer_datatype());
+            internal::scatter_varcount(&group, root, None, recvbuf.bytes_mut(Token(())))
+        })
+    }
+
+    fn scatter_varcount_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut>(&self, sendbuf: &Partition<'_, S>, recvbuf: &mut R) {
+        run(self.comm, || {
+            let root = self.root_for(true)?;
+            let group = Group::new(self.comm, recvbuf.buffer_datatype());
+            let input = sendbuf.buffer.bytes();
+            let value_size = sendbuf.buffer.buffer_datatype().size();
+            let ranges = partition_ranges(&sendbuf.counts, &sendbuf.displs, group.size, value_size, input.len())?;
+            internal::scatter_varcount(&group, root, Some((input, &ranges)), recvbuf.bytes_mut(Token(())))
+        })
+    }
+
+    fn reduce_into<S: ?Sized + Buffer, O: Operation>(&self, sendbuf: &S, op: O) {
+        run(self.comm, || {
+            let root = self.root_for(false)?;
+            let datatype = sendbuf.buffer_datatype();
+            check_reduction(datatype, datatype, &op)?;
+            internal::reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), None, &op)
+        })
+    }
+
+    fn reduce_into_root<S: ?Sized + Buffer, R: ?Sized + BufferMut, O: Operation>(&self, sendbuf: &S, recvbuf: &mut R, op: O) {
+        run(self.comm, || {
+            let root = self.root_for(true)?;
+            let datatype = recvbuf.buffer_datatype();
+            check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
+            let output = recvbuf.bytes_mut(Token(()));
+            check_len("reduce_into_root receive buffer", output.len(), sendbuf.bytes().len())?;
+            internal::reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), Some(output), &op)
+        })
+    }
+}

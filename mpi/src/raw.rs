@@ -1,0 +1,182 @@
+//! The only module with `unsafe` code: byte views of `Equivalence` data, aligned
+//! scratch buffers, and the global platform pointer.
+//!
+//! Everything else in the crate is `#![deny(unsafe_code)]` and goes through the safe
+//! functions here. The soundness argument rests on the `Equivalence` contract: a type
+//! is plain data with no padding, no pointers, no invariants beyond its bytes — except
+//! `bool`, whose bytes the library validates before they reach a `bool` slot.
+#![allow(unsafe_code)]
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::mem::{align_of, size_of};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::datatype::{DatatypeRef, MinMaxLoc, Primitive};
+use crate::environment::Platform;
+
+/// Bytes of a slice of `Equivalence` values.
+pub(crate) fn bytes_of<T: Equivalence>(values: &[T]) -> &[u8] {
+    // SAFETY: `Equivalence` types have no padding bytes (type contract), so every byte
+    // of the slice is initialized; u8 has alignment 1; the length is the slice's size.
+    unsafe { core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of::<T>() * values.len()) }
+}
+
+/// Mutable bytes of a slice of `Equivalence` values. Crate-private: callers write only
+/// bytes that form valid values of `T` (bytes produced by a sender of the same
+/// datatype, with `bool` bytes checked by `datatype::validate`).
+pub(crate) fn bytes_of_mut<T: Equivalence>(values: &mut [T]) -> &mut [u8] {
+    // SAFETY: as `bytes_of`; exclusive borrow is carried over. Writes are restricted to
+    // valid bit patterns by the callers (see above), so `T`'s validity is preserved.
+    unsafe { core::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of::<T>() * values.len()) }
+}
+
+/// Views bytes as `&[T]` if they are aligned for `T` and a whole number of `T`.
+pub(crate) fn cast_slice<T: Equivalence>(bytes: &[u8]) -> Option<&[T]> {
+    let size = size_of::<T>();
+    if size == 0 || bytes.len() % size != 0 || (bytes.as_ptr() as usize) % align_of::<T>() != 0 {
+        return None;
+    }
+    // SAFETY: alignment and length checked above; the bytes hold values of T produced by
+    // this library from `T`-typed buffers (the caller checked the datatype matches).
+    Some(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// Mutable version of `cast_slice`.
+pub(crate) fn cast_slice_mut<T: Equivalence>(bytes: &mut [u8]) -> Option<&mut [T]> {
+    let size = size_of::<T>();
+    if size == 0 || bytes.len() % size != 0 || (bytes.as_ptr() as usize) % align_of::<T>() != 0 {
+        return None;
+    }
+    // SAFETY: as `cast_slice`, with the exclusive borrow carried over.
+    Some(unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// Builds a `Vec<T>` from bytes (any alignment). `bytes.len()` must be a multiple of
+/// `size_of::<T>()` and the bytes valid values of `T` (validated by the caller).
+pub(crate) fn vec_from_bytes<T: Equivalence>(bytes: &[u8]) -> Vec<T> {
+    let size = size_of::<T>().max(1);
+    let count = bytes.len() / size;
+    let mut values: Vec<T> = Vec::with_capacity(count);
+    // SAFETY: the capacity holds `count` values; we copy exactly `count * size_of::<T>()`
+    // bytes (≤ bytes.len()) into it, byte-wise so source alignment does not matter, and
+    // only then set the length; the bytes are valid `T`s by the caller's contract.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), values.as_mut_ptr().cast::<u8>(), count * size_of::<T>());
+        values.set_len(count);
+    }
+    values
+}
+
+/// A byte buffer aligned for every `Equivalence` type (16 bytes), so user-defined
+/// operations can view reduction scratch space as typed slices.
+#[derive(Clone, Default)]
+pub(crate) struct AlignedBytes {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    pub(crate) fn zeroed(len: usize) -> AlignedBytes {
+        AlignedBytes { words: alloc::vec![0u128; len.div_ceil(16)], len }
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> AlignedBytes {
+        let mut buffer = AlignedBytes::zeroed(bytes.len());
+        buffer.as_mut().copy_from_slice(bytes);
+        buffer
+    }
+
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: u128 has no padding and every bit pattern is a valid u8 sequence; the
+        // words hold at least `len` bytes (`div_ceil` above).
+        unsafe { core::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl AsMut<[u8]> for AlignedBytes {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_ref`; any byte written leaves a valid u128.
+        unsafe { core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// The installed platform (see `environment::install`): a leaked box holding a
+/// `&'static dyn Platform` (a thin pointer to a fat one, so it fits an `AtomicPtr`).
+static PLATFORM: AtomicPtr<&'static dyn Platform> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the platform once; later calls return false and change nothing.
+pub(crate) fn install_platform(platform: &'static dyn Platform) -> bool {
+    let boxed = Box::into_raw(Box::new(platform));
+    match PLATFORM.compare_exchange(core::ptr::null_mut(), boxed, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(_) => {
+            // SAFETY: `boxed` came from `Box::into_raw` just above and was never shared.
+            drop(unsafe { Box::from_raw(boxed) });
+            false
+        }
+    }
+}
+
+pub(crate) fn platform() -> Option<&'static dyn Platform> {
+    let pointer = PLATFORM.load(Ordering::Acquire);
+    if pointer.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null value was stored by `install_platform` from a leaked Box that is
+    // never freed or overwritten (compare_exchange from null only), so it is valid forever.
+    Some(unsafe { *pointer })
+}
+
+/// A Rust type with an MPI datatype: values travel as their bytes.
+///
+/// # Safety
+/// Implement only for `Copy` plain data: no padding bytes, no pointers or references,
+/// and every byte pattern a value of the same type can have is valid (no niches other
+/// than `bool`, which the library checks). `equivalent_datatype().size()` must equal
+/// `size_of::<Self>()`. For your own `#[repr(C)]` structs without padding, return
+/// `DatatypeRef::opaque::<Self>()`.
+pub unsafe trait Equivalence: Copy + 'static {
+    fn equivalent_datatype() -> DatatypeRef;
+}
+
+macro_rules! primitive_equivalence {
+    ($($t:ty => $p:ident),* $(,)?) => {$(
+        // SAFETY: primitive numeric types and bool are plain data without padding.
+        unsafe impl Equivalence for $t {
+            fn equivalent_datatype() -> DatatypeRef { DatatypeRef::primitive(Primitive::$p) }
+        }
+    )*};
+}
+primitive_equivalence!(
+    i8 => I8, i16 => I16, i32 => I32, i64 => I64, i128 => I128, isize => Isize,
+    u8 => U8, u16 => U16, u32 => U32, u64 => U64, u128 => U128, usize => Usize,
+    f32 => F32, f64 => F64, bool => Bool,
+);
+
+// SAFETY: an array of plain data is plain data with no padding between elements.
+unsafe impl<T: Equivalence, const N: usize> Equivalence for [T; N] {
+    fn equivalent_datatype() -> DatatypeRef {
+        T::equivalent_datatype().contiguous(N)
+    }
+}
+
+macro_rules! loc_equivalence {
+    ($($v:ty, $vp:ident, $l:ty, $lp:ident);* $(;)?) => {$(
+        // SAFETY: repr(C) pair of two primitives of equal size: no padding.
+        unsafe impl Equivalence for MinMaxLoc<$v, $l> {
+            fn equivalent_datatype() -> DatatypeRef {
+                DatatypeRef::loc(Primitive::$vp, Primitive::$lp)
+            }
+        }
+    )*};
+}
+loc_equivalence!(
+    i32, I32, i32, I32; u32, U32, i32, I32; f32, F32, i32, I32;
+    i64, I64, i64, I64; u64, U64, i64, I64; f64, F64, i64, I64;
+    i16, I16, i16, I16; i8, I8, i8, I8;
+);
+
