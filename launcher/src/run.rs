@@ -239,6 +239,7 @@ pub fn classify(vm: &VmPlan, st: ExitStatus, last_sys: Option<&str>, qemu_error:
         }
         None => Err(died(match qemu_error {
             Some(e) => format!("QEMU exited with code {code}: {e}"),
+            None if code == 0 => "QEMU exited with code 0 without a Toro exit status (guest reset or triple fault?)".to_string(),
             None => format!("QEMU exited with code {code} without a Toro exit status"),
         })),
     }
@@ -356,7 +357,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
 
-    let handle = |ev: Event, vms: &mut Vec<VmRun>, stdout: &mut std::io::Stdout, stderr: &mut std::io::Stderr| -> Option<i32> {
+    // `stopping`: the launcher is stopping the VMs, so QEMU's
+    // "terminating on signal" lines are expected and not shown.
+    let handle = |ev: Event, vms: &mut Vec<VmRun>, stdout: &mut std::io::Stdout, stderr: &mut std::io::Stderr, stopping: bool| -> Option<i32> {
         match ev {
             Event::Out(k, line) => {
                 let v = &mut vms[k];
@@ -376,7 +379,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
                 if !line.contains("warning:") && !line.trim().is_empty() {
                     v.qemu_error = Some(line.clone());
                 }
-                let _ = writeln!(stderr.lock(), "[vm {k}] {line}");
+                if !(stopping && line.contains("terminating on signal")) {
+                    let _ = writeln!(stderr.lock(), "[vm {k}] {line}");
+                }
             }
             Event::Eof(k) => vms[k].open_streams = vms[k].open_streams.saturating_sub(1),
             Event::Signal(s) => return Some(s),
@@ -389,9 +394,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         let wait = deadline.map_or(POLL, |d| d.saturating_duration_since(Instant::now()).min(POLL));
         match rx.recv_timeout(wait) {
             Ok(ev) => {
-                got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr));
+                got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr, false));
                 while let Ok(ev) = rx.try_recv() {
-                    got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr));
+                    got_signal = got_signal.or(handle(ev, &mut vms, &mut stdout, &mut stderr, false));
                 }
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
@@ -458,7 +463,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
     while vms.iter().any(|v| v.open_streams > 0) {
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
-                handle(ev, &mut vms, &mut stdout, &mut stderr);
+                handle(ev, &mut vms, &mut stdout, &mut stderr, true);
             }
             Err(_) => break,
         }
