@@ -17,6 +17,8 @@ const ID: u32 = 0x20;
 const TPR: u32 = 0x80;
 const EOI: u32 = 0xB0;
 const SVR: u32 = 0xF0;
+const LVT_LINT0: u32 = 0x350;
+const LVT_LINT1: u32 = 0x360;
 const ICR_LO: u32 = 0x300;
 const ICR_HI: u32 = 0x310;
 
@@ -42,6 +44,18 @@ fn read(reg: u32) -> u32 {
     }
 }
 
+/// Remaps the legacy 8259 PICs away from the exception vectors and masks them.
+pub fn disable_pic() {
+    use crate::cpu::outb;
+    for (cmd, data, base, cascade) in [(0x20, 0x21, 0x20, 4), (0xA0, 0xA1, 0x28, 2)] {
+        outb(cmd, 0x11);
+        outb(data, base);
+        outb(data, cascade);
+        outb(data, 0x01);
+        outb(data, 0xFF);
+    }
+}
+
 /// Enables this CPU's local APIC. The boot CPU decides the mode for all.
 pub fn init(boot_cpu: bool) {
     if boot_cpu {
@@ -55,6 +69,9 @@ pub fn init(boot_cpu: bool) {
     wrmsr(APIC_BASE_MSR, base);
     write(TPR, 0);
     write(SVR, 0x100 | SPURIOUS_VECTOR);
+    // No legacy interrupts through LINT0/LINT1 (SeaBIOS leaves the PIC and PIT running on q35).
+    write(LVT_LINT0, 1 << 16);
+    write(LVT_LINT1, 1 << 16);
 }
 
 pub fn id() -> u32 {

@@ -120,6 +120,8 @@ fn wait_for_aps(expected: Option<usize>, tsc_hz: u64) -> usize {
 #[no_mangle]
 extern "C" fn kmain(start_info: u64) -> ! {
     let tsc_at_boot = cpu::rdtsc();
+    traps::init_idt();
+    cpu::init_cpu(0);
     // SAFETY: QEMU's PVH loader passes a valid hvm_start_info in low memory.
     let si = unsafe { core::ptr::read_volatile(start_info as *const StartInfo) };
     if si.magic != START_INFO_MAGIC {
@@ -145,6 +147,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
             exit(status::BAD_MACHINE)
         }
     };
+    paging::unmap_null_page();
     paging::map_heap(ram_end);
     boot.heap_start = layout::HEAP_BASE;
     boot.heap_end = paging::heap_end(ram_end);
@@ -155,8 +158,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     APP_ENTRY.store(app.entry, Ordering::Relaxed);
     APP_BOOT_INFO.store(app.boot_info, Ordering::Relaxed);
 
-    traps::init_idt();
-    cpu::init_cpu(0);
+    apic::disable_pic();
     apic::init(true);
     boot.apic_ids[0] = apic::id();
     boot.tsc_hz = pit::calibrate_tsc().unwrap_or_else(|| {

@@ -47,9 +47,11 @@ impl PageTables {
             t.pdpt[i] = (PD_ADDR + 0x1000 * i as u64) | USER_RW;
             i += 1;
         }
-        // First 2 MiB in 4 KiB pages: the null page absent, the rest ring 0 only.
+        // First 2 MiB in 4 KiB pages, ring 0 only. The null page is present
+        // only until the boot CPU has read the PVH start info (q35 puts it
+        // there), then unmap_null_page() removes it.
         t.pd[0][0] = PT_LOW_ADDR | USER_RW;
-        let mut p = 1;
+        let mut p = 0;
         while p < 512 {
             t.pt_low[p] = (p as u64 * PAGE_SIZE) | KERNEL_RW;
             p += 1;
@@ -130,5 +132,15 @@ pub fn map_kernel_range(addr: u64, len: u64) {
             t.pd[i / 512][i % 512] = page | KERNEL_RW | LARGE;
         }
         page += LARGE_PAGE_SIZE;
+    }
+}
+
+/// Removes the null page once nothing at address 0 is needed any more.
+/// Boot CPU only, before the other CPUs start.
+pub fn unmap_null_page() {
+    // SAFETY: single CPU at this point; invlpg drops our own stale entry.
+    unsafe {
+        (*PAGE_TABLES.0.get()).pt_low[0] = 0;
+        core::arch::asm!("invlpg [{}]", in(reg) 0u64, options(nostack));
     }
 }

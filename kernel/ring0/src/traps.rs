@@ -146,10 +146,14 @@ pub fn init_idt() {
         let stub = unsafe { exception_stubs[v as usize] };
         cpu::set_gate(v, stub, Gate::Kernel { ist: 1 });
     }
+    // Any other interrupt (firmware-programmed devices we never use) is
+    // acknowledged and ignored; the wake-up stub does exactly that.
+    for v in 32..=0xFEu8 {
+        cpu::set_gate(v, wake_entry as *const () as u64, Gate::Kernel { ist: 0 });
+    }
     // #UD doubles as a trap path (see ud_entry): no IST, like the trap gate.
     cpu::set_gate(6, ud_entry as *const () as u64, Gate::Kernel { ist: 0 });
     cpu::set_gate(trap::TRAP_VECTOR, trap_entry as *const () as u64, Gate::User);
-    cpu::set_gate(WAKE_VECTOR, wake_entry as *const () as u64, Gate::Kernel { ist: 0 });
     cpu::set_gate(0xFF, spurious_entry as *const () as u64, Gate::Kernel { ist: 0 });
 }
 
