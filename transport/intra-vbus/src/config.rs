@@ -9,8 +9,9 @@ use crate::virtq::Desc;
 /// Most cores a bus connects (one VM's vCPUs).
 pub const MAX_CORES: usize = 64;
 
-/// Largest ring: VIRTIO allows 32768 entries per split virtqueue.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Largest ring. VIRTIO allows 32768 entries; we stop at half that so a
+/// polling side can park its event index out of the peer's reach.
+pub const MAX_QUEUE_SIZE: u16 = 16384;
 
 /// Default descriptors per ring (messages in flight from one core to another).
 pub const DEFAULT_QUEUE_SIZE: u16 = 64;
@@ -55,7 +56,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ConfigError::Cores => "cores must be in 1..=64",
-            ConfigError::QueueSize => "queue_size must be a power of two in 2..=32768",
+            ConfigError::QueueSize => "queue_size must be a power of two in 2..=16384",
             ConfigError::EagerMax => "eager_max must be at most 1 GiB",
         })
     }

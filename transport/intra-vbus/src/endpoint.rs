@@ -149,8 +149,8 @@ pub struct Endpoint<'bus, N: Notify> {
     next_source: CoreId,
     /// Between `prepare_wait` and `finish_wait`.
     waiting: bool,
-    /// Outgoing rings whose used-buffer interrupts we enabled to sleep.
-    interrupts_on: u64,
+    /// Outgoing rings whose used-buffer notifications we armed to sleep.
+    armed_tx: u64,
 }
 
 impl<N: Notify> fmt::Debug for Endpoint<'_, N> {
@@ -171,7 +171,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             local: VecDeque::new(),
             next_source: 0,
             waiting: false,
-            interrupts_on: 0,
+            armed_tx: 0,
         }
     }
 
@@ -409,14 +409,15 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     // ----- waiting ------------------------------------------------------
 
     /// Whether anything happened that a waiter on this core cares about: a
-    /// message to take, or descriptors returned on a ring we send on.
+    /// message to take, or descriptors returned on a ring we send on where
+    /// that matters (a rendezvous in flight, or the ring full).
     pub fn has_work(&self) -> bool {
         if !self.local.is_empty() {
             return true;
         }
         (0..self.cores()).filter(|&peer| peer != self.core).any(|peer| {
             self.bus.ring(peer, self.core).peek(&self.rx[peer]).is_some()
-                || (self.tx[peer].in_flight() > 0
+                || (self.tx[peer].watch_used()
                     && self.bus.ring(self.core, peer).has_used(&self.tx[peer]))
         })
     }
@@ -428,16 +429,27 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// already there. Call [`finish_wait`](Self::finish_wait) after waking.
     pub fn prepare_wait(&mut self) -> bool {
         self.waiting = true;
+        let mut reclaimed = false;
         for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
-            self.bus.ring(peer, self.core).set_device_wants_notifications(true);
-            if self.tx[peer].in_flight() > 0 {
-                self.bus.ring(self.core, peer).set_driver_wants_interrupts(true);
-                self.interrupts_on |= 1 << peer;
+            let rx_ring = self.bus.ring(peer, self.core);
+            // SAFETY: this endpoint is ring peer→core's only device.
+            unsafe { rx_ring.arm_device(&self.rx[peer]) };
+            if self.tx[peer].watch_used() {
+                let tx_ring = self.bus.ring(self.core, peer);
+                // SAFETY: this endpoint is ring core→peer's only driver.
+                // Reclaim first, so the event index we arm is the device's
+                // next used entry, not one already returned.
+                unsafe {
+                    reclaimed |= tx_ring.reclaim(&mut self.tx[peer]);
+                    tx_ring.arm_driver(&self.tx[peer]);
+                }
+                self.armed_tx |= 1 << peer;
             }
         }
         // Store-buffering pair with the fence in publish / give_back.
         fence(Ordering::SeqCst);
-        if self.has_work() {
+        // A reclaim above may have completed what the caller waits for.
+        if reclaimed || self.has_work() {
             self.finish_wait();
             return false;
         }
@@ -451,12 +463,14 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         }
         self.waiting = false;
         for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
-            self.bus.ring(peer, self.core).set_device_wants_notifications(false);
-            if self.interrupts_on & (1 << peer) != 0 {
-                self.bus.ring(self.core, peer).set_driver_wants_interrupts(false);
+            // SAFETY: this endpoint is ring peer→core's only device.
+            unsafe { self.bus.ring(peer, self.core).disarm_device(&self.rx[peer]) };
+            if self.armed_tx & (1 << peer) != 0 {
+                // SAFETY: this endpoint is ring core→peer's only driver.
+                unsafe { self.bus.ring(self.core, peer).disarm_driver(&self.tx[peer]) };
             }
         }
-        self.interrupts_on = 0;
+        self.armed_tx = 0;
     }
 
     /// Spins up to `config.spin_polls` polls, then sleeps through

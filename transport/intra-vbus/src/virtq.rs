@@ -12,15 +12,23 @@
 //!   `avail.idx` with Release; the device loads it with Acquire before reading
 //!   them. The device reads them, then stores `used.idx` with Release; the
 //!   driver loads it with Acquire before reusing the descriptor.
-//! - notification suppression is the spec's flags: the device keeps
-//!   `VIRTQ_USED_F_NO_NOTIFY` set while it polls and clears it only when about
-//!   to sleep; the driver keeps `VIRTQ_AVAIL_F_NO_INTERRUPT` set likewise.
-//!   Publishing side: store idx, `fence(SeqCst)`, load the peer's flag.
-//!   Sleeping side: clear own flag, `fence(SeqCst)`, re-load the idx. The two
-//!   SeqCst fences order the pair (store-buffering litmus), so at least one
-//!   side sees the other: the sleeper finds the new entry or the publisher
-//!   sees the flag and notifies. No wake-up is lost; a polling peer is never
-//!   notified.
+//! - notification suppression is the spec's event index (VIRTIO_F_EVENT_IDX,
+//!   §2.7.7/§2.7.10): the device asks for a notification by writing
+//!   `avail_event` = the avail index it waits for, the driver by writing
+//!   `used_event`. A publisher notifies only if its index step crossed the
+//!   peer's event index (`vring_need_event`). Publishing side: store idx,
+//!   `fence(SeqCst)`, load the peer's event index. Sleeping side: store own
+//!   event index, `fence(SeqCst)`, re-load the idx. The two SeqCst fences
+//!   order the pair (store-buffering litmus), so at least one side sees the
+//!   other: the sleeper finds the new entry or the publisher sees the event
+//!   index and notifies. No wake-up is lost.
+//! - a polling side parks its event index half the index space (32,768)
+//!   ahead of where the peer can be and moves it every 4,096 entries, so a
+//!   polling peer is never notified (queue sizes are capped at 16,384 for
+//!   this). Why event indices rather than the flags: they sit at the tail of
+//!   the rings, on cache lines written only when a core goes to sleep, so the
+//!   check after each publish is a cache hit; the flags share the line of the
+//!   index the peer rewrites on every message.
 //!
 //! Layout: each part is one cache-line-aligned allocation, so the
 //! driver-written parts (descriptors, headers, avail, eager buffers) and the
@@ -38,17 +46,24 @@ use core::ptr::NonNull;
 use crate::header::Header;
 use crate::sync::{fence, AtomicU16, Ordering, SharedCell};
 
-/// Driver → device: "don't interrupt me when you use buffers" (§2.7.7).
-pub(crate) const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Device → driver: "don't notify me when you add buffers" (§2.7.10).
-pub(crate) const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
-
-// Word offsets inside the available and used rings.
-const FLAGS: usize = 0;
+// Word offsets inside the available and used rings. The flags words stay 0:
+// with the event index negotiated the spec ignores them.
 const IDX: usize = 1;
 const RING: usize = 2;
 /// Words per used element `{le32 id, le32 len}`.
 const USED_ELEM_WORDS: usize = 4;
+
+/// How far ahead of the peer a polling side parks its event index.
+const PARKED: u16 = 0x8000;
+/// A polling side moves its parked event index every this many entries.
+const REPARK_EVERY: u16 = 4096;
+
+/// §2.7.10 `vring_need_event`: did moving the index from `old` to `new`
+/// pass `event`?
+#[inline(always)]
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
 
 /// A split-virtqueue descriptor (§2.7.5). `flags` and `next` stay 0: a
 /// message is never chained, its header lives in the descriptor's header slot.
@@ -139,6 +154,9 @@ pub(crate) struct DriverState {
     generation: Vec<u32>,
     next_avail: u16,
     last_used: u16,
+    /// Per descriptor: carries a rendezvous (someone polls for its return).
+    rendezvous: Vec<bool>,
+    rendezvous_in_flight: usize,
 }
 
 impl DriverState {
@@ -148,11 +166,16 @@ impl DriverState {
             generation: alloc::vec![0; queue_size as usize],
             next_avail: 0,
             last_used: 0,
+            rendezvous: alloc::vec![false; queue_size as usize],
+            rendezvous_in_flight: 0,
         }
     }
 
-    pub(crate) fn in_flight(&self) -> usize {
-        self.generation.len() - self.free.len()
+    /// Whether anyone can be waiting for this ring's used entries: a
+    /// rendezvous send to complete, or a free descriptor (ring full).
+    /// Returned eager descriptors alone wake nobody.
+    pub(crate) fn watch_used(&self) -> bool {
+        self.rendezvous_in_flight > 0 || self.free.is_empty()
     }
 
     pub(crate) fn generation(&self, id: u16) -> u32 {
@@ -189,14 +212,15 @@ impl Virtq {
     pub(crate) fn new(size: u16, slot_bytes: usize) -> Self {
         debug_assert!(size.is_power_of_two() && slot_bytes % 64 == 0);
         let q = size as usize;
-        let suppressed = |flags: u16| move |i: usize| if i == FLAGS { flags } else { 0 };
         Virtq {
             size,
             desc: (0..q).map(|_| SharedCell::new(Desc::default())).collect(),
             headers: (0..q).map(|_| SharedCell::new(Header::EMPTY)).collect(),
-            // Both sides start polling: notifications suppressed.
-            avail: Words::new(RING + q + 1, suppressed(VIRTQ_AVAIL_F_NO_INTERRUPT)),
-            used: Words::new(RING + USED_ELEM_WORDS * q + 1, suppressed(VIRTQ_USED_F_NO_NOTIFY)),
+            // Both sides start polling: event indices parked.
+            avail: Words::new(RING + q + 1, |i| if i == RING + q { PARKED } else { 0 }),
+            used: Words::new(RING + USED_ELEM_WORDS * q + 1, |i| {
+                if i == RING + USED_ELEM_WORDS * q { PARKED } else { 0 }
+            }),
             eager: EagerBuffers::new(q * slot_bytes),
             slot_bytes,
         }
@@ -205,6 +229,18 @@ impl Virtq {
     #[inline(always)]
     fn pos(&self, idx: u16) -> usize {
         (idx & (self.size - 1)) as usize
+    }
+
+    /// `used_event`: written by the driver, after the avail ring entries.
+    #[inline(always)]
+    fn used_event(&self) -> &AtomicU16 {
+        self.avail.at(RING + self.size as usize)
+    }
+
+    /// `avail_event`: written by the device, after the used ring entries.
+    #[inline(always)]
+    fn avail_event(&self) -> &AtomicU16 {
+        self.used.at(RING + USED_ELEM_WORDS * self.size as usize)
     }
 
     /// The eager buffer of descriptor `id`.
@@ -237,6 +273,9 @@ impl Virtq {
         }
         let id = st.free.pop()?;
         let i = id as usize;
+        let rendezvous = header.protocol == crate::Protocol::Rendezvous;
+        st.rendezvous[i] = rendezvous;
+        st.rendezvous_in_flight += rendezvous as usize;
         let desc = match header.protocol {
             crate::Protocol::Eager => {
                 assert!(payload.len() <= self.slot_bytes, "eager payload larger than its slot");
@@ -260,34 +299,41 @@ impl Virtq {
         self.desc[i].with_mut(|p| unsafe { p.write(desc) });
         // SAFETY: as above.
         self.headers[i].with_mut(|p| unsafe { p.write(*header) });
-        let idx = st.next_avail;
-        self.avail.at(RING + self.pos(idx)).store(id, Ordering::Relaxed);
-        st.next_avail = idx.wrapping_add(1);
+        let old = st.next_avail;
+        self.avail.at(RING + self.pos(old)).store(id, Ordering::Relaxed);
+        st.next_avail = old.wrapping_add(1);
         self.avail.at(IDX).store(st.next_avail, Ordering::Release);
-        // Store-buffering pair with the device's `prepare_wait`.
+        // Store-buffering pair with the device's `arm_device`.
         fence(Ordering::SeqCst);
-        let flags = self.used.at(FLAGS).load(Ordering::Relaxed);
+        let event = self.avail_event().load(Ordering::Relaxed);
         Some(Published {
             id,
             generation: st.generation[i],
-            notify: flags & VIRTQ_USED_F_NO_NOTIFY == 0,
+            notify: need_event(event, st.next_avail, old),
         })
     }
 
-    /// Takes back every descriptor the device has returned.
+    /// Takes back every descriptor the device has returned; true if any.
     ///
     /// # Safety
     /// The caller is this ring's only driver and `st` its state.
-    pub(crate) unsafe fn reclaim(&self, st: &mut DriverState) {
+    pub(crate) unsafe fn reclaim(&self, st: &mut DriverState) -> bool {
         let used_idx = self.used.at(IDX).load(Ordering::Acquire);
+        let any = used_idx != st.last_used;
         while st.last_used != used_idx {
             let word = RING + USED_ELEM_WORDS * self.pos(st.last_used);
             let id = self.used.at(word).load(Ordering::Relaxed);
             assert!(id < self.size, "corrupt used ring");
-            st.generation[id as usize] = st.generation[id as usize].wrapping_add(1);
+            let i = id as usize;
+            st.generation[i] = st.generation[i].wrapping_add(1);
+            st.rendezvous_in_flight -= st.rendezvous[i] as usize;
             st.free.push(id);
             st.last_used = st.last_used.wrapping_add(1);
+            if st.last_used % REPARK_EVERY == 0 {
+                self.used_event().store(st.last_used.wrapping_add(PARKED), Ordering::Relaxed);
+            }
         }
+        any
     }
 
     /// Whether the device has returned descriptors not yet reclaimed.
@@ -295,11 +341,21 @@ impl Virtq {
         self.used.at(IDX).load(Ordering::Acquire) != st.last_used
     }
 
-    /// Driver asks for (true) or suppresses (false) used-buffer notifications.
-    /// Only the driver writes this word.
-    pub(crate) fn set_driver_wants_interrupts(&self, on: bool) {
-        let flags = if on { 0 } else { VIRTQ_AVAIL_F_NO_INTERRUPT };
-        self.avail.at(FLAGS).store(flags, Ordering::Relaxed);
+    /// Driver about to sleep: notify me at the next used entry. The caller
+    /// then fences and re-checks [`has_used`](Self::has_used).
+    ///
+    /// # Safety
+    /// The caller is this ring's only driver and `st` its state.
+    pub(crate) unsafe fn arm_driver(&self, st: &DriverState) {
+        self.used_event().store(st.last_used, Ordering::Relaxed);
+    }
+
+    /// Driver polling again: park `used_event` out of the device's reach.
+    ///
+    /// # Safety
+    /// As for [`arm_driver`](Self::arm_driver).
+    pub(crate) unsafe fn disarm_driver(&self, st: &DriverState) {
+        self.used_event().store(st.last_used.wrapping_add(PARKED), Ordering::Relaxed);
     }
 
     // ----- device side -------------------------------------------------
@@ -319,6 +375,9 @@ impl Virtq {
     /// given back.
     pub(crate) fn consume(&self, st: &mut DeviceState) {
         st.last_avail = st.last_avail.wrapping_add(1);
+        if st.last_avail % REPARK_EVERY == 0 {
+            self.avail_event().store(st.last_avail.wrapping_add(PARKED), Ordering::Relaxed);
+        }
     }
 
     /// # Safety
@@ -345,20 +404,31 @@ impl Virtq {
     /// The caller is this ring's only device, `st` its state, holds `id` and
     /// touches neither its slot nor its payload afterwards.
     pub(crate) unsafe fn give_back(&self, st: &mut DeviceState, id: u16) -> bool {
-        let word = RING + USED_ELEM_WORDS * self.pos(st.next_used);
+        let old = st.next_used;
+        let word = RING + USED_ELEM_WORDS * self.pos(old);
         self.used.at(word).store(id, Ordering::Relaxed);
-        st.next_used = st.next_used.wrapping_add(1);
+        st.next_used = old.wrapping_add(1);
         self.used.at(IDX).store(st.next_used, Ordering::Release);
-        // Store-buffering pair with the driver's `prepare_wait`.
+        // Store-buffering pair with the driver's `arm_driver`.
         fence(Ordering::SeqCst);
-        self.avail.at(FLAGS).load(Ordering::Relaxed) & VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+        need_event(self.used_event().load(Ordering::Relaxed), st.next_used, old)
     }
 
-    /// Device asks for (true) or suppresses (false) available-buffer
-    /// notifications. Only the device writes this word.
-    pub(crate) fn set_device_wants_notifications(&self, on: bool) {
-        let flags = if on { 0 } else { VIRTQ_USED_F_NO_NOTIFY };
-        self.used.at(FLAGS).store(flags, Ordering::Relaxed);
+    /// Device about to sleep: notify me at the next available entry. The
+    /// caller then fences and re-checks [`peek`](Self::peek).
+    ///
+    /// # Safety
+    /// The caller is this ring's only device and `st` its state.
+    pub(crate) unsafe fn arm_device(&self, st: &DeviceState) {
+        self.avail_event().store(st.last_avail, Ordering::Relaxed);
+    }
+
+    /// Device polling again: park `avail_event` out of the driver's reach.
+    ///
+    /// # Safety
+    /// As for [`arm_device`](Self::arm_device).
+    pub(crate) unsafe fn disarm_device(&self, st: &DeviceState) {
+        self.avail_event().store(st.last_avail.wrapping_add(PARKED), Ordering::Relaxed);
     }
 
     #[cfg(all(test, not(loom)))]

@@ -1,0 +1,216 @@
+//! OSU-style host benchmark of the bus between two std threads (pinned to
+//! CPUs 0 and 1 when possible): one-way latency (ping-pong, half the round
+//! trip) and unidirectional bandwidth (window of back-to-back sends, then an
+//! ack), next to a bare cache-line ping-pong for scale. `--scan` compares
+//! forced-eager and forced-rendezvous around the threshold.
+//!
+//! OSU reuses one untouched send buffer, which flatters rendezvous: the
+//! receiver's cache keeps a clean copy of the sender's buffer, so nothing
+//! crosses between cores. The "fresh" figures rewrite the send buffer before
+//! every send (as an application producing data does); the threshold is
+//! chosen on those.
+//!
+//! cargo run -p intra-vbus --release --example pingpong [-- --scan]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use intra_vbus::{Bus, Config, CoreId, Endpoint, Envelope, Notify, SendError, DEFAULT_EAGER_MAX};
+
+/// Both threads poll; `wait` is only reached after `spin_polls` empty polls.
+struct Spin;
+impl Notify for Spin {
+    fn notify(&self, _core: CoreId) {}
+    fn wait(&self, _core: CoreId) {
+        thread::yield_now();
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    extern "C" {
+        fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    }
+    let mask: u64 = 1 << cpu;
+    // SAFETY: glibc's sched_setaffinity reads `size` bytes of the mask, which
+    // points at a live u64; pid 0 is the calling thread.
+    let rc = unsafe { sched_setaffinity(0, 8, &mask) };
+    if rc != 0 {
+        eprintln!("(could not pin to CPU {cpu})");
+    }
+}
+
+const ENV: Envelope = Envelope { src_rank: 0, dst_rank: 1, tag: 0, comm: 0, kind: 0 };
+
+fn iterations(size: usize) -> (usize, usize) {
+    // (warm-up, measured), as in OSU: fewer for large messages.
+    if size <= 8192 {
+        (1_000, 20_000)
+    } else if size <= (1 << 20) {
+        (100, 1_000)
+    } else {
+        (10, 100)
+    }
+}
+
+/// Runs `f(endpoint)` on two pinned threads; returns core 0's result.
+fn two_cores<F>(config: Config, f: F) -> f64
+where
+    F: Fn(&mut Endpoint<'_, Spin>) -> f64 + Sync,
+{
+    let bus = Bus::new(config, Spin).unwrap();
+    thread::scope(|s| {
+        let peer = s.spawn(|| {
+            pin_to_cpu(1);
+            f(&mut bus.endpoint(1).unwrap())
+        });
+        pin_to_cpu(0);
+        let r = f(&mut bus.endpoint(0).unwrap());
+        peer.join().unwrap();
+        r
+    })
+}
+
+/// One-way latency in µs: half the mean round trip.
+fn latency(config: Config, size: usize, fresh: bool) -> f64 {
+    let (warm, iters) = iterations(size);
+    two_cores(config, |ep| {
+        let mut sbuf = vec![1u8; size];
+        let mut rbuf = vec![0u8; size];
+        let me = ep.core();
+        let mut start = Instant::now();
+        for i in 0..warm + iters {
+            if i == warm {
+                start = Instant::now();
+            }
+            if fresh {
+                sbuf.fill(i as u8);
+            }
+            if me == 0 {
+                ep.send(1, ENV, &sbuf).unwrap();
+                let m = ep.recv();
+                ep.receive_into(m, &mut rbuf).unwrap();
+            } else {
+                let m = ep.recv();
+                ep.receive_into(m, &mut rbuf).unwrap();
+                ep.send(0, ENV, &sbuf).unwrap();
+            }
+        }
+        start.elapsed().as_secs_f64() * 1e6 / (2 * iters) as f64
+    })
+}
+
+/// Bandwidth in GB/s (10^9 B/s): windows of 64 back-to-back sends.
+fn bandwidth(config: Config, size: usize, fresh: bool) -> f64 {
+    const WINDOW: usize = 64;
+    let (warm, iters) = iterations(size);
+    let (warm, iters) = (warm.min(20), (iters / 20).max(10));
+    two_cores(config, |ep| {
+        let mut sbufs = vec![vec![1u8; size]; if fresh { WINDOW } else { 1 }];
+        let mut rbuf = vec![0u8; size];
+        let mut start = Instant::now();
+        for i in 0..warm + iters {
+            if i == warm {
+                start = Instant::now();
+            }
+            if ep.core() == 0 {
+                if fresh {
+                    sbufs.iter_mut().for_each(|b| b.fill(i as u8));
+                }
+                let mut handles = Vec::with_capacity(WINDOW);
+                let mut sent = 0;
+                while sent < WINDOW {
+                    let sbuf = &sbufs[sent % sbufs.len()];
+                    // SAFETY: `sbufs` outlive the handles, all completed below,
+                    // and are written only after that.
+                    match unsafe { ep.try_isend(1, ENV, sbuf) } {
+                        Ok(h) => {
+                            handles.push(h);
+                            sent += 1;
+                        }
+                        Err(SendError::WouldBlock) => {
+                            handles.retain(|h| !ep.test(h));
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                for h in handles {
+                    ep.wait_send(h);
+                }
+                let ack = ep.recv();
+                ep.release(ack);
+            } else {
+                for _ in 0..WINDOW {
+                    let m = ep.recv();
+                    ep.receive_into(m, &mut rbuf).unwrap();
+                }
+                ep.send(0, ENV, &[0; 4]).unwrap();
+            }
+        }
+        (size * WINDOW * iters) as f64 / start.elapsed().as_secs_f64() / 1e9
+    })
+}
+
+/// Bare cache-line ping-pong between the two threads: the floor for latency.
+fn cache_line_one_way_ns() -> f64 {
+    #[repr(align(64))]
+    struct Line(AtomicU64);
+    let line = Line(AtomicU64::new(0));
+    let rounds = 1_000_000u64;
+    let elapsed = thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_cpu(1);
+            for i in 0..rounds {
+                while line.0.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                line.0.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        pin_to_cpu(0);
+        let start = Instant::now();
+        for i in 0..rounds {
+            line.0.store(2 * i + 1, Ordering::Release);
+            while line.0.load(Ordering::Acquire) != 2 * i + 2 {
+                std::hint::spin_loop();
+            }
+        }
+        start.elapsed()
+    });
+    elapsed.as_secs_f64() * 1e9 / (2 * rounds) as f64
+}
+
+fn config(eager_max: usize) -> Config {
+    Config { queue_size: 64, eager_max, spin_polls: 1_000_000, ..Config::new(2) }
+}
+
+fn main() {
+    let scan = std::env::args().any(|a| a == "--scan");
+    let default = config(DEFAULT_EAGER_MAX);
+    println!("cache-line ping-pong one-way: {:.0} ns", cache_line_one_way_ns());
+    println!("bus, eager_max = {} B, queue_size = {}", default.eager_max, default.queue_size);
+    println!("{:>10} {:>22} {:>22}", "size", "OSU (same buffer)", "fresh data");
+    for size in [8, 1024] {
+        let (osu, fresh) = (latency(default, size, false), latency(default, size, true));
+        println!("{:>10} {:>16.3} µs/1w {:>16.3} µs/1w", size, osu, fresh);
+    }
+    for size in [64 << 10, 1 << 20, 4 << 20] {
+        let (osu, fresh) = (bandwidth(default, size, false), bandwidth(default, size, true));
+        println!("{:>10} {:>17.2} GB/s {:>17.2} GB/s", size, osu, fresh);
+    }
+    if scan {
+        println!("threshold scan, fresh data: forced eager vs forced rendezvous");
+        println!("{:>8} {:>12} {:>12} {:>12} {:>12}", "size", "eager µs", "rdv µs", "eager GB/s", "rdv GB/s");
+        for size in [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] {
+            let (eager, rdv) = (config(size), config(0));
+            println!(
+                "{:>8} {:>12.3} {:>12.3} {:>12.2} {:>12.2}",
+                size,
+                latency(eager, size, true),
+                latency(rdv, size, true),
+                bandwidth(eager, size, true),
+                bandwidth(rdv, size, true)
+            );
+        }
+    }
+}
