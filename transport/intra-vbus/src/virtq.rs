@@ -210,7 +210,7 @@ unsafe impl Sync for Virtq {}
 
 impl Virtq {
     pub(crate) fn new(size: u16, slot_bytes: usize) -> Self {
-        debug_assert!(size.is_power_of_two() && slot_bytes % 64 == 0);
+        debug_assert!(size.is_power_of_two() && slot_bytes.is_multiple_of(64));
         let q = size as usize;
         Virtq {
             size,
@@ -329,7 +329,7 @@ impl Virtq {
             st.rendezvous_in_flight -= st.rendezvous[i] as usize;
             st.free.push(id);
             st.last_used = st.last_used.wrapping_add(1);
-            if st.last_used % REPARK_EVERY == 0 {
+            if st.last_used.is_multiple_of(REPARK_EVERY) {
                 self.used_event().store(st.last_used.wrapping_add(PARKED), Ordering::Relaxed);
             }
         }
@@ -375,7 +375,7 @@ impl Virtq {
     /// given back.
     pub(crate) fn consume(&self, st: &mut DeviceState) {
         st.last_avail = st.last_avail.wrapping_add(1);
-        if st.last_avail % REPARK_EVERY == 0 {
+        if st.last_avail.is_multiple_of(REPARK_EVERY) {
             self.avail_event().store(st.last_avail.wrapping_add(PARKED), Ordering::Relaxed);
         }
     }
