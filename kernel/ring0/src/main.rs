@@ -15,6 +15,7 @@ mod serial;
 mod traps;
 
 use core::cell::UnsafeCell;
+use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use toro_abi::layout::{self, APP_BASE, APP_LIMIT, STACK_ARENA, STACK_SLOT_SIZE};
@@ -42,8 +43,13 @@ static APP_BOOT_INFO: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 
 /// Ends the VM through isa-debug-exit (QEMU exits with `status << 1 | 1`).
 pub fn exit(status: u8) -> ! {
+    // The launcher reads this line: QEMU's own exit code 1 is ambiguous
+    // (status 0, or QEMU failed before the guest ran).
+    // The console stays locked: no other core starts a line that would be cut.
+    let mut console = serial::lock();
+    let _ = writeln!(console, "toro: exit {status}");
     cpu::outb(0xF4, status);
-    kprintln!("exit {status}: no isa-debug-exit device (add -device isa-debug-exit,iobase=0xf4,iosize=4)");
+    let _ = writeln!(console, "toro: exit {status}: no isa-debug-exit device (add -device isa-debug-exit,iobase=0xf4,iosize=4)");
     cpu::halt_forever()
 }
 

@@ -232,7 +232,7 @@ extern "C" fn trap_dispatch(number: u64, a0: u64, a1: u64, _a2: u64) -> u64 {
             if a0 >= boot.cpu_count as u64 {
                 return trap::ERROR;
             }
-            apic::send_ipi(boot.apic_ids[a0 as usize], toro_abi::WAKE_VECTOR);
+            apic::send_ipi(boot.apic_ids[a0 as usize], WAKE_VECTOR);
             0
         }
         trap::EXIT => exit(a0.min(127) as u8),

@@ -215,3 +215,10 @@ pub fn stack_pointer() -> usize {
 /// nothing unwinds, so it is never called.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Referenced by the precompiled `alloc`; with panic=abort nothing unwinds,
+/// so reaching it is a runtime bug.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    exit(toro_abi::status::PANIC)
+}

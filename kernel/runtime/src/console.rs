@@ -50,7 +50,7 @@ pub(crate) fn flush_line(t: &Thread) {
     }
 }
 
-/// Writes a line without a rank prefix and without allocating (panics,
+/// Writes one line without a rank prefix and without allocating (panics,
 /// system messages). Long text is cut at 512 bytes.
 pub(crate) fn system_line(args: core::fmt::Arguments) {
     struct Buf {
@@ -59,9 +59,13 @@ pub(crate) fn system_line(args: core::fmt::Arguments) {
     }
     impl Write for Buf {
         fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            let n = s.len().min(self.bytes.len() - 1 - self.len);
-            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
+            // One line: embedded newlines (multi-line panic messages) become "; ".
+            for &b in s.as_bytes() {
+                let piece: &[u8] = if b == b'\n' { b"; " } else { core::slice::from_ref(&b) };
+                let n = piece.len().min(self.bytes.len() - 1 - self.len);
+                self.bytes[self.len..self.len + n].copy_from_slice(&piece[..n]);
+                self.len += n;
+            }
             Ok(())
         }
     }

@@ -27,8 +27,8 @@ pub struct Thread {
     start: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     slot: usize,
     rank: AtomicU32,
-    finished: AtomicBool,
-    joiner: Mutex<Option<Arc<Thread>>>,
+    /// Shared with the JoinHandle; the scheduler takes it out at exit.
+    join: Mutex<Option<Arc<JoinState>>>,
     /// Console text of the current unfinished line (see console.rs).
     pub(crate) line: UnsafeCell<String>,
 }
@@ -40,7 +40,7 @@ unsafe impl Sync for Thread {}
 unsafe impl Send for Thread {}
 
 impl Thread {
-    fn new(slot: usize, core: usize, rank: u32, start: Option<Box<dyn FnOnce() + Send>>) -> Arc<Thread> {
+    fn new(slot: usize, core: usize, rank: u32, start: Option<Box<dyn FnOnce() + Send>>, join: Option<Arc<JoinState>>) -> Arc<Thread> {
         Arc::new(Thread {
             context: UnsafeCell::new(0),
             core: AtomicUsize::new(core),
@@ -48,8 +48,7 @@ impl Thread {
             start: UnsafeCell::new(start),
             slot,
             rank: AtomicU32::new(rank),
-            finished: AtomicBool::new(false),
-            joiner: Mutex::new(None),
+            join: Mutex::new(join),
             line: UnsafeCell::new(String::new()),
         })
     }
@@ -151,7 +150,7 @@ pub(crate) fn init(core_count: usize, total_slots: usize, spin_ns: u64) {
                 sleeping: AtomicBool::new(false),
                 scheduler_context: UnsafeCell::new(0),
                 after: UnsafeCell::new(After::Yield),
-                idle: Thread::new(c, c, NO_RANK, None),
+                idle: Thread::new(c, c, NO_RANK, None, None),
                 switches: AtomicUsize::new(0),
             })
             .collect()
@@ -199,10 +198,16 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
         }
         After::Exit => {
             FREE_SLOTS.lock().push(t.slot);
-            t.finished.store(true, Ordering::Release);
-            let joiner = t.joiner.lock().take();
-            if let Some(j) = joiner {
-                wake(&j);
+            // Release the thread before announcing the end, so that a joiner
+            // finds every allocation of the thread back in its pool.
+            let join = t.join.lock().take();
+            drop(t);
+            if let Some(join) = join {
+                join.finished.store(true, Ordering::Release);
+                let joiner = join.joiner.lock().take();
+                if let Some(j) = joiner {
+                    wake(&j);
+                }
             }
         }
     }
@@ -312,8 +317,14 @@ extern "C" fn toro_thread_main() -> ! {
     unreachable!("an exited thread was resumed")
 }
 
+/// What a thread and its JoinHandle share (and nobody else).
+struct JoinState {
+    finished: AtomicBool,
+    joiner: Mutex<Option<Arc<Thread>>>,
+}
+
 pub struct JoinHandle<T> {
-    thread: Arc<Thread>,
+    join: Arc<JoinState>,
     result: Arc<Mutex<Option<T>>>,
 }
 
@@ -321,20 +332,27 @@ impl<T> JoinHandle<T> {
     /// Waits for the thread to end and returns what its closure returned.
     pub fn join(self) -> T {
         loop {
-            if self.thread.finished.load(Ordering::Acquire) {
+            if self.join.finished.load(Ordering::Acquire) {
                 break;
             }
-            *self.thread.joiner.lock() = Some(current_arc());
-            if self.thread.finished.load(Ordering::Acquire) {
+            *self.join.joiner.lock() = Some(current_arc());
+            if self.join.finished.load(Ordering::Acquire) {
                 break;
             }
             block();
+        }
+        drop(self.join.joiner.lock().take());
+        // The exiting thread's scheduler drops its reference to the shared
+        // state right after setting `finished`; wait for it, so the state is
+        // freed here, deterministically.
+        while Arc::strong_count(&self.join) > 1 {
+            core::hint::spin_loop();
         }
         self.result.lock().take().expect("joined thread produced no result")
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.finished.load(Ordering::Acquire)
+        self.join.finished.load(Ordering::Acquire)
     }
 }
 
@@ -345,7 +363,8 @@ pub fn spawn_on<T: Send + 'static>(core: usize, f: impl FnOnce() -> T + Send + '
     let result = Arc::new(Mutex::new(None));
     let r = result.clone();
     let rank = current_rank_raw();
-    let t = Thread::new(slot, core, rank, Some(Box::new(move || *r.lock() = Some(f()))));
+    let join = Arc::new(JoinState { finished: AtomicBool::new(false), joiner: Mutex::new(None) });
+    let t = Thread::new(slot, core, rank, Some(Box::new(move || *r.lock() = Some(f()))), Some(join.clone()));
     let top = slot_top(slot);
     // SAFETY: the slot is free (taken off the free list) and mapped. Layout
     // below the reserved top: the trampoline's address (toro_switch's `ret`
@@ -361,8 +380,8 @@ pub fn spawn_on<T: Send + 'static>(core: usize, f: impl FnOnce() -> T + Send + '
         }
         *t.context.get() = base - 7 * 8;
     }
-    push(core, t.clone());
-    JoinHandle { thread: t, result }
+    push(core, t);
+    JoinHandle { join, result }
 }
 
 /// Starts `f` as a new thread on the calling core.

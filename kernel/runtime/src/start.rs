@@ -148,6 +148,8 @@ fn start_mains(cores: usize) {
 
 fn main_returned(code: i32) {
     if code != 0 {
+        let rank = sched::current().rank().map_or(-1, |r| r as i64);
+        console::system_line(format_args!("toro: rank {rank} returned {code}"));
         let _ = EXIT_STATUS.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
     if MAINS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
