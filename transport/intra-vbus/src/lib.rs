@@ -37,7 +37,7 @@
 //!
 //! ## Eager and rendezvous
 //! A message of at most [`Config::eager_max`] bytes (default
-//! [`DEFAULT_EAGER_MAX`] = 4 KiB, chosen by measurement, see README.md) is
+//! [`DEFAULT_EAGER_MAX`] = 2 KiB, chosen by measurement, see README.md) is
 //! copied into the descriptor's own ring buffer; the send is complete at once.
 //! A longer one is sent by reference: the descriptor carries the sender's
 //! buffer address and length, the receiver copies once, straight from it into
@@ -102,12 +102,12 @@
 //! bus(N)     = N·(N−1) · ring(Q, E)            ([`Config::memory_bytes`])
 //! ```
 //!
-//! | cores | rings | Q=64, E=4 KiB (default ≤ 16 cores) | Q=16, E=1 KiB (default > 16 cores) |
+//! | cores | rings | Q=64, E=2 KiB (default ≤ 16 cores) | Q=16, E=1 KiB (default > 16 cores) |
 //! |------:|------:|-----------------------------------:|-----------------------------------:|
-//! |     2 |     2 |                            534 KB  |                             35 KB  |
-//! |     4 |    12 |                            3.2 MB  |                            212 KB  |
-//! |     8 |    56 |                             15 MB  |                            987 KB  |
-//! |    64 |  4032 |                            1.08 GB |                             71 MB  |
+//! |     2 |     2 |                            272 KB  |                             35 KB  |
+//! |     4 |    12 |                            1.6 MB  |                            212 KB  |
+//! |     8 |    56 |                            7.6 MB  |                            987 KB  |
+//! |    64 |  4032 |                            548 MB  |                             71 MB  |
 //!
 //! Every part is cache-line aligned, so what the sender writes (descriptors,
 //! headers, avail ring, eager buffers) and what the receiver writes (used

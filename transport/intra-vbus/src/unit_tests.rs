@@ -55,7 +55,7 @@ fn config_limits() {
     assert_eq!(Config::new(65).validate(), Err(ConfigError::Cores));
     assert!(Config::new(64).validate().is_ok());
     assert_eq!(Config::new(64).memory_bytes(), 71_092_224);
-    assert_eq!(Config::new(8).memory_bytes(), 14_945_280);
+    assert_eq!(Config::new(8).memory_bytes(), 7_605_248);
     for q in [0u16, 1, 3, 100, 32768] {
         assert_eq!(Config { queue_size: q, ..Config::new(2) }.validate(), Err(ConfigError::QueueSize));
     }
@@ -73,11 +73,11 @@ fn endpoint_taken_once() {
 #[test]
 fn print_memory_table() {
     // Figures of the table in the crate docs and README.md.
-    for (q, e) in [(64u16, 4096usize), (16, 1024)] {
+    for (q, e) in [(64u16, 2048usize), (16, 1024)] {
         for cores in [2, 4, 8, 64] {
             let c = Config { queue_size: q, eager_max: e, ..Config::new(cores) };
             std::println!("q={q} eager={e} cores={cores} ring={} total={}", c.ring_bytes() + c.private_ring_bytes(), c.memory_bytes());
         }
     }
-    assert_eq!(Config::new(2).ring_bytes(), 64 * 16 + 64 * 40 + 192 + 576 + 64 * 4096);
+    assert_eq!(Config::new(2).ring_bytes(), 64 * 16 + 64 * 40 + 192 + 576 + 64 * 2048);
 }
