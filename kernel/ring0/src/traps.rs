@@ -203,7 +203,13 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
         // SAFETY: reads the faulting address register.
         unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
         let access = if frame.error & 2 != 0 { "write" } else if frame.error & 16 != 0 { "execute" } else { "read" };
-        let why = if frame.error & 1 != 0 { "protection violation" } else { "page not present" };
+        let guard = toro_abi::layout::stack_slot_of(cr2)
+            .filter(|_| (cr2 - toro_abi::layout::STACK_ARENA) % toro_abi::layout::STACK_SLOT_SIZE < toro_abi::layout::PAGE_SIZE);
+        let why = match guard {
+            Some(_) => "stack overflow: guard page of a thread stack",
+            None if frame.error & 1 != 0 => "protection violation",
+            None => "page not present",
+        };
         kprintln!(
             "core {core}: {name} in the {ring}: {access} at address {cr2:#x} ({why}), rip {:#x}, rsp {:#x}, error {:#x}",
             frame.rip, frame.rsp, frame.error
