@@ -199,12 +199,16 @@ impl Engine {
                 self.take_incoming(transport, header);
             }
         }
+        self.poll_background();
+        busy
+    }
+
+    fn poll_background(&mut self) {
         if !self.background.is_empty() {
             let mut background = core::mem::take(&mut self.background);
             background.retain_mut(|handle| !self.send_finished(handle));
             self.background.append(&mut background);
         }
-        busy
     }
 
     fn take_incoming(&mut self, transport: usize, header: Header) {
@@ -248,10 +252,10 @@ impl Engine {
     /// message was not queued already. A longer message is consumed and reported as
     /// `Truncate`.
     pub(crate) fn receive_into(&mut self, pattern: Pattern, destination: &mut [u8], datatype: DatatypeRef) -> MpiResult<Header> {
-        if let Some(arrived) = self.take_unexpected(&pattern) {
-            return deliver(&arrived.header, &arrived.payload, destination, datatype);
-        }
         loop {
+            if let Some(arrived) = self.take_unexpected(&pattern) {
+                return deliver(&arrived.header, &arrived.payload, destination, datatype);
+            }
             let mut busy = false;
             for transport in 0..self.router.transports.len() {
                 while let Some(header) = self.router.transports[transport].peek() {
@@ -272,7 +276,10 @@ impl Engine {
                     return deliver(&header, &payload, destination, datatype);
                 }
             }
-            if !self.progress() && !busy {
+            // Not `progress()`: it could move a matching message into the unexpected
+            // queue behind our back (the check at the top of the loop catches that too).
+            self.poll_background();
+            if !busy {
                 self.env.relax();
             }
         }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::format;
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, Once, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
@@ -53,12 +53,46 @@ struct Packet {
 /// (source, destination) pair stay in order.
 pub struct MemoryFabric {
     inboxes: Vec<Mutex<VecDeque<Packet>>>,
+    /// One per rank: rung when a message arrives or a rendezvous send completes, so a
+    /// waiting rank sleeps instead of spinning (like halt-until-IPI in the VM).
+    doorbells: Vec<Doorbell>,
     eager_limit: usize,
+}
+
+#[derive(Default)]
+struct Doorbell {
+    rings: Mutex<u64>,
+    bell: Condvar,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        if let Ok(mut rings) = self.rings.lock() {
+            *rings += 1;
+            self.bell.notify_all();
+        }
+    }
+
+    /// Waits (at most `limit`) until the bell rang after `seen`; returns the count.
+    fn wait_after(&self, seen: u64, limit: Duration) -> u64 {
+        let Ok(rings) = self.rings.lock() else { return seen };
+        if *rings != seen {
+            return *rings;
+        }
+        match self.bell.wait_timeout(rings, limit) {
+            Ok((rings, _)) => *rings,
+            Err(_) => seen,
+        }
+    }
 }
 
 impl MemoryFabric {
     pub fn new(size: usize, eager_limit: usize) -> Arc<MemoryFabric> {
-        Arc::new(MemoryFabric { inboxes: (0..size).map(|_| Mutex::new(VecDeque::new())).collect(), eager_limit })
+        Arc::new(MemoryFabric {
+            inboxes: (0..size).map(|_| Mutex::new(VecDeque::new())).collect(),
+            doorbells: (0..size).map(|_| Doorbell::default()).collect(),
+            eager_limit,
+        })
     }
 }
 
@@ -86,6 +120,7 @@ impl Transport for MemoryEndpoint {
             self.in_flight.insert(self.next_ticket, flag.clone());
         }
         inbox.lock().map_err(|_| TransportError::Failed)?.push_back(Packet { header: *header, payload: payload.to_vec(), delivered });
+        self.fabric.doorbells[header.dest as usize].ring();
         Ok(SendTicket(self.next_ticket))
     }
 
@@ -112,6 +147,7 @@ impl Transport for MemoryEndpoint {
             into.copy_from_slice(&packet.payload);
             if let Some(flag) = packet.delivered {
                 flag.store(true, Ordering::Release);
+                self.fabric.doorbells[packet.header.source as usize].ring();
             }
         }
     }
@@ -129,7 +165,9 @@ struct ThreadEnvironment {
     rank: u32,
     locations: Vec<Location>,
     job: Arc<Job>,
-    relax_calls: Cell<u32>,
+    fabric: Arc<MemoryFabric>,
+    /// Doorbell count seen by the last `relax`.
+    seen: Cell<u64>,
 }
 
 fn clock_start() -> Instant {
@@ -151,15 +189,9 @@ impl Environment for ThreadEnvironment {
         if self.job.aborted.load(Ordering::Relaxed) && !std::thread::panicking() {
             panic!("rank {}: leaving a blocked MPI call because the job was aborted", self.rank);
         }
-        // Yield first; then nap a little so waiting ranks leave the (few) cores to
-        // the ranks that have work.
-        let calls = self.relax_calls.get().wrapping_add(1);
-        self.relax_calls.set(calls);
-        if calls % 64 == 0 {
-            std::thread::sleep(Duration::from_micros(50));
-        } else {
-            std::thread::yield_now();
-        }
+        // Sleep until something arrives for this rank (bounded, so aborts are noticed).
+        let doorbell = &self.fabric.doorbells[self.rank as usize];
+        self.seen.set(doorbell.wait_after(self.seen.get(), Duration::from_millis(5)));
     }
     fn abort(&self, status: i32, message: &str) -> ! {
         let text = format!("MPI job aborted (status {}): {}", status, message);
@@ -236,7 +268,7 @@ where
             .name(format!("rank-{}", rank))
             .spawn(move || {
                 let setup = RankSetup {
-                    environment: Box::new(ThreadEnvironment { rank: rank as u32, locations, job: job.clone(), relax_calls: Cell::new(0) }),
+                    environment: Box::new(ThreadEnvironment { rank: rank as u32, locations, job: job.clone(), fabric: fabric.clone(), seen: Cell::new(0) }),
                     transports: std::vec![Box::new(MemoryEndpoint::new(fabric, rank as u32))],
                     routes: RouteTable::single(0),
                 };

@@ -1,3 +1,4 @@
 //! Host tests: ranks as std threads over the in-memory transport.
 
+mod collectives;
 mod point_to_point;
