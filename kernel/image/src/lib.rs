@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod elf;
+pub mod vmtest;
 
 pub use build::{build_app, BuildError, BuildOptions};
 

@@ -1,9 +1,7 @@
 //! VM tests of the kernel and the runtime: real QEMU, microvm (and q35
 //! once), under TCG and, where /dev/kvm can run a VM, KVM.
 
-mod common;
-
-use common::{accels, image, kernel_only, Accel, Vm};
+use toro_image::vmtest::{accels, image, kernel_only, Accel, Vm};
 use toro_abi::status;
 
 fn hello() -> std::path::PathBuf {

@@ -1,5 +1,6 @@
-//! Booting real VMs from tests: images built once per test process, QEMU
-//! runs with a hard timeout, nothing left running afterwards.
+//! Booting real VMs from tests (this crate's and other crates'): images
+//! built once per test process, QEMU runs with a hard timeout, nothing left
+//! running afterwards.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -7,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use toro_image::{build_app, BuildOptions};
+use crate::{build_app, BuildOptions};
 
 pub fn root() -> PathBuf {
-    toro_image::build::default_root()
+    crate::build::default_root()
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
