@@ -174,7 +174,7 @@ pub(crate) fn run_scheduler(core: usize) -> ! {
         };
         match next {
             Some(t) => run(me, core, t),
-            None => idle(me),
+            None => idle(me, core),
         }
     }
 }
@@ -213,7 +213,12 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
     }
 }
 
-fn idle(me: &Core) {
+fn idle(me: &Core, core: usize) {
+    // Idle time first goes to touching the rest of this core's heap (16
+    // pages at a time, so a wake-up waits at most that long).
+    if crate::start::pretouch_step(core, 16) {
+        return;
+    }
     let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
     let start = crate::time::now_ns();
     while crate::time::now_ns() - start < budget {

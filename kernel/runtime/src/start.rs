@@ -108,22 +108,40 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
     sched::run_scheduler(core)
 }
 
-/// Touches every page of this core's pool once, so the first touch (slow
-/// under virtualisation) does not land on a hot path later.
+/// The first touch of a page is slow under virtualisation (a host page
+/// fault, or a shadow-page-table fill under PVM): every page of each core's
+/// pool is touched once, `pretouch=MIB` (default 8) per core at boot, the
+/// rest by the core's scheduler whenever it has nothing to run.
+const DEFAULT_PRETOUCH_MIB: u64 = 8;
+
+static PRETOUCH_NEXT: [AtomicUsize; toro_abi::MAX_CPUS] = [const { AtomicUsize::new(0) }; toro_abi::MAX_CPUS];
+
 fn pretouch(core: usize) {
-    if cmdline().get("pretouch") == Some("0") {
-        return;
+    let (start, _) = POOLS.region(core);
+    PRETOUCH_NEXT[core].store(start, Ordering::Relaxed);
+    let mib = cmdline().get_u64("pretouch").ok().flatten().unwrap_or(DEFAULT_PRETOUCH_MIB);
+    pretouch_step(core, (mib << 20) as usize / layout::PAGE_SIZE as usize);
+}
+
+/// Touches up to `pages` more pages of `core`'s pool; false when all are done.
+/// Only `core` itself calls this.
+pub(crate) fn pretouch_step(core: usize, pages: usize) -> bool {
+    let (_, end) = POOLS.region(core);
+    let from = PRETOUCH_NEXT[core].load(Ordering::Relaxed);
+    if from >= end {
+        return false;
     }
-    let (start, end) = POOLS.region(core);
-    // The pool's first bytes hold its free-list header: read-modify-write keeps it.
-    for page in (start..end).step_by(layout::PAGE_SIZE as usize) {
+    let to = end.min(from + pages * layout::PAGE_SIZE as usize);
+    for page in (from..to).step_by(layout::PAGE_SIZE as usize) {
         // SAFETY: the page is mapped heap memory; the volatile read and
-        // write-back of the same byte change nothing.
+        // write-back of one byte changes nothing, even if it is in use.
         unsafe {
             let p = page as *mut u8;
             p.write_volatile(p.read_volatile());
         }
     }
+    PRETOUCH_NEXT[core].store(to, Ordering::Relaxed);
+    true
 }
 
 fn start_mains(cores: usize) {
