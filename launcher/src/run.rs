@@ -73,9 +73,51 @@ struct VmRun {
     exited_at: Option<Instant>,
     open_streams: u8,
     done: bool,
-    last_sys: Option<String>,
+    said: GuestReport,
     qemu_error: Option<String>,
     log: Option<File>,
+}
+
+/// What a guest said about how it ends, from its `toro: ` system lines.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GuestReport {
+    /// The kernel's last line, `toro: exit S`, printed right before it
+    /// writes S to isa-debug-exit: the only proof that QEMU's exit code 1
+    /// means status 0 and not a QEMU error.
+    pub exit: Option<u8>,
+    /// The first `toro: rank R returned S` lines (a main that returned
+    /// non-zero; the VM's status is the first such S).
+    pub returned: Vec<String>,
+    /// The last other system line (panic, CPU exception, boot failure).
+    pub last_sys: Option<String>,
+}
+
+impl GuestReport {
+    const MAX_RETURNED: usize = 64;
+
+    /// Takes note of one console line.
+    pub fn note(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("toro: ") else { return };
+        if let Some(s) = rest.strip_prefix("exit ").and_then(|s| s.parse::<u8>().ok()) {
+            self.exit = Some(s);
+        } else if rest.starts_with("rank ") && rest.contains(" returned ") {
+            if self.returned.len() < Self::MAX_RETURNED {
+                self.returned.push(line.to_string());
+            }
+        } else {
+            self.last_sys = Some(line.to_string());
+        }
+    }
+
+    /// The system line that explains status `s`.
+    pub fn reason(&self, s: u8) -> Option<&str> {
+        let suffix = format!(" returned {s}");
+        self.returned
+            .iter()
+            .find(|l| l.ends_with(&suffix))
+            .or(self.last_sys.as_ref())
+            .map(String::as_str)
+    }
 }
 
 /// Why the job ended badly: the one line to print and the exit code.
@@ -210,7 +252,13 @@ pub fn who(vm: &VmPlan, sys: Option<&str>) -> String {
 }
 
 /// Maps how a QEMU process ended to success or the one failure line.
-pub fn classify(vm: &VmPlan, st: ExitStatus, last_sys: Option<&str>, qemu_error: Option<&str>) -> Result<(), Failure> {
+///
+/// isa-debug-exit makes QEMU exit with `status << 1 | 1`, so status 0 is
+/// exit code 1 — which is also how QEMU reports its own errors. Status 0
+/// therefore counts only with the guest's `toro: exit 0` line. Other odd
+/// codes only come from isa-debug-exit (ring 3 has no port access, so only
+/// the kernel writes it) and are taken as the guest's status.
+pub fn classify(vm: &VmPlan, st: ExitStatus, said: &GuestReport, qemu_error: Option<&str>) -> Result<(), Failure> {
     use std::os::unix::process::ExitStatusExt;
     let died = |why: String| Failure {
         code: EXIT_VM_DIED,
@@ -224,14 +272,15 @@ pub fn classify(vm: &VmPlan, st: ExitStatus, last_sys: Option<&str>, qemu_error:
         }
     };
     match status::from_qemu_exit_code(code) {
-        // QEMU also exits with 1 on its own errors: those print on stderr.
-        Some(0) => match qemu_error {
-            None => Ok(()),
-            Some(e) => Err(died(format!("QEMU failed: {e}"))),
-        },
+        Some(0) if said.exit == Some(0) => Ok(()),
+        Some(0) => Err(died(match qemu_error {
+            Some(e) => format!("QEMU failed: {e}"),
+            None => "QEMU exited with code 1 before the guest reported a status (no `toro: exit` line)".to_string(),
+        })),
         Some(s) => {
-            let mut line = format!("{} failed: {} (status {s})", who(vm, last_sys), status::describe(s));
-            if let Some(sys) = last_sys.filter(|_| s >= status::PANIC) {
+            let reason = said.reason(s);
+            let mut line = format!("{} failed: {} (status {s})", who(vm, reason), status::describe(s));
+            if let Some(sys) = reason.filter(|_| s >= status::PANIC) {
                 line.push_str(": ");
                 line.push_str(sys.strip_prefix("toro: ").unwrap_or(sys));
             }
@@ -338,7 +387,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
                     exited_at: None,
                     open_streams: 2,
                     done: false,
-                    last_sys: None,
+                    said: GuestReport::default(),
                     qemu_error: None,
                     log: logs[k].take(),
                 });
@@ -366,9 +415,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
                 if let Some(log) = v.log.as_mut() {
                     let _ = writeln!(log, "{line}");
                 }
-                if line.starts_with("toro: ") {
-                    v.last_sys = Some(line.clone());
-                }
+                v.said.note(&line);
                 let _ = writeln!(stdout.lock(), "{}", format_line(k as u32, &line, opts.tag_output));
             }
             Event::Err(k, line) => {
@@ -422,7 +469,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         for k in finished {
             let v = &mut vms[k];
             v.done = true;
-            if let Err(f) = classify(&plan.vms[k], v.status.unwrap(), v.last_sys.as_deref(), v.qemu_error.as_deref()) {
+            if let Err(f) = classify(&plan.vms[k], v.status.unwrap(), &v.said, v.qemu_error.as_deref()) {
                 failure.get_or_insert(f);
             }
         }
@@ -508,23 +555,60 @@ mod tests {
         assert_eq!(who(&v, Some("toro: page fault on core 1 at 0x0")), "rank 5 (vm 1, core 1)");
     }
 
+    fn said(lines: &[&str]) -> GuestReport {
+        let mut r = GuestReport::default();
+        for l in lines {
+            r.note(l);
+        }
+        r
+    }
+
+    #[test]
+    fn guest_report() {
+        let r = said(&["[rank 1] hi", "toro: rank 3 returned 7", "toro: rank 2 returned 5", "toro: rank 1 returned 7",
+                       "toro: exit 7"]);
+        assert_eq!(r.exit, Some(7));
+        assert_eq!(r.reason(7), Some("toro: rank 3 returned 7"));
+        assert_eq!(r.reason(9), None);
+        let r = said(&["toro: panic on core 1, rank 5, at a.rs:1: x", "toro: exit 101"]);
+        assert_eq!(r.reason(101), Some("toro: panic on core 1, rank 5, at a.rs:1: x"));
+        // The kernel's line when isa-debug-exit is missing is not an exit line.
+        let r = said(&["toro: exit 0: no isa-debug-exit device (add -device ...)"]);
+        assert_eq!(r.exit, None);
+    }
+
     #[test]
     fn status_mapping() {
         let v = vm(vec![2, 3], 2);
         let code = |c: i32| ExitStatus::from_raw(c << 8);
-        assert_eq!(classify(&v, code(1), None, None), Ok(()));
-        let f = classify(&v, code(203), Some("toro: panic on core 1: oops"), None).unwrap_err();
+        assert_eq!(classify(&v, code(1), &said(&["toro: exit 0"]), None), Ok(()));
+        // With the guest's exit line, QEMU's stderr noise does not turn success into failure.
+        assert_eq!(classify(&v, code(1), &said(&["toro: exit 0"]), Some("qemu: something odd")), Ok(()));
+        // Exit code 1 without it: QEMU failed before the guest reported anything.
+        let f = classify(&v, code(1), &said(&[]), None).unwrap_err();
+        assert_eq!(f.code, EXIT_VM_DIED);
+        assert_eq!(f.line, "vm 1 (ranks 2-3) died: QEMU exited with code 1 before the guest reported a status (no `toro: exit` line)");
+        let f = classify(&v, code(1), &said(&[]), Some("qemu-system-x86_64: cannot load kernel")).unwrap_err();
+        assert_eq!(f.code, EXIT_VM_DIED);
+        assert_eq!(f.line, "vm 1 (ranks 2-3) died: QEMU failed: qemu-system-x86_64: cannot load kernel");
+
+        let f = classify(&v, code(203), &said(&["toro: panic on core 1: oops", "toro: exit 101"]), None).unwrap_err();
         assert_eq!(f, Failure { code: 101, line: "rank 3 (vm 1, core 1) failed: panic (status 101): panic on core 1: oops".into() });
-        let f = classify(&v, code(221), Some("toro: page fault on core 0"), None).unwrap_err();
+        let f = classify(&v, code(203), &said(&["toro: panic on core 0, rank 2, at src/main.rs:9: boom", "toro: exit 101"]), None)
+            .unwrap_err();
+        assert_eq!(f.line, "rank 2 (vm 1, core 0) failed: panic (status 101): panic on core 0, rank 2, at src/main.rs:9: boom");
+        let f = classify(&v, code(221), &said(&["toro: core 0: page fault in the application (ring 3)", "toro: exit 110"]), None)
+            .unwrap_err();
         assert_eq!(f.code, 110);
-        let f = classify(&v, code(7), None, None).unwrap_err();
+        assert!(f.line.starts_with("rank 2 (vm 1, core 0) failed: CPU exception in the application (status 110): core 0: page fault"), "{}", f.line);
+        let f = classify(&v, code(7), &said(&["toro: rank 3 returned 3", "toro: exit 3"]), None).unwrap_err();
+        assert_eq!(f, Failure { code: 3, line: "rank 3 (vm 1, core 1) failed: application exit status (status 3)".into() });
+        let f = classify(&v, code(7), &said(&[]), None).unwrap_err();
         assert_eq!(f, Failure { code: 3, line: "vm 1 (ranks 2-3) failed: application exit status (status 3)".into() });
-        let f = classify(&v, code(0), None, None).unwrap_err();
+        let f = classify(&v, code(0), &said(&[]), None).unwrap_err();
         assert_eq!(f.code, EXIT_VM_DIED);
         assert!(f.line.contains("died") && f.line.contains("code 0"), "{}", f.line);
-        let f = classify(&v, code(1), None, Some("qemu-system-x86_64: cannot load kernel")).unwrap_err();
-        assert_eq!(f.code, EXIT_VM_DIED);
-        let f = classify(&v, ExitStatus::from_raw(9), None, None).unwrap_err();
+        let f = classify(&v, ExitStatus::from_raw(9), &said(&["toro: exit 0"]), None).unwrap_err();
         assert_eq!(f.line, "vm 1 (ranks 2-3) died: QEMU killed by signal 9 (SIGKILL)");
     }
 }

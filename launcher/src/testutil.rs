@@ -5,74 +5,48 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use toro_abi::layout::APP_BASE;
-use toro_abi::{ABI_VERSION, APP_MAGIC};
+use toro_abi::ABI_VERSION;
 
-/// A minimal ELF64 that passes (or, with a field changed, fails) the image
-/// check: a PT_NOTE with the PVH entry and a PT_LOAD at [`APP_BASE`] that
-/// starts with an `AppHeader`. It cannot boot.
+/// A small ELF64 that passes (or, with a field changed, fails) the image
+/// check, built with `toro_image`'s own writer and test pieces: a kernel-like
+/// PT_LOAD at 1 MiB, a PT_NOTE with the PVH entry and an app PT_LOAD at
+/// [`APP_BASE`] that starts with an `AppHeader`. It cannot boot.
 #[derive(Clone, Debug)]
 pub struct FakeImage {
+    /// ELF class byte (2 = ELF64).
     pub class: u8,
+    /// e_machine (62 = x86-64).
     pub machine: u16,
     pub pvh_note: bool,
+    /// The `TOROAPP` magic at [`APP_BASE`] (else other bytes).
     pub app_header: bool,
     pub abi_version: u32,
+    /// The header's ring-3 entry address.
+    pub app_entry: u64,
 }
 
 impl Default for FakeImage {
     fn default() -> Self {
-        FakeImage { class: 2, machine: 62, pvh_note: true, app_header: true, abi_version: ABI_VERSION }
+        FakeImage { class: 2, machine: 62, pvh_note: true, app_header: true, abi_version: ABI_VERSION,
+                    app_entry: APP_BASE + 0x40 }
     }
 }
 
 impl FakeImage {
     pub fn bytes(&self) -> Vec<u8> {
-        const NOTE_OFF: u64 = 0x100;
-        const LOAD_OFF: u64 = 0x1000;
-        let mut note = Vec::new();
-        note.extend_from_slice(&4u32.to_le_bytes());
-        note.extend_from_slice(&8u32.to_le_bytes());
-        note.extend_from_slice(&(if self.pvh_note { 18u32 } else { 17 }).to_le_bytes());
-        note.extend_from_slice(b"Xen\0");
-        note.extend_from_slice(&0x100000u64.to_le_bytes());
-
-        let mut app = Vec::new();
-        app.extend_from_slice(if self.app_header { &APP_MAGIC } else { b"NOTTORO\0" });
-        app.extend_from_slice(&self.abi_version.to_le_bytes());
-        app.extend_from_slice(&40u32.to_le_bytes());
-        app.extend_from_slice(&(APP_BASE + 0x40).to_le_bytes());
-        app.extend_from_slice(&(APP_BASE + 0x1000).to_le_bytes());
-        app.extend_from_slice(&(APP_BASE + 0x2000).to_le_bytes());
+        use toro_image::elf::{write, Phdr, PT_NOTE};
+        use toro_image::testing::{header, load, note};
+        let code = vec![0xf4u8; 64];
+        let note = note(b"Xen", if self.pvh_note { 18 } else { 17 }, &0x100000u64.to_le_bytes());
+        let note_phdr = Phdr { kind: PT_NOTE, flags: 4, offset: 0, vaddr: 0, paddr: 0, filesz: 0, memsz: 0, align: 4 };
+        let mut app = header(self.abi_version, self.app_entry, APP_BASE + 0x1000, APP_BASE + 0x2000);
+        if !self.app_header {
+            app[..8].copy_from_slice(b"NOTTORO\0");
+        }
         app.resize(0x80, 0xcc);
-
-        let mut b = vec![0u8; 64];
-        b[..4].copy_from_slice(b"\x7fELF");
+        let mut b = write(0x100000, &[(load(0x100000, 0x2000), &code), (note_phdr, &note), (load(APP_BASE, 0x2000), &app)]);
         b[4] = self.class;
-        b[5] = 1; // little-endian
-        b[6] = 1; // version
-        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
         b[18..20].copy_from_slice(&self.machine.to_le_bytes());
-        b[20..24].copy_from_slice(&1u32.to_le_bytes());
-        b[24..32].copy_from_slice(&0x100000u64.to_le_bytes());
-        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-        b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        b[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
-        let phdr = |kind: u32, off: u64, vaddr: u64, size: u64, align: u64| {
-            let mut p = Vec::new();
-            p.extend_from_slice(&kind.to_le_bytes());
-            p.extend_from_slice(&4u32.to_le_bytes());
-            for v in [off, vaddr, vaddr, size, size, align] {
-                p.extend_from_slice(&v.to_le_bytes());
-            }
-            p
-        };
-        b.extend(phdr(4, NOTE_OFF, 0, note.len() as u64, 4));
-        b.extend(phdr(1, LOAD_OFF, APP_BASE, app.len() as u64, 0x1000));
-        b.resize(NOTE_OFF as usize, 0);
-        b.extend(&note);
-        b.resize(LOAD_OFF as usize, 0);
-        b.extend(&app);
         b
     }
 

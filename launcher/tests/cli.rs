@@ -162,11 +162,12 @@ fn bad_images() {
     expect_bad(&s, &["-np", "1", &s.path("tmp").to_string_lossy()], "cannot read it");
     expect_bad(&s, &["-np", "1", &s.path("qemu").to_string_lossy()], "not an ELF file");
     let cases = [
-        (FakeImage { machine: 40, ..Default::default() }, "not an x86-64 ELF64"),
-        (FakeImage { class: 1, ..Default::default() }, "not an x86-64 ELF64"),
+        (FakeImage { machine: 40, ..Default::default() }, "not a 64-bit x86-64 ELF file"),
+        (FakeImage { class: 1, ..Default::default() }, "not a 64-bit x86-64 ELF file"),
         (FakeImage { pvh_note: false, ..Default::default() }, "no PVH entry note"),
-        (FakeImage { app_header: false, ..Default::default() }, "not a Toro MPI application"),
-        (FakeImage { abi_version: 7, ..Default::default() }, "ABI version 7"),
+        (FakeImage { app_header: false, ..Default::default() }, "not a Toro application image"),
+        (FakeImage { abi_version: 7, ..Default::default() }, "built for Toro ABI 7,"),
+        (FakeImage { app_entry: 0x1000, ..Default::default() }, "corrupt Toro application header"),
     ];
     for (i, (img, msg)) in cases.into_iter().enumerate() {
         let p = s.path(&format!("bad{i}.elf"));
@@ -293,22 +294,24 @@ fn success_streams_tagged_whole_lines() {
     s.qemu(r#"
 echo "toro: vm $vm up"
 if [ "$vm" = 0 ]; then printf '[rank 0] par'; sleep 0.2; echo 'tial'; else sleep 0.1; echo "[rank 1] hello"; fi
+echo "toro: exit 0"
 exit 1"#);
     let img = s.image();
     let (code, out, err, _) = job(&s, &["-np", "2", "--vms", "2", "--output-dir", s.path("logs").to_str().unwrap(), &img], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
     let mut lines: Vec<&str> = out.lines().collect();
     lines.sort();
-    assert_eq!(lines, ["[rank 0] partial", "[rank 1] hello", "[vm 0] toro: vm 0 up", "[vm 1] toro: vm 1 up"]);
+    assert_eq!(lines, ["[rank 0] partial", "[rank 1] hello", "[vm 0] toro: exit 0", "[vm 0] toro: vm 0 up",
+                       "[vm 1] toro: exit 0", "[vm 1] toro: vm 1 up"]);
     assert_eq!(err, "");
-    assert_eq!(std::fs::read_to_string(s.path("logs/vm-1.log")).unwrap(), "toro: vm 1 up\n[rank 1] hello\n");
+    assert_eq!(std::fs::read_to_string(s.path("logs/vm-1.log")).unwrap(), "toro: vm 1 up\n[rank 1] hello\ntoro: exit 0\n");
     assert_eq!(s.pids().len(), 3, "2 VMs and the switch");
 
     let (code, out, _, _) = job(&s, &["-np", "2", "--vms", "2", "--no-tag-output", &img], Duration::from_secs(10));
     assert_eq!(code, Some(0));
     let mut lines: Vec<&str> = out.lines().collect();
     lines.sort();
-    assert_eq!(lines, ["hello", "partial", "toro: vm 0 up", "toro: vm 1 up"]);
+    assert_eq!(lines, ["hello", "partial", "toro: exit 0", "toro: exit 0", "toro: vm 0 up", "toro: vm 1 up"]);
 }
 
 #[test]
@@ -316,7 +319,7 @@ fn panic_names_the_rank_and_stops_the_others() {
     let s = Sandbox::new("panic");
     s.qemu(r#"
 if [ "$vm" = 1 ]; then
-  sleep 0.3; echo "[rank 3] about to fail"; echo "toro: panic on core 1 at app.rs:7: boom"; exit 203
+  sleep 0.3; echo "[rank 3] about to fail"; echo "toro: panic on core 1 at app.rs:7: boom"; echo "toro: exit 101"; exit 203
 fi
 sleep 30"#);
     let (code, out, err, took) = job(&s, &["-np", "4", "--vms", "2", "--cpus-per-vm", "2", &s.image()], Duration::from_secs(10));
@@ -342,6 +345,20 @@ fn app_status_and_qemu_errors() {
     let (code, _, err, _) = job(&s, &["-np", "1", &s.image()], Duration::from_secs(10));
     assert_eq!(code, Some(125));
     assert!(err.contains("died: QEMU exited with code 0"), "{err}");
+    // Exit code 1 is status 0 only with the guest's `toro: exit 0` line ...
+    s.qemu("exit 1");
+    let (code, _, err, _) = job(&s, &["-np", "1", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(125), "{err}");
+    assert_eq!(err.trim_end(), "toro-mpirun: rank 0 (vm 0) died: QEMU exited with code 1 before the guest reported a status (no `toro: exit` line)");
+    // ... and with it, QEMU's chatter on stderr does not make it a failure.
+    s.qemu("echo 'toro: exit 0'; echo 'qemu-system-x86_64: terminating on signal 15' >&2; exit 1");
+    let (code, _, err, _) = job(&s, &["-np", "1", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    // The status comes with the rank that returned it.
+    s.qemu("echo 'toro: rank 1 returned 4'; echo 'toro: rank 0 returned 9'; echo 'toro: exit 4'; exit 9");
+    let (code, _, err, _) = job(&s, &["-np", "2", "--cpus-per-vm", "2", &s.image()], Duration::from_secs(10));
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(err.trim_end(), "toro-mpirun: rank 1 (vm 0, core 1) failed: application exit status (status 4)");
 }
 
 #[test]
