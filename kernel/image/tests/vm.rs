@@ -157,3 +157,12 @@ fn toro_build_check_rejects_what_is_not_an_image() {
     assert!(ok.status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn without_acpi_the_cpus_are_found_by_broadcast() {
+    // microvm with acpi=off has no MADT, and no cpus= hint is given.
+    let run = Vm::new(&hello(), Accel::Tcg).machine("microvm,acpi=off").smp(4).append("verbose").run();
+    run.assert_status(status::OK);
+    run.assert_line("toro: 4 cores");
+    run.assert_line("hello from core 3 of 4:");
+}

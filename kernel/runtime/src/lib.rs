@@ -20,6 +20,7 @@
 extern crate alloc;
 
 pub mod pool;
+pub mod runq;
 pub mod state;
 
 #[cfg(not(test))]
@@ -34,6 +35,8 @@ mod start;
 pub mod sched;
 #[cfg(not(test))]
 pub mod time;
+#[cfg(not(test))]
+pub mod waiters;
 
 #[cfg(not(test))]
 pub use {

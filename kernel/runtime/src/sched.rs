@@ -4,7 +4,6 @@
 //! spins for the configured budget, then halts until a wake-up IPI.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -15,6 +14,7 @@ use spin::{Mutex, Once};
 use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
 
 use crate::arch::{self, SLOT_RESERVED};
+use crate::runq::RunQueue;
 use crate::state::ThreadState;
 
 pub const NO_RANK: u32 = u32::MAX;
@@ -75,9 +75,7 @@ enum After {
 }
 
 struct Core {
-    run_queue: Mutex<VecDeque<Arc<Thread>>>,
-    queued: AtomicUsize,
-    sleeping: AtomicBool,
+    run_queue: RunQueue<Arc<Thread>>,
     scheduler_context: UnsafeCell<usize>,
     after: UnsafeCell<After>,
     idle: Arc<Thread>,
@@ -145,9 +143,7 @@ pub(crate) fn init(core_count: usize, total_slots: usize, spin_ns: u64) {
     CORES.call_once(|| {
         (0..core_count)
             .map(|c| Core {
-                run_queue: Mutex::new(VecDeque::with_capacity(64)),
-                queued: AtomicUsize::new(0),
-                sleeping: AtomicBool::new(false),
+                run_queue: RunQueue::new(),
                 scheduler_context: UnsafeCell::new(0),
                 after: UnsafeCell::new(After::Yield),
                 idle: Thread::new(c, c, NO_RANK, None, None),
@@ -164,15 +160,7 @@ pub(crate) fn run_scheduler(core: usize) -> ! {
     // SAFETY: slot `core` is this core's boot stack; its owner is the idle thread.
     unsafe { *slot_owner(core) = Arc::as_ptr(&me.idle) };
     loop {
-        let next = {
-            let mut q = me.run_queue.lock();
-            let t = q.pop_front();
-            if t.is_some() {
-                me.queued.fetch_sub(1, Ordering::Relaxed);
-            }
-            t
-        };
-        match next {
+        match me.run_queue.pop() {
             Some(t) => run(me, core, t),
             None => idle(me, core),
         }
@@ -222,28 +210,22 @@ fn idle(me: &Core, core: usize) {
     let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
     let start = crate::time::now_ns();
     while crate::time::now_ns() - start < budget {
-        if me.queued.load(Ordering::Relaxed) > 0 {
+        if !me.run_queue.is_empty() {
             return;
         }
         core::hint::spin_loop();
     }
-    // Announce, re-check, halt: a waker that queued after our check sees
-    // `sleeping` and sends the IPI, which ends the halt (or pre-empts it).
-    me.sleeping.store(true, Ordering::SeqCst);
-    if me.queued.load(Ordering::SeqCst) == 0 {
+    // A push after the announcement sends the IPI; an IPI that arrives
+    // before the halt trap stays pending (ring 3 runs with interrupts
+    // masked) and ends the halt at once.
+    if me.run_queue.announce_halt() {
         arch::halt();
     }
-    me.sleeping.store(false, Ordering::Relaxed);
+    me.run_queue.end_halt();
 }
 
 fn push(core: usize, t: Arc<Thread>) {
-    let target = &cores()[core];
-    {
-        let mut q = target.run_queue.lock();
-        q.push_back(t);
-        target.queued.fetch_add(1, Ordering::SeqCst);
-    }
-    if core != current_core() && target.sleeping.load(Ordering::SeqCst) {
+    if cores()[core].run_queue.push(t) && core != current_core() {
         arch::send_ipi(core);
     }
 }
@@ -266,7 +248,7 @@ fn is_idle_thread(t: &Thread) -> bool {
 /// Lets the other threads of this core run.
 pub fn yield_now() {
     let t = current();
-    if is_idle_thread(t) || cores()[t.core()].queued.load(Ordering::Relaxed) == 0 {
+    if is_idle_thread(t) || cores()[t.core()].run_queue.is_empty() {
         return;
     }
     switch_to_scheduler(After::Yield);
