@@ -35,8 +35,6 @@ mod start;
 pub mod sched;
 #[cfg(not(test))]
 pub mod time;
-#[cfg(not(test))]
-pub mod waiters;
 
 #[cfg(not(test))]
 pub use {
