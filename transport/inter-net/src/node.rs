@@ -1,0 +1,484 @@
+//! One VM's network node: the smoltcp interface on a `phy::Device`, one TCP connection
+//! per peer VM, the protocol links and the local ranks' inboxes — behind one lock,
+//! driven by whichever rank calls into the transport (see the crate docs for why).
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use mpi::transport::{Header, SendTicket, Transport, TransportError};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+
+use crate::payload::Payload;
+use crate::protocol::{Inboxes, Link, Topology};
+
+/// Everything a VM's node needs to know (the launcher's plan, and tuning).
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// This VM's index.
+    pub vm: u32,
+    /// VM index of every world rank.
+    pub vm_of_rank: Vec<u32>,
+    /// Job id (both ends check it in the hello).
+    pub job: u64,
+    pub mac: [u8; 6],
+    /// VM j has address `ip_base + j`.
+    pub ip_base: [u8; 4],
+    pub prefix_len: u8,
+    /// VM i listens for VM j (j > i) on `port_base + j`.
+    pub port_base: u16,
+    /// Credit per (source rank, destination rank) pair, wire bytes.
+    pub window: usize,
+    /// Largest payload per frame.
+    pub chunk: usize,
+    /// Sends up to this size are copied and complete at once.
+    pub eager_limit: usize,
+    /// TCP send and receive buffer per connection.
+    pub socket_buffer: usize,
+    /// A peer that has not connected by then is reported.
+    pub connect_timeout_ms: u64,
+    /// A connection silent for this long (keep-alives unanswered) is dead.
+    pub peer_timeout_ms: u64,
+    pub keepalive_ms: u64,
+    pub seed: u64,
+}
+
+impl NetConfig {
+    /// Defaults for everything but the plan.
+    pub fn new(vm: u32, vm_of_rank: Vec<u32>, mac: [u8; 6], ip_base: [u8; 4]) -> NetConfig {
+        NetConfig {
+            vm,
+            vm_of_rank,
+            job: 0,
+            mac,
+            ip_base,
+            prefix_len: 16,
+            port_base: 7400,
+            window: 512 << 10,
+            chunk: 64 << 10,
+            eager_limit: 16 << 10,
+            socket_buffer: 256 << 10,
+            connect_timeout_ms: 30_000,
+            peer_timeout_ms: 1_500,
+            keepalive_ms: 250,
+            seed: 0x746f_726f,
+        }
+    }
+
+    pub fn ip_of_vm(&self, vm: u32) -> Ipv4Address {
+        Ipv4Address::from_bits(u32::from_be_bytes(self.ip_base).wrapping_add(vm))
+    }
+
+    pub fn vms(&self) -> u32 {
+        self.vm_of_rank.iter().copied().max().map_or(1, |m| m + 1)
+    }
+}
+
+/// Time source: microseconds, monotonic.
+pub type Clock = fn() -> u64;
+/// Ends the job (or, in tests, the rank) with a message; never returns.
+pub type Fatal = fn(&str) -> !;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ConnState {
+    /// Not up yet; `attempt_at`: when to (re)connect or re-listen.
+    Connecting { attempt_at: u64 },
+    Up,
+    Gone { reason: String, lost_data: bool },
+}
+
+struct Slot {
+    link: Link,
+    socket: SocketHandle,
+    /// We connect (our index is higher) or listen.
+    connects: bool,
+    state: ConnState,
+}
+
+/// Counters, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub polls: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+}
+
+pub struct Node<D: Device> {
+    config: NetConfig,
+    topo: Topology,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    device: D,
+    slots: Vec<Option<Slot>>,
+    inboxes: Inboxes,
+    clock: Clock,
+    started_us: u64,
+    next_ticket: u64,
+    next_local_port: u16,
+    failure: Option<String>,
+    stats: NodeStats,
+}
+
+impl<D: Device> Node<D> {
+    pub fn new(config: NetConfig, mut device: D, clock: Clock) -> Node<D> {
+        let now_us = clock();
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        iface_config.random_seed = config.seed ^ u64::from(config.vm).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut iface = Interface::new(iface_config, &mut device, Instant::from_micros(now_us as i64));
+        let my_ip = config.ip_of_vm(config.vm);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(my_ip), config.prefix_len));
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let topo = Topology { my_vm: config.vm, vm_of_rank: config.vm_of_rank.clone(), job: config.job, window: config.window, chunk: config.chunk };
+        let vms = config.vms();
+        let slots = (0..vms)
+            .map(|vm| {
+                (vm != config.vm).then(|| {
+                    let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; config.socket_buffer]), tcp::SocketBuffer::new(vec![0; config.socket_buffer]));
+                    socket.set_nagle_enabled(false);
+                    socket.set_ack_delay(None);
+                    Slot { link: Link::new(vm), socket: sockets.add(socket), connects: config.vm > vm, state: ConnState::Connecting { attempt_at: now_us } }
+                })
+            })
+            .collect();
+        let local = (0..topo.world()).filter(|&r| topo.vm_of(r) == Some(config.vm));
+        let inboxes = Inboxes::new(local);
+        let next_local_port = 49152 + (config.seed as u16 % 1000);
+        Node { config, topo, iface, sockets, device, slots, inboxes, clock, started_us: now_us, next_ticket: 0, next_local_port, failure: None, stats: NodeStats::default() }
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let mut stats = self.stats;
+        for slot in self.slots.iter().flatten() {
+            stats.frames_sent += slot.link.frames_sent;
+            stats.frames_received += slot.link.frames_received;
+        }
+        stats
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The job-ending failure, if any (a protocol error, or a peer lost mid-transfer).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Whether every connection is up.
+    pub fn all_up(&self) -> bool {
+        self.slots.iter().flatten().all(|s| s.state == ConnState::Up)
+    }
+
+    /// Bytes of arrived chunks not yet read by their rank.
+    pub fn buffered(&self) -> usize {
+        self.inboxes.buffered()
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(message);
+        }
+    }
+
+    fn gone_message(&self, vm: u32, reason: &str) -> String {
+        format!("inter-net: lost {} at {}: {}", self.topo.describe_vm(vm), self.config.ip_of_vm(vm), reason)
+    }
+
+    /// One round of progress: the interface, every connection's state, input and output.
+    /// Returns whether anything moved.
+    pub fn poll(&mut self) -> bool {
+        self.stats.polls += 1;
+        let now_us = (self.clock)();
+        let now = Instant::from_micros(now_us as i64);
+        let mut moved = self.iface.poll(now, &mut self.device, &mut self.sockets) == smoltcp::iface::PollResult::SocketStateChanged;
+        let mut wrote = false;
+        for vm in 0..self.slots.len() {
+            let Some(mut slot) = self.slots[vm].take() else { continue };
+            self.manage(&mut slot, now_us);
+            if slot.state == ConnState::Up {
+                let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
+                // Input.
+                while socket.can_recv() {
+                    let (topo, inboxes, link) = (&self.topo, &mut self.inboxes, &mut slot.link);
+                    match socket.recv(|bytes| match link.absorb(topo, inboxes, bytes) {
+                        Ok(n) => (n, Ok(n)),
+                        Err(error) => (bytes.len(), Err(error)),
+                    }) {
+                        Ok(Ok(0)) | Err(_) => break,
+                        Ok(Ok(_)) => moved = true,
+                        Ok(Err(error)) => {
+                            let message = format!("inter-net: protocol error {}", error.0);
+                            socket.abort();
+                            slot.state = ConnState::Gone { reason: message.clone(), lost_data: true };
+                            self.failure.get_or_insert(message);
+                            break;
+                        }
+                    }
+                }
+            }
+            self.slots[vm] = Some(slot);
+        }
+        // Credits for what local ranks have read.
+        let mut grants = Vec::new();
+        self.inboxes.take_grants(self.config.window / 4, &mut grants);
+        for (source, dest, bytes) in grants {
+            if let Some(Some(slot)) = self.topo.vm_of(source).and_then(|vm| self.slots.get_mut(vm as usize)) {
+                slot.link.grant(dest, source, bytes);
+                slot.link.note_granted(source, dest, bytes);
+            }
+        }
+        // Output.
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.state != ConnState::Up {
+                continue;
+            }
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
+            while socket.can_send() && slot.link.has_output() {
+                let (topo, link) = (&self.topo, &mut slot.link);
+                match socket.send(|buffer| {
+                    let n = link.fill(topo, buffer);
+                    (n, n)
+                }) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => wrote = true,
+                }
+            }
+        }
+        if wrote {
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+        }
+        moved || wrote
+    }
+
+    /// Connection set-up and loss detection for one peer.
+    fn manage(&mut self, slot: &mut Slot, now_us: u64) {
+        let peer_ip = self.config.ip_of_vm(slot.link.peer_vm);
+        let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
+        match slot.state.clone() {
+            ConnState::Connecting { attempt_at } => {
+                let state = socket.state();
+                if state == tcp::State::Established {
+                    let remote = socket.remote_endpoint().map(|e| e.addr);
+                    if remote != Some(IpAddress::Ipv4(peer_ip)) {
+                        // Someone else on the segment: refuse and listen again.
+                        socket.abort();
+                        slot.state = ConnState::Connecting { attempt_at: now_us };
+                        return;
+                    }
+                    socket.set_timeout(Some(Duration::from_millis(self.config.peer_timeout_ms)));
+                    socket.set_keep_alive(Some(Duration::from_millis(self.config.keepalive_ms)));
+                    slot.state = ConnState::Up;
+                    return;
+                }
+                if now_us.saturating_sub(self.started_us) > self.config.connect_timeout_ms * 1000 {
+                    let message = self.gone_message(slot.link.peer_vm, "no connection within the start-up time");
+                    slot.state = ConnState::Gone { reason: message.clone(), lost_data: true };
+                    self.fail(message);
+                    return;
+                }
+                if state == tcp::State::Closed && now_us >= attempt_at {
+                    let started = if slot.connects {
+                        self.next_local_port = if self.next_local_port >= 65000 { 49152 } else { self.next_local_port + 1 };
+                        let remote = IpEndpoint::new(IpAddress::Ipv4(peer_ip), self.config.port_base + self.config.vm as u16);
+                        socket.connect(self.iface.context(), remote, self.next_local_port).is_ok()
+                    } else {
+                        socket.listen(self.config.port_base + slot.link.peer_vm as u16).is_ok()
+                    };
+                    // A refused connect (peer not listening yet) closes the socket: retry soon.
+                    slot.state = ConnState::Connecting { attempt_at: now_us + if started { 20_000 } else { 100_000 } };
+                }
+            }
+            ConnState::Up => {
+                let state = socket.state();
+                if !matches!(state, tcp::State::Established) {
+                    let lost_data = slot.link.busy() || socket.send_queue() > 0;
+                    socket.abort();
+                    let message = self.gone_message(slot.link.peer_vm, &format!("connection {} (peer VM dead or reset)", state));
+                    slot.state = ConnState::Gone { reason: message.clone(), lost_data };
+                    if lost_data {
+                        self.fail(message);
+                    }
+                }
+            }
+            ConnState::Gone { .. } => {}
+        }
+    }
+
+    /// Queues a message to a rank in another VM; returns its ticket (0: already complete).
+    pub fn send(&mut self, header: &Header, payload: &[u8], borrow: bool) -> Result<u64, String> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let Some(vm) = self.topo.vm_of(header.dest).filter(|&vm| vm != self.config.vm) else {
+            return Err(format!("inter-net: rank {} is not in another VM", header.dest));
+        };
+        let Some(Some(slot)) = self.slots.get_mut(vm as usize) else { return Err(format!("inter-net: no VM {}", vm)) };
+        if let ConnState::Gone { reason, .. } = &slot.state {
+            return Err(format!("sending to rank {}: {}", header.dest, reason));
+        }
+        let (payload, ticket) = if borrow && payload.len() > self.config.eager_limit {
+            self.next_ticket += 1;
+            // SAFETY: `Transport::start_send`'s contract (the caller keeps `payload`
+            // valid and unchanged until `send_complete` reports this ticket done).
+            #[allow(unsafe_code)]
+            let borrowed = unsafe { Payload::borrow(payload) };
+            (borrowed, self.next_ticket)
+        } else {
+            (Payload::Owned(payload.to_vec()), 0)
+        };
+        slot.link.queue(*header, payload, ticket);
+        self.stats.messages_sent += 1;
+        Ok(ticket)
+    }
+
+    pub fn send_done(&mut self, ticket: u64) -> bool {
+        ticket == 0 || self.slots.iter_mut().flatten().any(|slot| slot.link.completed.remove(&ticket))
+    }
+
+    pub fn peek(&self, rank: u32) -> Option<Header> {
+        self.inboxes.peek(rank)
+    }
+
+    /// Copies what arrived of `rank`'s front message; true once it is all there.
+    /// Err if its sender's VM was lost.
+    pub fn read(&mut self, rank: u32, into: &mut [u8]) -> Result<bool, String> {
+        let done = self.inboxes.read_into(rank, into);
+        if done {
+            self.stats.messages_received += 1;
+            return Ok(true);
+        }
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let source_vm = self.inboxes.front_source(rank).and_then(|(source, _)| self.topo.vm_of(source));
+        if let Some(Some(Slot { state: ConnState::Gone { reason, .. }, .. })) = source_vm.and_then(|vm| self.slots.get(vm as usize)) {
+            return Err(reason.clone());
+        }
+        Ok(false)
+    }
+}
+
+/// A node shared by the ranks of one VM.
+pub struct Shared<D: Device> {
+    pub node: spin::Mutex<Node<D>>,
+    fatal: Fatal,
+}
+
+impl<D: Device> Shared<D> {
+    pub fn new(node: Node<D>, fatal: Fatal) -> Arc<Shared<D>> {
+        Arc::new(Shared { node: spin::Mutex::new(node), fatal })
+    }
+
+    /// Polls the node once, unless another rank is doing it right now.
+    pub fn poll(&self) -> bool {
+        self.node.try_lock().is_some_and(|mut node| node.poll())
+    }
+
+    fn check(&self) {
+        let failure = self.node.lock().failure.clone();
+        if let Some(message) = failure {
+            (self.fatal)(&message);
+        }
+    }
+}
+
+/// One local rank's endpoint: the `mpi::transport::Transport` for its peers in other VMs.
+pub struct NetEndpoint<D: Device> {
+    shared: Arc<Shared<D>>,
+    rank: u32,
+}
+
+impl<D: Device + Send + 'static> NetEndpoint<D> {
+    pub fn new(shared: Arc<Shared<D>>, rank: u32) -> NetEndpoint<D> {
+        NetEndpoint { shared, rank }
+    }
+
+    pub fn boxed(shared: Arc<Shared<D>>, rank: u32) -> Box<dyn Transport> {
+        Box::new(NetEndpoint::new(shared, rank))
+    }
+}
+
+impl<D: Device + Send> Transport for NetEndpoint<D> {
+    fn start_send(&mut self, header: &Header, payload: &[u8]) -> Result<SendTicket, TransportError> {
+        let outcome = {
+            let mut node = self.shared.node.lock();
+            let outcome = node.send(header, payload, true);
+            node.poll();
+            outcome
+        };
+        match outcome {
+            Ok(ticket) => Ok(SendTicket(ticket)),
+            Err(message) => (self.shared.fatal)(&message),
+        }
+    }
+
+    fn send_complete(&mut self, ticket: SendTicket) -> bool {
+        let mut node = self.shared.node.lock();
+        if node.send_done(ticket.0) {
+            return true;
+        }
+        node.poll();
+        let done = node.send_done(ticket.0);
+        drop(node);
+        if !done {
+            self.shared.check();
+        }
+        done
+    }
+
+    fn peek(&mut self) -> Option<Header> {
+        let found = {
+            let mut node = self.shared.node.lock();
+            match node.peek(self.rank) {
+                Some(header) => Some(header),
+                None => {
+                    node.poll();
+                    node.peek(self.rank)
+                }
+            }
+        };
+        if found.is_none() {
+            self.shared.check();
+        }
+        found
+    }
+
+    fn receive_payload(&mut self, into: &mut [u8]) {
+        loop {
+            let outcome = {
+                let mut node = self.shared.node.lock();
+                match node.read(self.rank, into) {
+                    Ok(false) => {
+                        node.poll();
+                        node.read(self.rank, into)
+                    }
+                    other => other,
+                }
+            };
+            match outcome {
+                Ok(true) => return,
+                Ok(false) => core::hint::spin_loop(),
+                Err(message) => (self.shared.fatal)(&message),
+            }
+        }
+    }
+}
