@@ -33,6 +33,16 @@ fn main() -> i32 {
             toro_rt::spawn_on(last, move || panic!("deliberate panic from core {last}")).join();
             1
         }
+        // For the launcher's tests: rank R panics, the others keep running
+        // (up to a minute) until the launcher stops their VMs.
+        "panic-rank" => {
+            let victim: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if toro_rt::rank() == Some(victim) {
+                panic!("deliberate panic in rank {victim}");
+            }
+            spin_for(60);
+            0
+        }
         "null-write" => {
             on_last_core(|| write_to(0));
             1
@@ -48,11 +58,74 @@ fn main() -> i32 {
             1
         }
         "exit-code" => args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+        // For the launcher's tests: a job that keeps running (to be killed,
+        // timed out or interrupted). Spins rather than halts, as MPI ranks do.
+        "sleep" => {
+            let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3600);
+            println!("selftest: sleeping {secs} s");
+            spin_for(secs);
+            0
+        }
+        // For the launcher's tests: the ranks of this VM pass a token around
+        // (rank traffic inside the VM, every rank waiting on the others).
+        "ring" => ring(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000)),
+        // For the launcher's boot benchmark: one line per rank, first thing in main.
+        "boot" => {
+            println!("selftest: in main");
+            0
+        }
         other => {
             println!("selftest: unknown scenario {other}");
             2
         }
     }
+}
+
+/// Spins (yielding to the core's other threads) for `secs` seconds.
+fn spin_for(secs: u64) {
+    let until = toro_rt::now_ns().saturating_add(secs.saturating_mul(1_000_000_000));
+    while toro_rt::now_ns() < until {
+        toro_rt::yield_now();
+    }
+}
+
+/// This VM's ranks, from `ranks=` on the command line (`0-3`, `1,3,5`).
+fn local_ranks() -> Vec<u32> {
+    let list = toro_rt::cmdline().get("ranks").unwrap_or("0");
+    let mut ranks = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().expect("ranks="), b.parse().expect("ranks="));
+        ranks.extend(a..=b);
+    }
+    ranks
+}
+
+static RING_TOKEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Rank i of the n in this VM moves the token from round*n + i to the next
+/// value, `rounds` times; all wait until the last pass.
+fn ring(rounds: usize) -> i32 {
+    let ranks = local_ranks();
+    let me = toro_rt::rank().expect("main runs as a rank");
+    let i = ranks.iter().position(|&r| r == me).expect("my rank is in ranks=");
+    let n = ranks.len();
+    let start = toro_rt::now_ns();
+    for round in 0..rounds {
+        let mine = round * n + i;
+        while RING_TOKEN.load(Ordering::Acquire) != mine {
+            toro_rt::yield_now();
+        }
+        RING_TOKEN.store(mine + 1, Ordering::Release);
+    }
+    while RING_TOKEN.load(Ordering::Acquire) < rounds * n {
+        toro_rt::yield_now();
+    }
+    let cmd = toro_rt::cmdline();
+    println!("ring: {rounds} rounds through {n} ranks of vm {} (world {}) on core {}, {} ns per pass",
+             cmd.get("vm").unwrap_or("0"), cmd.get("world").unwrap_or("1"), current_core(),
+             (toro_rt::now_ns() - start) / (rounds * n).max(1) as u64);
+    0
 }
 
 fn on_last_core(f: impl FnOnce() + Send + 'static) {

@@ -1,0 +1,419 @@
+//! toro-mpirun with real VMs: the hello and selftest images booted as jobs
+//! of 1 to 4 QEMU VMs, under TCG and (when /dev/kvm works) KVM.
+//!
+//! Every job runs under a watchdog, and after every job the process table
+//! is searched (through /proc) for anything of that job — a QEMU whose
+//! kernel command line holds `job=ID`, or the VDE switch in its private
+//! directory — and the job's TMPDIR must be empty. Jobs run one at a time
+//! (they are timed, and the host may have only two cores).
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use toro_image::vmtest::{self, Accel};
+use toro_launcher::testutil::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_toro-mpirun");
+
+/// One VM job at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The two images, built once per test process and copied into a private
+/// directory (another crate's tests may rebuild the shared build output).
+struct Images {
+    _dir: TempDir,
+    hello: String,
+    selftest: String,
+    kernel_only: String,
+}
+
+fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = TempDir::new("vm-images");
+        let copy = |from: std::path::PathBuf, name: &str| {
+            let to = dir.path().join(name);
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            to.to_str().unwrap().to_string()
+        };
+        let hello = copy(vmtest::image("hello", "hello"), "hello.elf");
+        let selftest = copy(vmtest::image("toro-selftest", "selftest"), "selftest.elf");
+        let kernel_only = copy(vmtest::kernel_only(), "kernel-only.elf");
+        for img in [&hello, &selftest] {
+            toro_image::check_file(img.as_ref()).unwrap();
+        }
+        Images { _dir: dir, hello, selftest, kernel_only }
+    })
+}
+
+fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+    }
+}
+
+/// A job: its id, private TMPDIR, and the launcher command.
+struct Job {
+    id: String,
+    tmp: TempDir,
+    cmd: Command,
+}
+
+impl Job {
+    fn new(accel: Accel, args: &[&str]) -> Job {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let id = format!("vt{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let tmp = TempDir::new(&format!("vm-{id}"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--accel", accel_name(accel)])
+            .args(args)
+            .env("TORO_JOB_ID", &id)
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Job { id, tmp, cmd }
+    }
+
+    fn start(mut self) -> Running {
+        let child = self.cmd.spawn().unwrap();
+        Running { job: self, child: Some(child), started: Instant::now() }
+    }
+
+    /// Runs to the end within `limit`.
+    fn run(self, limit: Duration) -> Finished {
+        let mut r = self.start();
+        let mut stdout = r.child.as_mut().unwrap().stdout.take().unwrap();
+        let mut stderr = r.child.as_mut().unwrap().stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let status = r.wait(limit);
+        let took = r.started.elapsed();
+        Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap(), took }
+    }
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Finished {
+    fn context(&self) -> String {
+        format!("status {:?} after {:?}\n--- stdout\n{}--- stderr\n{}", self.status, self.took, self.stdout, self.stderr)
+    }
+    fn assert_code(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "{}", self.context());
+    }
+    fn assert_stdout_has(&self, needle: &str) {
+        assert!(self.stdout.lines().any(|l| l.contains(needle)), "no {needle:?} in:\n{}", self.context());
+    }
+    /// The launcher's own last line on stderr.
+    fn verdict(&self) -> &str {
+        self.stderr.lines().rev().find(|l| l.starts_with("toro-mpirun: ")).unwrap_or("")
+    }
+}
+
+/// A started launcher; dropping it kills it and everything of its job.
+struct Running {
+    job: Job,
+    child: Option<Child>,
+    started: Instant,
+}
+
+impl Running {
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Waits for the launcher to end; past `limit` kills it and fails.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                self.assert_clean();
+                return st;
+            }
+            if t.elapsed() > limit {
+                self.kill_all();
+                panic!("job {}: toro-mpirun still running after {limit:?} (killed)", self.job.id);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Nothing of the job is left: no process, no temp file.
+    fn assert_clean(&self) {
+        // Processes of a job that just ended may take a moment to be reaped by us.
+        let t = Instant::now();
+        let mut left = job_processes(&self.job.id);
+        while !left.is_empty() && t.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(10));
+            left = job_processes(&self.job.id);
+        }
+        assert!(left.is_empty(), "job {}: processes left: {left:?}", self.job.id);
+        let files: Vec<_> = std::fs::read_dir(self.job.tmp.path()).unwrap().collect();
+        assert!(files.is_empty(), "job {}: temp files left: {files:?}", self.job.id);
+    }
+
+    fn kill_all(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (pid, _) in job_processes(&self.job.id) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: a plain kill(2) to a process this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Live processes of job `id`: QEMUs (`job=ID` on their kernel command
+/// line) and the job's VDE switch (its socket directory holds the id).
+fn job_processes(id: &str) -> Vec<(i32, String)> {
+    let word = format!("job={id}");
+    let dir = format!("toro-mpirun-{id}/");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        // A zombie has an empty cmdline; a vanished process an error.
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let ours = args.iter().any(|a| a.split(' ').any(|w| w == word) || a.contains(&dir));
+        if ours {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
+/// The QEMU process of VM `vm` of job `id`.
+fn qemu_of(id: &str, vm: u32) -> Option<i32> {
+    let want = format!("vm={vm}");
+    job_processes(id)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("qemu") && cmd.split(' ').any(|w| w == want))
+        .map(|(pid, _)| pid)
+}
+
+/// Starts a job whose ranks keep running, and waits until `ready` lines
+/// containing `needle` were printed; returns the job and the stderr reader.
+fn start_until(job: Job, needle: &'static str, ready: usize, limit: Duration) -> (Running, mpsc::Receiver<String>) {
+    let mut r = job.start();
+    let stdout = r.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut stderr = r.child.as_mut().unwrap().stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(needle) {
+                seen += 1;
+                if seen == ready {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let (etx, erx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = etx.send(s);
+    });
+    if rx.recv_timeout(limit).is_err() {
+        r.kill_all();
+        panic!("job {}: {ready} lines {needle:?} not seen within {limit:?}: {}", r.job.id,
+               erx.recv_timeout(Duration::from_secs(2)).unwrap_or_default());
+    }
+    (r, erx)
+}
+
+/// Generous bound for a job that should end by itself.
+fn limit(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(60),
+        Accel::Kvm => Duration::from_secs(30),
+    }
+}
+
+/// hello and the selftest ring on one layout; checks every rank's lines.
+fn layout(args: &[&str], world: u32, vms: u32, cpus: u32) {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&img.hello);
+        let f = Job::new(accel, &all).run(limit(accel));
+        f.assert_code(0);
+        // Nothing on stderr but QEMU's warnings (e.g. more vCPUs than KVM recommends).
+        assert!(f.stderr.lines().all(|l| l.starts_with("[vm ") && l.contains(": warning: ")), "{}", f.context());
+        for r in 0..world {
+            // hello: one line per core of the rank's VM, every one exact.
+            for c in 0..cpus {
+                f.assert_stdout_has(&format!("[rank {r}] hello from core {c} of {cpus}: fp"));
+            }
+        }
+        assert!(!f.stdout.contains("WRONG"), "{}", f.context());
+        for k in 0..vms {
+            f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
+        }
+
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([img.selftest.as_str(), "ring", "20"]);
+        let f = Job::new(accel, &all).run(limit(accel));
+        f.assert_code(0);
+        let per_vm = world / vms;
+        for r in 0..world {
+            f.assert_stdout_has(&format!(
+                "[rank {r}] ring: 20 rounds through {per_vm} ranks of vm {} (world {world}) on core {}",
+                r / per_vm,
+                (r % per_vm) % cpus
+            ));
+        }
+        eprintln!("{accel:?} {args:?}: hello and ring ok, last job took {:?}", f.took);
+    }
+}
+
+#[test]
+fn one_vm_four_ranks() {
+    layout(&["-np", "4", "--cpus-per-vm", "4"], 4, 1, 4);
+}
+
+#[test]
+fn two_vms_two_ranks() {
+    layout(&["-np", "4", "--vms", "2"], 4, 2, 2);
+}
+
+#[test]
+fn four_vms_two_ranks() {
+    layout(&["-np", "8", "--vms", "4"], 8, 4, 2);
+}
+
+#[test]
+fn one_vm_eight_ranks_on_two_vcpus() {
+    layout(&["-np", "8", "--cpus-per-vm", "2"], 8, 1, 2);
+}
+
+#[test]
+fn panicking_rank_is_named_and_ends_the_job() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        // Rank 3 (VM 1, core 1) panics; every other rank keeps running.
+        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.selftest, "panic-rank", "3"]).run(limit(accel));
+        f.assert_code(101);
+        let v = f.verdict();
+        assert!(
+            v.starts_with("toro-mpirun: rank 3 (vm 1, core 1) failed: panic (status 101): panic on core 1, rank 3, at ")
+                && v.ends_with(": deliberate panic in rank 3"),
+            "{}",
+            f.context()
+        );
+        f.assert_stdout_has("[vm 1] toro: panic on core 1, rank 3, at ");
+        // A main that returns non-zero: the status and the rank that returned it.
+        let f = Job::new(accel, &["-np", "2", &img.selftest, "exit-code", "7"]).run(limit(accel));
+        f.assert_code(7);
+        assert!(f.verdict().ends_with("failed: application exit status (status 7)"), "{}", f.context());
+        assert!(f.verdict().starts_with("toro-mpirun: rank "), "{}", f.context());
+    }
+}
+
+#[test]
+fn bad_image_is_refused_before_anything_starts() {
+    let img = images();
+    let _one = serial();
+    let f = Job::new(Accel::Tcg, &["-np", "1", &img.kernel_only]).run(Duration::from_secs(10));
+    f.assert_code(2);
+    assert_eq!(f.stderr.lines().count(), 1, "{}", f.context());
+    assert!(f.stderr.starts_with("toro-mpirun: error: image ") && f.stderr.contains("not a Toro application image"),
+            "{}", f.context());
+}
+
+#[test]
+fn killed_qemu_ends_the_job_within_2s() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let job = Job::new(accel, &["-np", "4", "--vms", "2", &img.selftest, "sleep", "60"]);
+        let id = job.id.clone();
+        let (mut r, err) = start_until(job, "selftest: sleeping", 4, limit(accel));
+        let victim = qemu_of(&id, 1).expect("the QEMU of vm 1");
+        assert!(qemu_of(&id, 0).is_some());
+        signal(victim, libc::SIGKILL);
+        let t = Instant::now();
+        let st = r.wait(Duration::from_secs(5));
+        let took = t.elapsed();
+        let err = err.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(st.code(), Some(125), "{err}");
+        assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
+        assert_eq!(err.lines().last().unwrap_or(""), "toro-mpirun: vm 1 (ranks 2-3) died: QEMU killed by signal 9 (SIGKILL)",
+                   "{err}");
+        eprintln!("{accel:?}: launcher ended {took:?} after QEMU was killed");
+    }
+}
+
+#[test]
+fn timeout_stops_every_vm() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let f = Job::new(accel, &["-np", "4", "--vms", "2", "--timeout", "3", &img.selftest, "sleep", "60"])
+            .run(Duration::from_secs(20));
+        f.assert_code(124);
+        assert_eq!(f.verdict(), "toro-mpirun: timeout after 3s: stopped vm 0 (ranks 0-1), vm 1 (ranks 2-3)", "{}", f.context());
+        // Both VMs were up and running their ranks when the time ran out.
+        for r in 0..4 {
+            f.assert_stdout_has(&format!("[rank {r}] selftest: sleeping 60 s"));
+        }
+        assert!(f.took >= Duration::from_secs(3) && f.took < Duration::from_secs(5), "{}", f.context());
+    }
+}
+
+#[test]
+fn sigint_stops_every_vm() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let job = Job::new(accel, &["-np", "4", "--vms", "2", &img.selftest, "sleep", "60"]);
+        let (mut r, err) = start_until(job, "selftest: sleeping", 4, limit(accel));
+        signal(r.pid(), libc::SIGINT);
+        let t = Instant::now();
+        let st = r.wait(Duration::from_secs(5));
+        let took = t.elapsed();
+        let err = err.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(st.code(), Some(130), "{err}");
+        assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
+        assert!(err.lines().last().unwrap_or("").starts_with("toro-mpirun: SIGINT received: stopped every VM of job "), "{err}");
+    }
+}
