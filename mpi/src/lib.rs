@@ -17,7 +17,8 @@
 //! - `transport::Transport` and `environment::Environment`: the machine, provided by
 //!   the VM runtime (or by `testing` on the host).
 //!
-//! All `unsafe` code sits in `raw` (byte views of `Equivalence` data).
+//! All `unsafe` code sits in `raw` (byte views of `Equivalence` data) and in `vbus`
+//! (rendezvous sends over intra-vbus point the ring at the caller's buffer).
 #![no_std]
 #![deny(unsafe_code)]
 
@@ -38,6 +39,8 @@ pub mod router;
 #[cfg(any(test, feature = "std"))]
 pub mod testing;
 pub mod transport;
+#[cfg(any(test, feature = "vbus"))]
+pub mod vbus;
 
 #[cfg(test)]
 mod tests;

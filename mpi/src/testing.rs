@@ -18,7 +18,7 @@ use std::vec::Vec;
 use crate::communicator::{Communicator, Universe};
 use crate::environment::{self, Environment, Location, Platform, RankSetup};
 use crate::error::{ErrorMode, MpiError};
-use crate::router::RouteTable;
+use crate::router::{Reach, RouteTable};
 use crate::transport::{Header, SendTicket, Transport, TransportError};
 
 /// Shape of a host job.
@@ -32,11 +32,24 @@ pub struct WorldOptions {
     pub eager_limit: usize,
     /// The job fails if it has not ended by then.
     pub timeout: Duration,
+    /// What carries messages between ranks of one (pretend) VM.
+    pub fabric: Fabric,
+}
+
+/// The transport between ranks of the same VM in a host job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fabric {
+    /// Shared in-memory queues (`MemoryFabric`), for every pair of ranks.
+    Memory,
+    /// The real intra-vbus rings (`mpi::vbus`), one bus per VM with `cores` cores
+    /// (0: one core per rank); ranks of a VM share cores round-robin. Ranks in other
+    /// VMs are reached through the in-memory fabric (the router's `OtherVm` row).
+    IntraVbus { cores: usize },
 }
 
 impl WorldOptions {
     pub fn new(size: usize) -> WorldOptions {
-        WorldOptions { size, vms: 1, eager_limit: usize::MAX, timeout: Duration::from_secs(60) }
+        WorldOptions { size, vms: 1, eager_limit: usize::MAX, timeout: Duration::from_secs(60), fabric: Fabric::Memory }
     }
 }
 
@@ -168,6 +181,8 @@ struct ThreadEnvironment {
     fabric: Arc<MemoryFabric>,
     /// Doorbell count seen by the last `relax`.
     seen: Cell<u64>,
+    /// Over intra-vbus: the rank's waiter (sleeps on its core's wait list).
+    vbus: Option<std::rc::Rc<crate::vbus::RankWaiter<HostMachine>>>,
 }
 
 fn clock_start() -> Instant {
@@ -188,6 +203,9 @@ impl Environment for ThreadEnvironment {
     fn relax(&self) {
         if self.job.aborted.load(Ordering::Relaxed) && !std::thread::panicking() {
             panic!("rank {}: leaving a blocked MPI call because the job was aborted", self.rank);
+        }
+        if let Some(waiter) = &self.vbus {
+            return waiter.relax();
         }
         // Sleep until something arrives for this rank (bounded, so aborts are noticed).
         let doorbell = &self.fabric.doorbells[self.rank as usize];
@@ -241,6 +259,82 @@ fn install_host() {
 
 const RETURNED_ERROR_PREFIX: &str = "MPI error returned";
 
+// ---- intra-vbus on std threads ----
+
+/// Std threads as the cores of an intra-vbus bus: `wait` parks the thread on its
+/// core's list, `notify` unparks every thread there (with a token for late waiters).
+pub struct HostMachine {
+    cores: Vec<Mutex<(bool, Vec<std::thread::Thread>)>>,
+    /// Bound on one park (aborts are noticed; other fabrics are polled).
+    park_limit: Duration,
+}
+
+impl HostMachine {
+    pub fn new(cores: usize, park_limit: Duration) -> HostMachine {
+        HostMachine { cores: (0..cores).map(|_| Mutex::new((false, Vec::new()))).collect(), park_limit }
+    }
+}
+
+impl intra_vbus::Notify for HostMachine {
+    fn notify(&self, core: usize) {
+        let waiters = {
+            let Ok(mut list) = self.cores[core].lock() else { return };
+            list.0 = true;
+            core::mem::take(&mut list.1)
+        };
+        for thread in waiters {
+            thread.unpark();
+        }
+    }
+
+    fn wait(&self, core: usize) {
+        {
+            let Ok(mut list) = self.cores[core].lock() else { return };
+            if list.0 {
+                list.0 = false;
+                return;
+            }
+            list.1.push(std::thread::current());
+        }
+        // An unpark between the unlock and here makes the park return at once.
+        std::thread::park_timeout(self.park_limit);
+    }
+}
+
+impl crate::vbus::Machine for HostMachine {
+    fn yield_now(&self) {
+        std::thread::yield_now();
+    }
+    fn now_ns(&self) -> u64 {
+        clock_start().elapsed().as_nanos() as u64
+    }
+}
+
+/// The buses of a job over intra-vbus: per world rank, its VM's net and its core.
+type VbusPlan = Vec<(Arc<crate::vbus::VbusNet<HostMachine>>, usize)>;
+
+fn vbus_plan(options: &WorldOptions, locations: &[Location], cores: usize) -> Result<VbusPlan, String> {
+    let park_limit = Duration::from_millis(if options.vms > 1 { 1 } else { 5 });
+    let mut plan: Vec<Option<(Arc<crate::vbus::VbusNet<HostMachine>>, usize)>> = (0..locations.len()).map(|_| None).collect();
+    let mut vms: Vec<u32> = locations.iter().map(|l| l.vm).collect();
+    vms.dedup();
+    for vm in vms {
+        let ranks: Vec<usize> = (0..locations.len()).filter(|&r| locations[r].vm == vm).collect();
+        let n = if cores == 0 { ranks.len() } else { cores.min(ranks.len()) };
+        let config = intra_vbus::Config {
+            queue_size: 16, // small rings: back-pressure gets exercised, memory stays low
+            eager_max: options.eager_limit.min(intra_vbus::DEFAULT_EAGER_MAX),
+            ..intra_vbus::Config::new(n)
+        };
+        let net = crate::vbus::VbusNet::new(config, HostMachine::new(n, park_limit), 20_000).map_err(|e| e.to_string())?;
+        let net = Arc::new(net);
+        for (position, &rank) in ranks.iter().enumerate() {
+            plan[rank] = Some((net.clone(), position % n));
+        }
+    }
+    Ok(plan.into_iter().map(|p| p.expect("every rank is in a VM")).collect())
+}
+
 fn location_of(rank: usize, options: &WorldOptions) -> Location {
     let vms = options.vms.clamp(1, options.size.max(1));
     let vm = rank * vms / options.size;
@@ -261,16 +355,36 @@ where
     let locations: Vec<Location> = (0..size).map(|rank| location_of(rank, &options)).collect();
     let job = Arc::new(Job { aborted: AtomicBool::new(false), abort_message: Mutex::new(None) });
     let rank_main = Arc::new(rank_main);
+    let plan = match options.fabric {
+        Fabric::Memory => None,
+        Fabric::IntraVbus { cores } => Some(vbus_plan(&options, &locations, cores)?),
+    };
     let (done, finished) = mpsc::channel::<(usize, Result<R, String>)>();
     for rank in 0..size {
         let (fabric, locations, job, rank_main, done) = (fabric.clone(), locations.clone(), job.clone(), rank_main.clone(), done.clone());
+        let plan = plan.clone();
         std::thread::Builder::new()
             .name(format!("rank-{}", rank))
             .spawn(move || {
-                let setup = RankSetup {
-                    environment: Box::new(ThreadEnvironment { rank: rank as u32, locations, job: job.clone(), fabric: fabric.clone(), seen: Cell::new(0) }),
-                    transports: std::vec![Box::new(MemoryEndpoint::new(fabric, rank as u32))],
-                    routes: RouteTable::single(0),
+                let memory: Box<dyn Transport> = Box::new(MemoryEndpoint::new(fabric.clone(), rank as u32));
+                let mut environment =
+                    ThreadEnvironment { rank: rank as u32, locations: locations.clone(), job: job.clone(), fabric, seen: Cell::new(0), vbus: None };
+                let setup = match plan {
+                    None => RankSetup { environment: Box::new(environment), transports: std::vec![memory], routes: RouteTable::single(0) },
+                    Some(plan) => {
+                        // Same VM: the vbus port; other VMs: the in-memory fabric.
+                        let me = &plan[rank];
+                        let core_of: crate::vbus::CoreMap =
+                            plan.iter().map(|(net, core)| Arc::ptr_eq(net, &me.0).then_some(*core)).collect();
+                        let (port, waiter) = crate::vbus::rank_port(me.0.clone(), rank as u32, std::rc::Rc::new(core_of));
+                        drop(plan);
+                        environment.vbus = Some(waiter);
+                        RankSetup {
+                            environment: Box::new(environment),
+                            transports: std::vec![Box::new(port), memory],
+                            routes: RouteTable::loopback_only().with(Reach::SameVm, 0).with(Reach::OtherVm, 1),
+                        }
+                    }
                 };
                 PENDING_SETUP.with(|slot| *slot.borrow_mut() = Some(setup));
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rank_main()));
@@ -347,5 +461,44 @@ pub fn catch_error<C: Communicator, R>(comm: &C, f: impl FnOnce() -> R) -> Resul
             Some(error) => Err(error),
             None => std::panic::resume_unwind(payload),
         },
+    }
+}
+
+/// The same harness with ranks over the real intra-vbus rings (`Fabric::IntraVbus`,
+/// one core per rank unless the options say otherwise): the test suites run over
+/// both fabrics.
+pub mod over_vbus {
+    use super::*;
+    pub use super::{catch_error, WorldOptions};
+
+    fn on_vbus(mut options: WorldOptions) -> WorldOptions {
+        if options.fabric == Fabric::Memory {
+            options.fabric = Fabric::IntraVbus { cores: 0 };
+        }
+        options
+    }
+
+    pub fn run_world<R, F>(options: WorldOptions, rank_main: F) -> Result<Vec<R>, String>
+    where
+        R: Send + 'static,
+        F: Fn() -> R + Send + Sync + 'static,
+    {
+        super::run_world(on_vbus(options), rank_main)
+    }
+
+    pub fn spawn_world<R, F>(size: usize, f: F) -> Vec<R>
+    where
+        R: Send + 'static,
+        F: Fn(Universe) -> R + Send + Sync + 'static,
+    {
+        super::spawn_world_with(on_vbus(WorldOptions::new(size)), f)
+    }
+
+    pub fn spawn_world_with<R, F>(options: WorldOptions, f: F) -> Vec<R>
+    where
+        R: Send + 'static,
+        F: Fn(Universe) -> R + Send + Sync + 'static,
+    {
+        super::spawn_world_with(on_vbus(options), f)
     }
 }

@@ -6,7 +6,7 @@ use crate as mpi;
 use core::fmt::Debug;
 use mpi::collective::{SystemOperation, UserOperation};
 use mpi::datatype::{Equivalence, MinMaxLoc, Partition, PartitionMut};
-use mpi::testing::{spawn_world_with, WorldOptions};
+use super::harness::{spawn_world_with, WorldOptions};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;

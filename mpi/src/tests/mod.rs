@@ -1,5 +1,21 @@
-//! Host tests: ranks as std threads over the in-memory transport.
+//! Host tests: ranks as std threads, over the in-memory transport and again over
+//! the real intra-vbus rings (`testing::over_vbus`). Each suite module takes its
+//! harness from `super::harness`.
 
-mod collectives;
 mod errors;
-mod point_to_point;
+
+#[path = "."]
+mod in_memory {
+    pub(crate) use crate::testing as harness;
+    mod collectives;
+    mod point_to_point;
+}
+
+#[path = "."]
+mod over_vbus {
+    pub(crate) use crate::testing::over_vbus as harness;
+    mod collectives;
+    mod point_to_point;
+    #[path = "over_vbus/shared_cores.rs"]
+    mod shared_cores;
+}

@@ -3,7 +3,7 @@
 use crate as mpi;
 use mpi::datatype::MinMaxLoc;
 use mpi::request::{scope, wait_all, wait_any};
-use mpi::testing::{spawn_world, spawn_world_with, WorldOptions};
+use super::harness::{spawn_world, spawn_world_with, WorldOptions};
 use mpi::topology::Color;
 use mpi::traits::*;
 use std::vec;

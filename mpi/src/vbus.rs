@@ -1,0 +1,374 @@
+//! MPI over intra-vbus (feature `vbus`): the `Transport` of ranks that share a VM.
+//!
+//! One [`VbusNet`] per VM holds the bus and, per core, that core's endpoint plus an
+//! inbox per rank. Several ranks may share a core (cooperative rank threads in the
+//! VM, std threads in host tests): they share the core's endpoint under a lock that
+//! is held for a few ring operations and never across a wait. Each rank owns a
+//! [`VbusPort`] (its `Transport`) and a [`RankWaiter`] (what its `Environment::relax`
+//! calls).
+//!
+//! Receiving: a rank first drains its inbox (messages other ranks of its core took
+//! off the rings for it), then polls the endpoint. A message for itself stays on the
+//! ring until the MPI layer copies its payload straight into the destination buffer
+//! (rendezvous: the one and only copy); a message for another rank of the core is
+//! copied into that rank's inbox and released at once, so no ring is ever held up
+//! by a rank that is not running. FIFO per rank pair holds: ring order, then inbox
+//! order, and a rank always empties its inbox before it polls again.
+//!
+//! Header mapping: the ring envelope carries source, destination, tag and kind as
+//! they are; `comm` = context (low 32 bits) | low 32 bits of the sync cookie (high
+//! 32 bits). A `SyncAck` gets its full cookie back from the sender's table of
+//! outstanding synchronous sends.
+//!
+//! Waiting ([`RankWaiter::relax`]): spin (yielding to the other rank threads of the
+//! core) for `spin_ns`, then arm the endpoint (`prepare_wait`), and block through
+//! [`Notify::wait`] — the core runs its other ranks, or spins and halts. Whoever
+//! disarms the endpoint wakes the other waiters of its core, so they re-arm: a rank
+//! never sleeps on a disarmed endpoint.
+#![allow(unsafe_code)]
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::Cell;
+
+use intra_vbus::{Bus, Config, ConfigError, CoreId, Endpoint, Envelope, Incoming, Notify, SendError, SendHandle};
+use spin::Mutex;
+
+use crate::transport::{Header, MessageKind, SendTicket, Transport, TransportError, WireRank};
+
+/// What the adapter needs from the machine besides the bus's `Notify`.
+pub trait Machine: Notify + Send + 'static {
+    /// Lets the other ready threads of the calling core run (returns at once if none).
+    fn yield_now(&self);
+    /// Monotonic nanoseconds.
+    fn now_ns(&self) -> u64;
+    /// Wakes every thread waiting on `core`, without leaving a wake-up token.
+    fn wake_all(&self, core: CoreId) {
+        self.notify(core);
+    }
+}
+
+/// Messages of one core: its endpoint and an inbox per rank living there.
+struct CoreNet<M: Machine> {
+    endpoint: Endpoint<'static, M>,
+    /// Messages for the ranks of this core that another rank took off a ring.
+    inboxes: BTreeMap<WireRank, VecDeque<(Header, Vec<u8>)>>,
+}
+
+/// The bus of one VM and every core's shared state. Build it once, share it (`Arc`)
+/// between the ranks.
+pub struct VbusNet<M: Machine> {
+    /// Field order matters: the endpoints (which borrow the bus) drop first.
+    cores: Vec<Mutex<CoreNet<M>>>,
+    bus: *mut Bus<M>,
+    spin_ns: u64,
+}
+
+// SAFETY: `bus` is an owned box (freed only in Drop, after every endpoint); the bus
+// itself is Sync (its rings are SPSC with atomics) and M: Send; everything else is
+// behind the per-core mutexes.
+unsafe impl<M: Machine> Send for VbusNet<M> {}
+// SAFETY: as above: shared access goes through `&Bus` (Sync) or the mutexes.
+unsafe impl<M: Machine> Sync for VbusNet<M> {}
+
+impl<M: Machine> VbusNet<M> {
+    /// Builds the bus for `config.cores` cores and takes every core's endpoint.
+    /// A waiting rank spins `spin_ns` before it blocks.
+    pub fn new(config: Config, machine: M, spin_ns: u64) -> Result<VbusNet<M>, ConfigError> {
+        let bus: &'static Bus<M> = Box::leak(Box::new(Bus::new(config, machine)?));
+        let cores = (0..config.cores)
+            .map(|core| {
+                let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
+                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new() })
+            })
+            .collect();
+        Ok(VbusNet { cores, bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
+    }
+
+    fn bus(&self) -> &Bus<M> {
+        // SAFETY: the box lives until Drop.
+        unsafe { &*self.bus }
+    }
+
+    /// The machine given to `new`.
+    pub fn machine(&self) -> &M {
+        self.bus().notifier()
+    }
+
+    /// Number of cores of the bus.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+}
+
+impl<M: Machine> Drop for VbusNet<M> {
+    fn drop(&mut self) {
+        // Endpoints borrow the bus: drop them first. No `Incoming` outlives this:
+        // ports hold an Arc of the net and drop their held message before it.
+        self.cores.clear();
+        // SAFETY: `bus` came from Box::leak in `new`, nothing borrows it any more
+        // (endpoints gone, ports gone since we are the last Arc).
+        drop(unsafe { Box::from_raw(self.bus) });
+    }
+}
+
+/// Where each world rank lives: `Some(core)` in this VM, `None` elsewhere.
+pub type CoreMap = Vec<Option<CoreId>>;
+
+/// The waiting side of one rank, shared by its port and its environment.
+pub struct RankWaiter<M: Machine> {
+    net: Arc<VbusNet<M>>,
+    rank: WireRank,
+    core: CoreId,
+    /// When the current wait started (0: not waiting).
+    idle_since: Cell<u64>,
+    /// The port holds a message for this rank (peeked, not consumed).
+    holding: Cell<bool>,
+}
+
+impl<M: Machine> RankWaiter<M> {
+    fn busy(&self) {
+        self.idle_since.set(0);
+    }
+
+    /// Waits a little for something to happen (see the module docs); always returns.
+    pub fn relax(&self) {
+        let machine = self.net.machine();
+        machine.yield_now();
+        let now = machine.now_ns().max(1);
+        if self.idle_since.get() == 0 {
+            self.idle_since.set(now);
+        }
+        if now - self.idle_since.get() < self.net.spin_ns || self.holding.get() {
+            core::hint::spin_loop();
+            return;
+        }
+        let mut core = self.net.cores[self.core].lock();
+        if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
+            return;
+        }
+        if core.endpoint.prepare_wait() {
+            drop(core);
+            machine.wait(self.core);
+            core = self.net.cores[self.core].lock();
+            core.endpoint.finish_wait();
+        }
+        drop(core);
+        // The endpoint is disarmed now: the other waiters of this core re-check and re-arm.
+        machine.wake_all(self.core);
+    }
+}
+
+enum Held {
+    Ring(Incoming<'static>),
+    Copied(Vec<u8>),
+}
+
+/// One rank's `Transport` over the bus.
+pub struct VbusPort<M: Machine> {
+    /// The message `peek` returned, until `receive_payload` (drops before `waiter`).
+    peeked: Option<(Header, Held)>,
+    sends: BTreeMap<u64, SendHandle>,
+    next_ticket: u64,
+    /// Outstanding synchronous sends: low 32 bits of the cookie → cookie.
+    sync_cookies: BTreeMap<u32, u64>,
+    core_of: Rc<CoreMap>,
+    waiter: Rc<RankWaiter<M>>,
+}
+
+/// Builds the port and the waiter of rank `rank` (living on `core_of[rank]`).
+pub fn rank_port<M: Machine>(net: Arc<VbusNet<M>>, rank: WireRank, core_of: Rc<CoreMap>) -> (VbusPort<M>, Rc<RankWaiter<M>>) {
+    let core = core_of[rank as usize].expect("the rank lives in this VM");
+    assert!(core < net.cores(), "rank {rank} on core {core}: the bus has {} cores", net.cores());
+    net.cores[core].lock().inboxes.entry(rank).or_default();
+    let waiter = Rc::new(RankWaiter { net, rank, core, idle_since: Cell::new(0), holding: Cell::new(false) });
+    let port = VbusPort {
+        peeked: None,
+        sends: BTreeMap::new(),
+        next_ticket: 1,
+        sync_cookies: BTreeMap::new(),
+        core_of,
+        waiter: waiter.clone(),
+    };
+    (port, waiter)
+}
+
+fn envelope_of(header: &Header) -> Envelope {
+    Envelope {
+        src_rank: header.source,
+        dst_rank: header.dest,
+        tag: header.tag,
+        comm: header.context as u64 | ((header.cookie as u32 as u64) << 32),
+        kind: header.kind as u8,
+    }
+}
+
+fn header_of(h: &intra_vbus::Header) -> Header {
+    let kind = match h.env.kind {
+        1 => MessageKind::SyncData,
+        2 => MessageKind::SyncAck,
+        _ => MessageKind::Data,
+    };
+    Header {
+        source: h.env.src_rank,
+        dest: h.env.dst_rank,
+        tag: h.env.tag,
+        context: h.env.comm as u32,
+        len: h.len as usize,
+        kind,
+        cookie: h.env.comm >> 32,
+    }
+}
+
+impl<M: Machine> VbusPort<M> {
+    fn net(&self) -> &VbusNet<M> {
+        &self.waiter.net
+    }
+
+    /// Takes the next message for this rank off its inbox or the rings; messages for
+    /// the other ranks of the core go to their inboxes. With `copy_all`, a message
+    /// for this rank is copied out and released too (frees ring descriptors).
+    fn fetch(&mut self) {
+        let me = self.waiter.rank;
+        let net = &self.waiter.net;
+        let mut core = net.cores[self.waiter.core].lock();
+        if let Some((header, data)) = core.inboxes.get_mut(&me).and_then(VecDeque::pop_front) {
+            self.peeked = Some((header, Held::Copied(data)));
+            return;
+        }
+        let mut delivered_to_others = false;
+        while let Some(message) = core.endpoint.poll() {
+            let header = header_of(message.header());
+            if header.dest == me {
+                self.peeked = Some((header, Held::Ring(message)));
+                break;
+            }
+            let data = message.payload().to_vec();
+            core.endpoint.release(message);
+            core.inboxes.entry(header.dest).or_default().push_back((header, data));
+            delivered_to_others = true;
+        }
+        drop(core);
+        if delivered_to_others {
+            net.machine().wake_all(self.waiter.core);
+        }
+    }
+
+    /// Moves everything waiting on the rings of this core into inboxes (this rank's
+    /// included), so the peers' descriptors come back while we wait for ring space.
+    fn drain_rings(&mut self) {
+        let net = &self.waiter.net;
+        let mut core = net.cores[self.waiter.core].lock();
+        let mut any = false;
+        while let Some(message) = core.endpoint.poll() {
+            let header = header_of(message.header());
+            let data = message.payload().to_vec();
+            core.endpoint.release(message);
+            core.inboxes.entry(header.dest).or_default().push_back((header, data));
+            any = true;
+        }
+        drop(core);
+        if any {
+            net.machine().wake_all(self.waiter.core);
+        }
+    }
+}
+
+impl<M: Machine> Transport for VbusPort<M> {
+    fn start_send(&mut self, header: &Header, payload: &[u8]) -> Result<SendTicket, TransportError> {
+        let to = self.core_of.get(header.dest as usize).copied().flatten().ok_or(TransportError::Unreachable)?;
+        let envelope = envelope_of(header);
+        if header.kind == MessageKind::SyncData {
+            self.sync_cookies.insert(header.cookie as u32, header.cookie);
+        }
+        let handle = loop {
+            let result = {
+                let mut core = self.net().cores[self.waiter.core].lock();
+                // SAFETY: the MPI layer keeps `payload` alive and unwritten until
+                // `send_complete` returned true for the ticket (Transport contract);
+                // we say true only once `test` on this handle did, and a port dropped
+                // with sends in flight waits for them first (`Drop for VbusPort`).
+                unsafe { core.endpoint.try_isend(to, envelope, payload) }
+            };
+            match result {
+                Ok(handle) => break handle,
+                Err(SendError::WouldBlock) => {
+                    // The ring to `to` is full: give back what we hold and wait for
+                    // descriptors (the peer's receiver copies them out promptly).
+                    self.drain_rings();
+                    self.waiter.relax();
+                }
+                Err(SendError::NoSuchCore) => return Err(TransportError::Unreachable),
+            }
+        };
+        self.waiter.busy();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.sends.insert(ticket, handle);
+        Ok(SendTicket(ticket))
+    }
+
+    fn send_complete(&mut self, ticket: SendTicket) -> bool {
+        let Some(handle) = self.sends.get(&ticket.0) else { return true };
+        let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(handle);
+        if done {
+            self.sends.remove(&ticket.0);
+            self.waiter.busy();
+        }
+        done
+    }
+
+    fn peek(&mut self) -> Option<Header> {
+        if self.peeked.is_none() {
+            self.fetch();
+        }
+        let (header, _) = self.peeked.as_mut()?;
+        if header.kind == MessageKind::SyncAck {
+            if let Some(&cookie) = self.sync_cookies.get(&(header.cookie as u32)) {
+                header.cookie = cookie;
+            }
+        }
+        self.waiter.holding.set(true);
+        self.waiter.busy();
+        Some(*header)
+    }
+
+    fn receive_payload(&mut self, into: &mut [u8]) {
+        let Some((header, held)) = self.peeked.take() else { return };
+        self.waiter.holding.set(false);
+        if header.kind == MessageKind::SyncAck {
+            self.sync_cookies.remove(&(header.cookie as u32));
+        }
+        match held {
+            Held::Copied(data) => into.copy_from_slice(&data),
+            Held::Ring(message) => {
+                let mut core = self.waiter.net.cores[self.waiter.core].lock();
+                into.copy_from_slice(message.payload());
+                core.endpoint.release(message);
+            }
+        }
+    }
+}
+
+impl<M: Machine> Drop for VbusPort<M> {
+    fn drop(&mut self) {
+        if let Some((_, Held::Ring(message))) = self.peeked.take() {
+            self.waiter.net.cores[self.waiter.core].lock().endpoint.release(message);
+        }
+        // Rendezvous sends still in flight point at buffers the MPI layer may free
+        // after this: wait until the receivers are done with them.
+        let pending: Vec<SendHandle> = core::mem::take(&mut self.sends).into_values().collect();
+        for handle in pending {
+            loop {
+                let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(&handle);
+                if done {
+                    break;
+                }
+                self.waiter.relax();
+            }
+        }
+    }
+}
