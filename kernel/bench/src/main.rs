@@ -1,6 +1,7 @@
 //! Measurements run by `cargo run --release -p toro-image --example kernel_bench`:
 //! - `boot`: one line per core as soon as a thread runs there (with the
 //!   guest's own time since the kernel started), then exit;
+//! - `print N`: console lines of 64 bytes;
 //! - `switch N`: cooperative switches between two threads of one core;
 //! - `wake N`: a token handed between threads on core 0 and the last core,
 //!   each blocking until woken (with the kernel command line's idle spin
@@ -25,8 +26,9 @@ fn main() -> i32 {
         Some("boot") => boot(),
         Some("switch") => switch(count(1_000_000)),
         Some("wake") => wake(count(2_000)),
+        Some("print") => print(count(100)),
         _ => {
-            println!("usage: -- boot | switch N | wake N");
+            println!("usage: -- boot | switch N | wake N | print N");
             2
         }
     }
@@ -40,6 +42,17 @@ fn boot() -> i32 {
     let times: Vec<u64> = handles.into_iter().map(|h| h.join()).collect();
     let last = times.iter().max().copied().unwrap_or(at_main);
     println!("boot: main at {} us, every core running by {} us after kernel entry", at_main / 1000, last / 1000);
+    0
+}
+
+/// Console cost: `n` lines of 64 bytes (with the `[rank 0] ` prefix).
+fn print(n: usize) -> i32 {
+    let start = now_ns();
+    for i in 0..n {
+        println!("console line {i:06} ..........................................");
+    }
+    let ns = now_ns() - start;
+    println!("print: {n} lines of 64 bytes, {:.1} us per line", ns as f64 / n as f64 / 1000.0);
     0
 }
 

@@ -28,7 +28,8 @@ fn timed_boot(img: &std::path::Path, accel: Accel, smp: usize, mark: &str) -> (f
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm", "-accel", a, "-cpu", cpu, "-smp", &smp.to_string(), "-m", "128M"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(toro_image::vmtest::console_args("microvm", true))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
         .arg(img)
         .args(["-append", &format!("cpus={smp} -- boot")])

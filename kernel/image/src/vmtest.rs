@@ -94,6 +94,18 @@ pub struct Vm {
     mem: &'static str,
     append: String,
     timeout: Duration,
+    virtio_console: bool,
+}
+
+/// Console devices: on microvm a virtio console (one VM exit per line) that
+/// shares stdio with the serial port the kernel writes; elsewhere the serial port.
+pub fn console_args(machine: &str, virtio: bool) -> Vec<&'static str> {
+    if virtio && machine.starts_with("microvm") {
+        vec!["-chardev", "stdio,id=con,mux=on", "-serial", "chardev:con",
+             "-device", "virtio-serial-device", "-device", "virtconsole,chardev=con"]
+    } else {
+        vec!["-serial", "stdio"]
+    }
 }
 
 pub struct Run {
@@ -128,7 +140,7 @@ impl Drop for KillOnDrop {
 impl Vm {
     pub fn new(image: &Path, accel: Accel) -> Vm {
         Vm { image: image.into(), accel, machine: "microvm", smp: 1, mem: "128M", append: String::new(),
-             timeout: accel.timeout() }
+             timeout: accel.timeout(), virtio_console: true }
     }
 
     pub fn smp(mut self, n: usize) -> Self {
@@ -147,6 +159,11 @@ impl Vm {
         self.append = a.into();
         self
     }
+    /// Without the virtio console: the runtime falls back to the kernel's serial port.
+    pub fn serial_console(mut self) -> Self {
+        self.virtio_console = false;
+        self
+    }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -158,7 +175,8 @@ impl Vm {
             .args(["-M", self.machine])
             .args(self.accel.args())
             .args(["-smp", &self.smp.to_string(), "-m", self.mem])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(console_args(self.machine, self.virtio_console))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
             .arg(&self.image)
             .args(["-append", &self.append])

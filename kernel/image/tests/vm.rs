@@ -67,9 +67,24 @@ fn q35_boots_without_a_cpu_count_hint() {
 
 #[test]
 fn microvm_counts_cpus_from_the_madt_too() {
-    let run = Vm::new(&hello(), Accel::Tcg).smp(2).run();
+    let run = Vm::new(&hello(), Accel::Tcg).smp(2).append("verbose").run();
     run.assert_status(status::OK);
+    run.assert_line("toro: 2 cores");
+    run.assert_line("console virtio");
     run.assert_line("hello from core 1 of 2:");
+}
+
+#[test]
+fn without_a_virtio_console_output_goes_through_the_kernel() {
+    for accel in accels() {
+        let run = Vm::new(&selftest(), accel).smp(2).append("cpus=2 verbose").serial_console().run();
+        run.assert_status(status::OK);
+        run.assert_line("console serial");
+        run.assert_line("selftest: all passed");
+        let run = Vm::new(&selftest(), accel).smp(2).append("cpus=2 -- panic").serial_console().run();
+        run.assert_status(status::PANIC);
+        run.assert_line("deliberate panic from core 1");
+    }
 }
 
 #[test]

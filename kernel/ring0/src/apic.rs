@@ -8,6 +8,7 @@ use toro_abi::layout::LAPIC_BASE;
 /// Read by the wake-up interrupt stub to pick the EOI method.
 #[no_mangle]
 pub static X2APIC_MODE: AtomicBool = AtomicBool::new(false);
+static READY: AtomicBool = AtomicBool::new(false);
 
 const APIC_BASE_MSR: u32 = 0x1B;
 const SPURIOUS_VECTOR: u32 = 0xFF;
@@ -72,6 +73,17 @@ pub fn init(boot_cpu: bool) {
     // No legacy interrupts through LINT0/LINT1 (SeaBIOS leaves the PIC and PIT running on q35).
     write(LVT_LINT0, 1 << 16);
     write(LVT_LINT1, 1 << 16);
+    if boot_cpu {
+        READY.store(true, Ordering::Release);
+    }
+}
+
+/// Stops every other CPU (INIT puts them in wait-for-SIPI): before the
+/// last words of a failing VM, so no other core writes while they print.
+pub fn stop_other_cpus() {
+    if READY.load(Ordering::Acquire) {
+        broadcast_init();
+    }
 }
 
 pub fn id() -> u32 {

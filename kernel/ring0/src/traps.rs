@@ -194,6 +194,7 @@ fn exception_name(v: u64) -> &'static str {
 
 #[no_mangle]
 extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
+    apic::stop_other_cpus();
     let core = cpu::current_index();
     let user = frame.cs & 3 == 3;
     let ring = if user { "application (ring 3)" } else { "kernel (ring 0)" };

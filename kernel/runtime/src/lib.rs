@@ -35,6 +35,8 @@ mod start;
 pub mod sched;
 #[cfg(not(test))]
 pub mod time;
+#[cfg(not(test))]
+pub mod virtio;
 
 #[cfg(not(test))]
 pub use {

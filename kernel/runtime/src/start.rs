@@ -68,11 +68,12 @@ pub fn rank() -> Option<u32> {
 /// Ends the whole VM now with `code` (0..=127).
 pub fn exit(code: i32) -> ! {
     console::flush();
+    console::final_line(b"");
     arch::exit(code.clamp(0, 127) as u8)
 }
 
 fn fatal(why: core::fmt::Arguments) -> ! {
-    console::system_line(format_args!("toro: {why}"));
+    console::fatal_line(format_args!("toro: {why}"));
     arch::exit(status::BAD_MACHINE)
 }
 
@@ -88,11 +89,13 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
         unsafe { POOLS.init(info.heap_start as usize, info.heap_end as usize, cores) };
         let spin = cmdline().get_u64("spin").unwrap_or_else(|_| fatal(format_args!("spin= is not a number")));
         sched::init(cores, layout::STACK_SLOTS as usize, spin.unwrap_or(DEFAULT_SPIN_NS));
+        let virtio_console = console::init();
         if cmdline().flag("verbose") {
-            console::system_line(format_args!(
-                "toro: {cores} cores, TSC {} MHz, heap {} MiB, copy {copy}",
+            console::info_line(format_args!(
+                "toro: {cores} cores, TSC {} MHz, heap {} MiB, copy {copy}, console {}",
                 info.tsc_hz / 1_000_000,
-                (info.heap_end - info.heap_start) >> 20
+                (info.heap_end - info.heap_start) >> 20,
+                if virtio_console { "virtio" } else { "serial" }
             ));
         }
         INIT_DONE.store(true, Ordering::Release);
@@ -167,11 +170,11 @@ fn start_mains(cores: usize) {
 fn main_returned(code: i32) {
     if code != 0 {
         let rank = sched::current().rank().map_or(-1, |r| r as i64);
-        console::system_line(format_args!("toro: rank {rank} returned {code}"));
+        console::info_line(format_args!("toro: rank {rank} returned {code}"));
         let _ = EXIT_STATUS.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
     if MAINS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
-        arch::exit(EXIT_STATUS.load(Ordering::Acquire).clamp(0, 127) as u8);
+        exit(EXIT_STATUS.load(Ordering::Acquire));
     }
 }
 
@@ -183,7 +186,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         false => -1,
     };
     let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
-    console::system_line(format_args!(
+    console::fatal_line(format_args!(
         "toro: panic on core {core}, rank {rank}, at {file}:{line}: {}",
         info.message()
     ));

@@ -192,7 +192,12 @@ fn cross_core_heap(pairs: usize) {
                         drop(unsafe { Vec::from_raw_parts(p as *mut u8, 0, 1 + freed % 200) });
                         freed += 1;
                     }
-                    None if d.load(Ordering::Acquire) => break,
+                    // Done was set after the last push: one more look finds any tail.
+                    None if d.load(Ordering::Acquire) => {
+                        if q.lock().is_empty() {
+                            break;
+                        }
+                    }
                     None => toro_rt::yield_now(),
                 }
             }
