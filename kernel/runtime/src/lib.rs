@@ -37,6 +37,8 @@ pub mod sched;
 pub mod time;
 #[cfg(not(test))]
 pub mod virtio;
+#[cfg(not(test))]
+pub mod waiters;
 
 #[cfg(not(test))]
 pub use {

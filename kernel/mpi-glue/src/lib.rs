@@ -1,0 +1,230 @@
+//! `toro`: what a Toro MPI application links. The ring-3 runtime, plus MPI over
+//! the intra-vbus rings between the cores of the VM.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use mpi::traits::*;
+//! toro::main!(main);
+//! fn main() {
+//!     let universe = mpi::initialize().unwrap();
+//!     let world = universe.world();
+//!     toro::println!("rank {} of {}", world.rank(), world.size());
+//! }
+//! ```
+//!
+//! - The job plan comes from the kernel command line the launcher writes
+//!   (`world= ranks= vm= place=`, see launcher/README.md); with none of these
+//!   keys the job is a singleton world of one rank.
+//! - One intra-vbus [`Bus`](intra_vbus::Bus) per VM, sized from the core
+//!   count, built by the first rank that starts; ranks sharing a core share
+//!   its endpoint ([`mpi::vbus`]).
+//! - Routes: self → loopback, same VM → intra-vbus, other VM → not served in
+//!   this build: a send there ends the job naming the peer.
+//! - Waiting: spin `mpispin=NS` (default 20 µs) yielding to the other rank
+//!   threads of the core, then block the rank thread; a core with nothing to
+//!   run spins (`spin=`) and halts until a peer's notify sends an IPI.
+//! - Errors are fatal by default: `toro: rank R: MPI error MPI_ERR_CLASS: ...`
+//!   and the VM ends with the error class as its status.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod job;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use intra_vbus::{Config, CoreId, Notify};
+use mpi::environment::{Environment, Location, Platform, RankSetup};
+use mpi::router::{Reach, RouteTable};
+use mpi::transport::{Header, SendTicket, Transport, TransportError};
+use mpi::vbus::{rank_port, CoreMap, Machine, RankWaiter, VbusNet};
+use spin::{Mutex, Once};
+
+pub use job::JobPlan;
+pub use mpi;
+pub use toro_rt as rt;
+pub use toro_rt::{print, println};
+
+/// Names the application's main function: `toro::main!(main);`. MPI is ready
+/// (`mpi::initialize()`) when it runs.
+#[macro_export]
+macro_rules! main {
+    ($main:path) => {
+        #[no_mangle]
+        pub fn __toro_main() -> i32 {
+            $crate::install();
+            $crate::rt::Termination::report($main())
+        }
+    };
+}
+
+/// The scheduler as intra-vbus sees it: notify = make the core's waiting rank
+/// threads runnable (the runtime sends the IPI only if that core halted).
+pub struct RtMachine;
+
+impl Notify for RtMachine {
+    fn notify(&self, core: CoreId) {
+        toro_rt::waiters::notify(core);
+    }
+    fn wait(&self, core: CoreId) {
+        toro_rt::waiters::wait(core);
+    }
+}
+
+impl Machine for RtMachine {
+    fn yield_now(&self) {
+        toro_rt::yield_now();
+    }
+    fn now_ns(&self) -> u64 {
+        toro_rt::now_ns()
+    }
+    fn wake_all(&self, core: CoreId) {
+        toro_rt::waiters::wake_all(core);
+    }
+}
+
+struct Job {
+    plan: JobPlan,
+    net: Arc<VbusNet<RtMachine>>,
+}
+
+static JOB: Once<Job> = Once::new();
+static STARTED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+static PLATFORM: RtPlatform = RtPlatform;
+
+fn job() -> &'static Job {
+    JOB.call_once(|| {
+        let cmdline = toro_rt::cmdline();
+        let plan = JobPlan::from_cmdline(&cmdline, toro_rt::core_count())
+            .unwrap_or_else(|e| fatal(&format!("bad job plan on the command line: {e}")));
+        let spin_ns = match cmdline.get_u64("mpispin") {
+            Ok(v) => v.unwrap_or(20_000),
+            Err(_) => fatal("mpispin= is not a number"),
+        };
+        let net = VbusNet::new(Config::new(toro_rt::core_count()), RtMachine, spin_ns)
+            .unwrap_or_else(|e| fatal(&format!("intra-vbus: {e}")));
+        Job { plan, net: Arc::new(net) }
+    })
+}
+
+fn fatal(message: &str) -> ! {
+    toro_rt::println!("toro: {message}");
+    toro_rt::exit(toro_abi::status::BAD_MACHINE as i32)
+}
+
+/// Called by [`main!`] in every rank thread before the app's main: builds the
+/// bus (once per VM) and installs the MPI platform.
+pub fn install() {
+    job();
+    mpi::environment::install(&PLATFORM);
+}
+
+/// The job plan of this VM (after [`install`]).
+pub fn plan() -> &'static JobPlan {
+    &job().plan
+}
+
+struct RtPlatform;
+
+impl Platform for RtPlatform {
+    fn setup_current_rank(&self) -> Option<RankSetup> {
+        let rank = toro_rt::rank()?;
+        let job = job();
+        if !STARTED.lock().insert(rank) {
+            return None;
+        }
+        let core_of: CoreMap = job.plan.core_of.clone();
+        if core_of.get(rank as usize).copied().flatten().is_none() {
+            fatal(&format!("rank {rank} is not one of this VM's ranks"));
+        }
+        let (port, waiter) = rank_port(job.net.clone(), rank, Rc::new(core_of));
+        let locations = job.plan.locations.clone();
+        let elsewhere = Box::new(NoInterVm { me: rank, locations: locations.clone() });
+        Some(RankSetup {
+            environment: Box::new(RankEnv { rank, locations, waiter }),
+            transports: vec![Box::new(port), elsewhere],
+            routes: RouteTable::loopback_only().with(Reach::SameVm, 0).with(Reach::OtherVm, 1),
+        })
+    }
+    fn now_ns(&self) -> u64 {
+        toro_rt::now_ns()
+    }
+    fn clock_resolution_ns(&self) -> u64 {
+        (1_000_000_000 / toro_rt::time::tsc_hz().max(1)).max(1)
+    }
+}
+
+struct RankEnv {
+    rank: u32,
+    locations: Vec<Location>,
+    waiter: Rc<RankWaiter<RtMachine>>,
+}
+
+impl Environment for RankEnv {
+    fn world_rank(&self) -> u32 {
+        self.rank
+    }
+    fn locations(&self) -> &[Location] {
+        &self.locations
+    }
+    fn now_ns(&self) -> u64 {
+        toro_rt::now_ns()
+    }
+    fn clock_resolution_ns(&self) -> u64 {
+        PLATFORM.clock_resolution_ns()
+    }
+    fn relax(&self) {
+        self.waiter.relax();
+    }
+    fn abort(&self, status: i32, message: &str) -> ! {
+        abort_job(self.rank, status, message)
+    }
+}
+
+/// Prints `toro: rank R: MPI error ...` and ends the VM with `status` (1..=127).
+pub fn abort_job(rank: u32, status: i32, message: &str) -> ! {
+    let prefix = format!("rank {rank}: ");
+    let detail = message.strip_prefix(prefix.as_str()).unwrap_or(message);
+    // "MPI_ERR_Truncate: ..." → "MPI_ERR_TRUNCATE: ..."
+    let detail: String = match detail.strip_prefix("MPI_ERR_").and_then(|rest| rest.split_once(':')) {
+        Some((class, rest)) => format!("MPI_ERR_{}:{rest}", class.to_ascii_uppercase()),
+        None => String::from(detail),
+    };
+    let code = if (1..=127).contains(&status) { status } else { 1 };
+    toro_rt::println!("toro: rank {rank}: MPI error {detail} (exit status {code})");
+    toro_rt::exit(code)
+}
+
+/// The router's `OtherVm` row in a build without the inter-VM transport: any
+/// send there ends the job with a message naming the peer.
+struct NoInterVm {
+    me: u32,
+    locations: Vec<Location>,
+}
+
+impl Transport for NoInterVm {
+    fn start_send(&mut self, header: &Header, _payload: &[u8]) -> Result<SendTicket, TransportError> {
+        let peer = header.dest;
+        let vm = self.locations.get(peer as usize).map_or(u32::MAX, |l| l.vm);
+        let message = format!(
+            "MPI_ERR_Transport: rank {peer} lives in VM {vm}, and this image has no inter-VM transport (inter-net) to reach it"
+        );
+        abort_job(self.me, mpi::error::ErrorClass::Transport.code(), &message)
+    }
+    fn send_complete(&mut self, _ticket: SendTicket) -> bool {
+        true
+    }
+    fn peek(&mut self) -> Option<Header> {
+        None
+    }
+    fn receive_payload(&mut self, _into: &mut [u8]) {}
+}

@@ -1,0 +1,94 @@
+//! Per-core wait lists: what a transport's "wait on core j / notify core j"
+//! (intra-vbus `Notify`) becomes on top of the scheduler.
+//!
+//! - [`wait`]`(core)` blocks the calling thread until [`notify`]`(core)`; the
+//!   other threads of its core run meanwhile, and a core with nothing left to
+//!   run spins, then halts until an IPI (the scheduler's idle loop).
+//! - [`notify`]`(core)` makes every thread waiting on `core` runnable; the
+//!   scheduler sends the wake-up IPI only if that core announced it halts.
+//!   A notify that finds nobody waiting leaves a token: the next `wait` on
+//!   that core returns at once (no lost wake-up between a transport's
+//!   "arm, re-check" and the actual block).
+//! - [`wake_all`]`(core)` wakes the waiters without leaving a token (to make
+//!   waiters re-check after a shared wait condition changed).
+//!
+//! Every list is a spin lock held for a few instructions, never across a
+//! context switch; `wait` may return early (callers re-check).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use spin::{Mutex, Once};
+
+use crate::sched::{self, Thread};
+
+struct WaitList {
+    /// A notify arrived while nobody waited.
+    token: bool,
+    threads: Vec<Arc<Thread>>,
+}
+
+static LISTS: Once<Vec<Mutex<WaitList>>> = Once::new();
+
+fn list(core: usize) -> &'static Mutex<WaitList> {
+    let lists = LISTS.call_once(|| {
+        (0..sched::core_count())
+            .map(|_| Mutex::new(WaitList { token: false, threads: Vec::with_capacity(8) }))
+            .collect()
+    });
+    lists.get(core).unwrap_or_else(|| panic!("waiters: no core {core} (this VM has {})", lists.len()))
+}
+
+/// Blocks the calling thread until `notify(core)` (or returns at once if a
+/// notify for `core` is pending). May return spuriously.
+pub fn wait(core: usize) {
+    {
+        let mut l = list(core).lock();
+        if l.token {
+            l.token = false;
+            return;
+        }
+        let me = sched::current_arc();
+        if !l.threads.iter().any(|t| Arc::ptr_eq(t, &me)) {
+            l.threads.push(me);
+        }
+    }
+    // A notify between the unlock and here finds us in the list and leaves
+    // a wake-up token in our thread state: `block` then returns at once.
+    sched::block();
+}
+
+fn wake_waiters(core: usize, token: bool) {
+    let n = {
+        let mut l = list(core).lock();
+        if token {
+            l.token = true;
+        }
+        l.threads.len()
+    };
+    // One at a time, outside the lock: waking may send an IPI (a trap, tens
+    // of µs under PVM), which must not hold up other cores on this list.
+    // Threads that register meanwhile are woken too or wait for the next notify.
+    for _ in 0..n {
+        let t = list(core).lock().threads.pop();
+        match t {
+            Some(t) => sched::wake(&t),
+            None => break,
+        }
+    }
+}
+
+/// Makes every thread waiting on `core` runnable; leaves a token if none waits.
+pub fn notify(core: usize) {
+    wake_waiters(core, true);
+}
+
+/// Makes every thread waiting on `core` runnable, without a token.
+pub fn wake_all(core: usize) {
+    wake_waiters(core, false);
+}
+
+/// Whether any thread waits on `core` now.
+pub fn has_waiters(core: usize) -> bool {
+    !list(core).lock().threads.is_empty()
+}
