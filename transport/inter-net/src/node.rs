@@ -188,6 +188,25 @@ impl<D: Device> Node<D> {
         self.slots.iter().flatten().all(|s| s.state == ConnState::Up)
     }
 
+    /// One line per connection: state, TCP queues, protocol counters (for diagnostics).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for slot in self.slots.iter().flatten() {
+            let socket = self.sockets.get::<tcp::Socket>(slot.socket);
+            out += &format!(
+                "VM {}: {:?} tcp {} send_queue {} recv_queue {} window {}; {}\n",
+                slot.link.peer_vm,
+                slot.state,
+                socket.state(),
+                socket.send_queue(),
+                socket.recv_queue(),
+                socket.recv_capacity(),
+                slot.link.describe()
+            );
+        }
+        out
+    }
+
     /// Bytes of arrived chunks not yet read by their rank.
     pub fn buffered(&self) -> usize {
         self.inboxes.buffered()

@@ -259,6 +259,22 @@ impl Link {
         self.tx.is_some() || self.tx_pairs.values().any(|p| !p.queue.is_empty()) || self.rx_pairs.values().any(|p| p.current.is_some())
     }
 
+    /// Counters and credit state, for diagnostics.
+    pub fn describe(&self) -> String {
+        let queued: Vec<((u32, u32), usize)> = self.tx_pairs.iter().map(|(k, p)| (*k, p.queue.len())).collect();
+        let outstanding: Vec<((u32, u32), usize)> = self.rx_pairs.iter().map(|(k, p)| (*k, p.outstanding)).collect();
+        format!(
+            "frames out {} in {}, half-written {}, queued {:?}, credit {:?}, received-not-granted {:?}, grants pending {}",
+            self.frames_sent,
+            self.frames_received,
+            self.tx.is_some(),
+            queued,
+            self.credit,
+            outstanding,
+            self.grants.len()
+        )
+    }
+
     /// Picks the next frame to write: hello first, then grants, then one chunk of the
     /// next pair (round robin) that has something to send and credit for it.
     fn next_frame(&mut self, topo: &Topology) -> Option<TxFrame> {
@@ -398,6 +414,9 @@ impl Link {
             self.hello_received = true;
             return Ok(());
         }
+        if frame.kind == Kind::Hello {
+            return Err(self.error(topo, String::from("second hello")));
+        }
         let source_vm = topo.vm_of(frame.source);
         let dest_vm = topo.vm_of(frame.dest);
         if source_vm != Some(self.peer_vm) || dest_vm != Some(topo.my_vm) {
@@ -465,5 +484,144 @@ impl Link {
         if let Some(pair) = self.rx_pairs.get_mut(&(sender, receiver)) {
             pair.outstanding = pair.outstanding.saturating_sub(bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn topo(my_vm: u32) -> Topology {
+        Topology { my_vm, vm_of_rank: vec![0, 0, 1, 1], job: 7, window: 4096, chunk: 1000 }
+    }
+
+    fn header(source: u32, dest: u32, len: usize) -> Header {
+        Header { source, dest, tag: 5, context: 1, len, kind: MessageKind::Data, cookie: 0 }
+    }
+
+    /// Moves everything `from` can write into `to`, `step` bytes at a time.
+    fn pump(from: &mut Link, from_topo: &Topology, to: &mut Link, to_topo: &Topology, inboxes: &mut Inboxes, step: usize) -> Result<usize, ProtocolError> {
+        let mut total = 0;
+        loop {
+            let mut buffer = vec![0u8; step];
+            let n = from.fill(from_topo, &mut buffer);
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+            assert_eq!(to.absorb(to_topo, inboxes, &buffer[..n])?, n);
+        }
+    }
+
+    #[test]
+    fn chunks_round_robin_and_credits() {
+        let (t0, t1) = (topo(0), topo(1));
+        let (mut a, mut b) = (Link::new(1), Link::new(0));
+        let mut inbox = Inboxes::new(2..4);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        a.queue(header(0, 2, data.len()), Payload::Owned(data.clone()), 1);
+        a.queue(header(1, 3, 3), Payload::Owned(vec![1, 2, 3]), 2);
+        // Odd step sizes split headers and payloads at every place.
+        pump(&mut a, &t0, &mut b, &t1, &mut inbox, 37).unwrap();
+        // The window (4096) stops rank 0 after 4 chunks of ≤ 1000 bytes; rank 1's message is through.
+        assert!(a.completed.contains(&2) && !a.completed.contains(&1));
+        let mut small = [0u8; 3];
+        assert_eq!(inbox.peek(3).map(|h| h.len), Some(3));
+        assert!(inbox.read_into(3, &mut small));
+        assert_eq!(small, [1, 2, 3]);
+        let mut big = vec![0u8; data.len()];
+        assert!(!inbox.read_into(2, &mut big));
+        let mut grants = Vec::new();
+        inbox.take_grants(1, &mut grants);
+        for (source, dest, bytes) in grants {
+            b.grant(dest, source, bytes);
+            b.note_granted(source, dest, bytes);
+        }
+        let mut back = Inboxes::new(0..2);
+        for _ in 0..20 {
+            pump(&mut b, &t1, &mut a, &t0, &mut back, 64).unwrap();
+            pump(&mut a, &t0, &mut b, &t1, &mut inbox, 500).unwrap();
+            if inbox.read_into(2, &mut big) {
+                break;
+            }
+            let mut grants = Vec::new();
+            inbox.take_grants(1, &mut grants);
+            for (source, dest, bytes) in grants {
+                b.grant(dest, source, bytes);
+                b.note_granted(source, dest, bytes);
+            }
+        }
+        assert_eq!(big, data);
+        assert!(a.completed.contains(&1));
+    }
+
+    fn expect_error(mut edit: impl FnMut(&mut Vec<u8>), what: &str) {
+        let (t0, t1) = (topo(0), topo(1));
+        let (mut a, mut b) = (Link::new(1), Link::new(0));
+        let mut inbox = Inboxes::new(2..4);
+        a.queue(header(0, 2, 10), Payload::Owned(vec![9; 10]), 0);
+        let mut bytes = vec![0u8; 4096];
+        let n = a.fill(&t0, &mut bytes);
+        bytes.truncate(n);
+        edit(&mut bytes);
+        let error = b.absorb(&t1, &mut inbox, &bytes).expect_err(what);
+        assert!(error.0.contains("VM 0 (ranks 0-1)"), "{}: {}", what, error.0);
+        assert!(error.0.contains(what), "{}", error.0);
+    }
+
+    fn rewrite(bytes: &mut [u8], at: usize, edit: impl FnOnce(&mut Frame)) {
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&bytes[at..at + HEADER_LEN]);
+        let mut frame = Frame::decode(&header).unwrap();
+        edit(&mut frame);
+        frame.encode(&mut header);
+        bytes[at..at + HEADER_LEN].copy_from_slice(&header);
+    }
+
+    #[test]
+    fn unexpected_frames_are_errors_naming_the_peer() {
+        expect_error(|b| b[60] ^= 1, "malformed frame");
+        expect_error(|b| rewrite(b, 0, |f| f.cookie = 8), "expected hello");
+        expect_error(|b| rewrite(b, HEADER_LEN, |f| f.dest = 1), "does not belong");
+        expect_error(|b| rewrite(b, HEADER_LEN, |f| f.source = 3), "does not belong");
+        expect_error(|b| rewrite(b, HEADER_LEN, |f| f.dest = 99), "does not belong");
+        expect_error(|b| rewrite(b, HEADER_LEN, |f| f.seq = 1), "expected the start");
+        expect_error(|b| { let hello = b[..HEADER_LEN].to_vec(); b.extend_from_slice(&hello) }, "second hello");
+        expect_error(
+            |b| {
+                let mut credit = [0u8; HEADER_LEN];
+                Frame::credit(0, 2, 1).encode(&mut credit);
+                b.extend_from_slice(&credit);
+            },
+            "beyond the window",
+        );
+        expect_error(
+            |b| {
+                // A second chunk that does not continue the first.
+                rewrite(b, HEADER_LEN, |f| { f.len = 20; f.chunk_len = 10 });
+                let mut next = [0u8; HEADER_LEN];
+                let mut frame = Frame::message(&header(0, 2, 20), 0, 12, 8);
+                frame.tag = 5;
+                frame.encode(&mut next);
+                b.extend_from_slice(&next);
+                b.extend_from_slice(&[0; 8]);
+            },
+            "does not continue",
+        );
+        expect_error(
+            |b| {
+                // More than the window without credit.
+                let mut more = Vec::new();
+                for seq in 1..100 {
+                    let mut h = [0u8; HEADER_LEN];
+                    Frame::message(&header(0, 2, 10), seq, 0, 10).encode(&mut h);
+                    more.extend_from_slice(&h);
+                    more.extend_from_slice(&[0; 10]);
+                }
+                b.extend_from_slice(&more);
+            },
+            "beyond its credit",
+        );
     }
 }
