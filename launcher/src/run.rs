@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use toro_abi::status;
 
 use crate::cli::Options;
@@ -64,6 +64,9 @@ enum Event {
     Err(usize, String),
     Eof(usize),
     Signal(i32),
+    /// SIGCHLD: a child ended; wakes the loop to reap it at once rather
+    /// than at the next poll.
+    ChildEnded,
 }
 
 struct VmRun {
@@ -322,13 +325,14 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
 
     let (tx, rx) = mpsc::channel();
     let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGCHLD]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let sig_handle = signals.handle();
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for s in signals.forever() {
-                if tx.send(Event::Signal(s)).is_err() {
+                let ev = if s == SIGCHLD { Event::ChildEnded } else { Event::Signal(s) };
+                if tx.send(ev).is_err() {
                     break;
                 }
             }
@@ -357,7 +361,8 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
             if Instant::now() >= until {
                 break Err(format!("the VDE switch {} did not create {}/ctl within 2 s", sw.display(), switch_dir.display()));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // The switch is ready within a few ms; every VM waits for it.
+            std::thread::sleep(Duration::from_millis(1));
         };
         if let Err(e) = ready {
             stop(&mut [(&mut switch_child, pid)]);
@@ -432,6 +437,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
             }
             Event::Eof(k) => vms[k].open_streams = vms[k].open_streams.saturating_sub(1),
             Event::Signal(s) => return Some(s),
+            Event::ChildEnded => {}
         }
         None
     };
