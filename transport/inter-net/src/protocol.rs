@@ -101,9 +101,10 @@ impl Inboxes {
         let Some(message) = queue.front_mut() else { return true };
         let mut granted = 0;
         while let Some(chunk) = message.chunks.pop_front() {
+            // `into` is header.len long (the Transport contract); a shorter one gets a prefix.
+            let start = message.read.min(into.len());
             let end = (message.read + chunk.bytes.len()).min(into.len());
-            let take = end.saturating_sub(message.read);
-            into[message.read..end].copy_from_slice(&chunk.bytes[..take]);
+            into[start..end].copy_from_slice(&chunk.bytes[..end - start]);
             message.read += chunk.bytes.len();
             granted += chunk.wire;
         }
