@@ -35,6 +35,15 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 pub const VIRTIO_MMIO_END: u64 = 0xFEC0_0000;
 pub const LAPIC_BASE: u64 = 0xFEE0_0000;
 
+// The regions are ordered and aligned (checked when this crate compiles).
+const _: () = {
+    assert!(KERNEL_BASE < APP_BASE && APP_BASE < APP_LIMIT);
+    assert!(APP_LIMIT == STACK_ARENA);
+    assert!(STACK_ARENA.is_multiple_of(LARGE_PAGE_SIZE) && STACK_ARENA_END.is_multiple_of(LARGE_PAGE_SIZE));
+    assert!(HEAP_BASE.is_multiple_of(LARGE_PAGE_SIZE) && STACK_SLOT_SIZE.is_multiple_of(PAGE_SIZE));
+    assert!(MIN_RAM < RAM_MAP_LIMIT);
+};
+
 /// Which stack slot an address inside the arena belongs to.
 pub fn stack_slot_of(addr: u64) -> Option<u64> {
     if (STACK_ARENA..STACK_ARENA_END).contains(&addr) {
@@ -53,17 +62,6 @@ pub fn is_user_range(addr: u64, len: u64, ram_end: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regions_are_ordered_and_aligned() {
-        assert!(KERNEL_BASE < APP_BASE && APP_BASE < APP_LIMIT);
-        assert_eq!(APP_LIMIT, STACK_ARENA);
-        assert_eq!(STACK_ARENA % LARGE_PAGE_SIZE, 0);
-        assert_eq!(STACK_ARENA_END % LARGE_PAGE_SIZE, 0);
-        assert_eq!(HEAP_BASE % LARGE_PAGE_SIZE, 0);
-        assert_eq!(STACK_SLOT_SIZE % PAGE_SIZE, 0);
-        assert!(MIN_RAM < RAM_MAP_LIMIT);
-    }
 
     #[test]
     fn stack_slots() {

@@ -69,7 +69,7 @@ pub fn madt_apic_ids(madt: &[u8]) -> Result<impl Iterator<Item = u32> + '_, Acpi
         // Enabled (bit 0) or online-capable (bit 1).
         match kind {
             0 if len >= 8 && u32_at(entry, 4)? & 3 != 0 => return Some(entry[3] as u32),
-            9 if len >= 16 && u32_at(entry, 8)? & 3 != 0 => return Some(u32_at(entry, 4)?),
+            9 if len >= 16 && u32_at(entry, 8)? & 3 != 0 => return u32_at(entry, 4),
             _ => continue,
         }
     }))

@@ -56,7 +56,68 @@ fn guest_line(img: &std::path::Path, accel: Accel, smp: usize, append: &str, pre
     run.assert_line(prefix).split(prefix).nth(1).unwrap_or("").trim().to_string()
 }
 
+/// Host baseline: two Linux threads on one CPU handing a turn back and
+/// forth with sched_yield; ns per thread-to-thread switch. Run by the
+/// parent under `taskset -c 0`.
+fn host_switch(n: usize) -> f64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let turn = Arc::new(AtomicUsize::new(0));
+    let t2 = turn.clone();
+    let start = Instant::now();
+    let other = std::thread::spawn(move || {
+        for i in 0..n {
+            while t2.load(Ordering::Acquire) != 2 * i + 1 {
+                std::thread::yield_now();
+            }
+            t2.store(2 * i + 2, Ordering::Release);
+        }
+    });
+    for i in 0..n {
+        while turn.load(Ordering::Acquire) != 2 * i {
+            std::thread::yield_now();
+        }
+        turn.store(2 * i + 1, Ordering::Release);
+    }
+    other.join().unwrap();
+    start.elapsed().as_nanos() as f64 / (2 * n) as f64
+}
+
+/// Host baseline: one-way wake-up of a blocked Linux thread (Mutex + Condvar), µs.
+fn host_wake(n: usize) -> f64 {
+    use std::sync::{Arc, Condvar, Mutex};
+    let pair = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let p2 = pair.clone();
+    let start = Instant::now();
+    let other = std::thread::spawn(move || {
+        let (m, c) = &*p2;
+        for i in 0..n {
+            let mut g = m.lock().unwrap();
+            while *g != 2 * i + 1 {
+                g = c.wait(g).unwrap();
+            }
+            *g += 1;
+            c.notify_one();
+        }
+    });
+    let (m, c) = &*pair;
+    for i in 0..n {
+        let mut g = m.lock().unwrap();
+        while *g != 2 * i {
+            g = c.wait(g).unwrap();
+        }
+        *g += 1;
+        c.notify_one();
+    }
+    other.join().unwrap();
+    start.elapsed().as_secs_f64() * 1e6 / (2 * n) as f64
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--host-switch") {
+        println!("{:.1}", host_switch(200_000));
+        return;
+    }
     let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let kbench = image("toro-kernel-bench", "kbench");
     let hello = image("hello", "hello");
@@ -91,4 +152,14 @@ fn main() {
         let num = |s: &str| s.split_whitespace().next().unwrap_or("?").to_string();
         println!("| {accel:?} | {} | {} | {} |", num(&switch), num(&halt), num(&spin));
     }
+    let pinned = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(std::env::current_exe().unwrap())
+        .arg("--host-switch")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "n/a".into());
+    println!("| host Linux threads (same run) | {pinned} (sched_yield, one CPU) | {:.2} (Condvar, blocked thread) | — |", host_wake(20_000));
 }

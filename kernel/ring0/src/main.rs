@@ -100,7 +100,7 @@ fn check_app() -> Result<AppHeader, &'static str> {
     let bi_end = h.boot_info.checked_add(core::mem::size_of::<BootInfo>() as u64);
     let inside = |a: u64| (APP_BASE..APP_LIMIT).contains(&a);
     if !inside(h.entry) || !inside(h.boot_info) || bi_end.is_none_or(|e| e > h.image_end)
-        || h.image_end > APP_LIMIT || h.boot_info % 8 != 0
+        || h.image_end > APP_LIMIT || !h.boot_info.is_multiple_of(8)
     {
         return Err("application header points outside the application image");
     }

@@ -71,7 +71,7 @@ impl PageTables {
             let mut j = 0;
             while j < 512 {
                 let a = base + j as u64 * PAGE_SIZE;
-                if (a - STACK_ARENA) % STACK_SLOT_SIZE != 0 {
+                if !(a - STACK_ARENA).is_multiple_of(STACK_SLOT_SIZE) {
                     t.pt_stack[k][j] = a | USER_RW;
                 }
                 j += 1;

@@ -44,7 +44,7 @@ fn measure() -> Option<u64> {
     loop {
         let c = read_channel2();
         let ticks = c0.wrapping_sub(c);
-        if ticks >= WINDOW_TICKS && ticks < 0x8000 {
+        if (WINDOW_TICKS..0x8000).contains(&ticks) {
             let (t, c) = sample();
             let ticks = c0.wrapping_sub(c) as u64;
             return Some((t - t0) as u128 as u64 * PIT_HZ / ticks);

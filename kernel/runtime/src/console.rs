@@ -104,22 +104,26 @@ pub(crate) fn final_line(last: &[u8]) {
     core::mem::forget(guard);
 }
 
-fn line_of(t: &Thread) -> &mut String {
-    // SAFETY: a thread's line buffer is touched only by the thread itself
-    // (and by flush_line as it exits, on the same thread).
-    unsafe { &mut *t.line.get() }
+fn with_line<R>(t: &Thread, f: impl FnOnce(&mut String) -> R) -> R {
+    // SAFETY: a thread's line buffer is touched only by the thread itself,
+    // here, and `f` never reaches this function again (no nested printing).
+    f(unsafe { &mut *t.line.get() })
 }
 
 #[doc(hidden)]
 pub fn _print(args: core::fmt::Arguments) {
     let t = sched::current();
-    let line = line_of(t);
-    let _ = line.write_fmt(args);
-    while let Some(end) = line.find('\n') {
-        let rest = line.split_off(end + 1);
-        emit(t, line);
-        *line = rest;
-    }
+    // Format outside the buffer: formatting may itself print (a Display impl).
+    let mut text = String::new();
+    let _ = text.write_fmt(args);
+    with_line(t, |line| {
+        line.push_str(&text);
+        while let Some(end) = line.find('\n') {
+            let rest = line.split_off(end + 1);
+            emit(t, line);
+            *line = rest;
+        }
+    });
 }
 
 fn emit(t: &Thread, text: &str) {
@@ -140,9 +144,8 @@ pub fn flush() {
 }
 
 pub(crate) fn flush_line(t: &Thread) {
-    let line = line_of(t);
-    if !line.is_empty() {
-        let text = core::mem::take(line);
+    let text = with_line(t, core::mem::take);
+    if !text.is_empty() {
         emit(t, &text);
     }
 }

@@ -91,8 +91,7 @@ pub struct Pools {
 
 impl Pools {
     pub const fn new() -> Self {
-        const EMPTY: CorePool = CorePool::empty();
-        Pools { pools: [EMPTY; MAX_CPUS], start: AtomicUsize::new(0), part: AtomicUsize::new(0), count: AtomicUsize::new(0) }
+        Pools { pools: [const { CorePool::empty() }; MAX_CPUS], start: AtomicUsize::new(0), part: AtomicUsize::new(0), count: AtomicUsize::new(0) }
     }
 
     /// Cuts `[start, end)` into `cores` page-aligned pools.
