@@ -25,10 +25,10 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The two images, built once per test process and copied into a private
-/// directory (another crate's tests may rebuild the shared build output).
+/// The images, built once per test process and copied (atomically, by
+/// rename) into this crate's test directory under target/: another crate's
+/// tests may rebuild the shared build output while a VM of ours reads it.
 struct Images {
-    _dir: TempDir,
     hello: String,
     selftest: String,
     kernel_only: String,
@@ -37,10 +37,13 @@ struct Images {
 fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let dir = TempDir::new("vm-images");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("launcher-vm-images");
+        std::fs::create_dir_all(&dir).unwrap();
         let copy = |from: std::path::PathBuf, name: &str| {
-            let to = dir.path().join(name);
-            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            let to = dir.join(name);
+            let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+            std::fs::copy(&from, &tmp).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            std::fs::rename(&tmp, &to).unwrap();
             to.to_str().unwrap().to_string()
         };
         let hello = copy(vmtest::image("hello", "hello"), "hello.elf");
@@ -49,7 +52,7 @@ fn images() -> &'static Images {
         for img in [&hello, &selftest] {
             toro_image::check_file(img.as_ref()).unwrap();
         }
-        Images { _dir: dir, hello, selftest, kernel_only }
+        Images { hello, selftest, kernel_only }
     })
 }
 
