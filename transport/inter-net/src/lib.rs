@@ -29,5 +29,7 @@ pub mod node;
 mod payload;
 pub mod protocol;
 pub mod sim;
+#[cfg(feature = "virtio")]
+pub mod vm;
 
-pub use node::{NetConfig, NetEndpoint, Node, NodeStats, Shared};
+pub use node::{NetConfig, NetEndpoint, Nic, Node, NodeStats, Shared};

@@ -81,6 +81,15 @@ impl NetConfig {
     }
 }
 
+/// A NIC the node can drive: a smoltcp device, plus `flush` at the end of each poll
+/// (a virtio device issues its held-back notifies there).
+pub trait Nic: Device {
+    fn flush(&mut self) {}
+}
+
+impl Nic for crate::sim::SimPort {}
+impl<D: Device> Nic for smoltcp::phy::FaultInjector<D> {}
+
 /// Time source: microseconds, monotonic.
 pub type Clock = fn() -> u64;
 /// Ends the job (or, in tests, the rank) with a message; never returns.
@@ -112,7 +121,7 @@ pub struct NodeStats {
     pub frames_received: u64,
 }
 
-pub struct Node<D: Device> {
+pub struct Node<D: Nic> {
     config: NetConfig,
     topo: Topology,
     iface: Interface,
@@ -128,7 +137,7 @@ pub struct Node<D: Device> {
     stats: NodeStats,
 }
 
-impl<D: Device> Node<D> {
+impl<D: Nic> Node<D> {
     pub fn new(config: NetConfig, mut device: D, clock: Clock) -> Node<D> {
         let now_us = clock();
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
@@ -145,8 +154,9 @@ impl<D: Device> Node<D> {
             .map(|vm| {
                 (vm != config.vm).then(|| {
                     let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; config.socket_buffer]), tcp::SocketBuffer::new(vec![0; config.socket_buffer]));
+                    // No Nagle (latency); smoltcp's delayed ACK (10 ms) stays: an ACK then
+                    // rides on the reply or the credit frame instead of costing its own notify.
                     socket.set_nagle_enabled(false);
-                    socket.set_ack_delay(None);
                     Slot { link: Link::new(vm), socket: sockets.add(socket), connects: config.vm > vm, state: ConnState::Connecting { attempt_at: now_us } }
                 })
             })
@@ -285,6 +295,7 @@ impl<D: Device> Node<D> {
         if wrote {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
         }
+        self.device.flush();
         moved || wrote
     }
 
@@ -397,12 +408,12 @@ impl<D: Device> Node<D> {
 }
 
 /// A node shared by the ranks of one VM.
-pub struct Shared<D: Device> {
+pub struct Shared<D: Nic> {
     pub node: spin::Mutex<Node<D>>,
     fatal: Fatal,
 }
 
-impl<D: Device> Shared<D> {
+impl<D: Nic> Shared<D> {
     pub fn new(node: Node<D>, fatal: Fatal) -> Arc<Shared<D>> {
         Arc::new(Shared { node: spin::Mutex::new(node), fatal })
     }
@@ -421,12 +432,12 @@ impl<D: Device> Shared<D> {
 }
 
 /// One local rank's endpoint: the `mpi::transport::Transport` for its peers in other VMs.
-pub struct NetEndpoint<D: Device> {
+pub struct NetEndpoint<D: Nic> {
     shared: Arc<Shared<D>>,
     rank: u32,
 }
 
-impl<D: Device + Send + 'static> NetEndpoint<D> {
+impl<D: Nic + Send + 'static> NetEndpoint<D> {
     pub fn new(shared: Arc<Shared<D>>, rank: u32) -> NetEndpoint<D> {
         NetEndpoint { shared, rank }
     }
@@ -436,7 +447,7 @@ impl<D: Device + Send + 'static> NetEndpoint<D> {
     }
 }
 
-impl<D: Device + Send> Transport for NetEndpoint<D> {
+impl<D: Nic + Send> Transport for NetEndpoint<D> {
     fn start_send(&mut self, header: &Header, payload: &[u8]) -> Result<SendTicket, TransportError> {
         let outcome = {
             let mut node = self.shared.node.lock();

@@ -1,0 +1,395 @@
+//! The VM side (feature `virtio`): a poll-mode virtio-net driver (through the
+//! `virtio-drivers` crate, virtio-mmio on microvm) as a smoltcp `phy::Device`, running
+//! in ring 3, and `start`, which the glue calls once per VM.
+//!
+//! VM exits: under KVM PVM every register access from ring 3 costs 85–100 µs, so the
+//! data path touches registers only to notify, at most once per queue per `Node::poll`:
+//! `Counting` holds back the notifies `virtio-drivers` asks for during a poll (it asks
+//! only when the device did not suppress them, VIRTIO_F_EVENT_IDX) and issues one at the
+//! end (`Nic::flush`). Interrupts are disabled on both queues (a flag in ring memory)
+//! and never acknowledged; completions are found by reading the used rings. Every
+//! register access is counted (`exits`).
+//!
+//! What the glue calls (once per VM, before the ranks initialize MPI):
+//! ```ignore
+//! let net = inter_net::vm::start::<inter_net::vm::IdentityHal>(config, clock_us, fatal)?;
+//! // per rank r of this VM:
+//! let transport = inter_net::NetEndpoint::boxed(net.clone(), r);
+//! // RankSetup { transports: vec![vbus, transport], routes: RouteTable::loopback_only()
+//! //     .with(Reach::SameVm, 0).with(Reach::OtherVm, 1), .. }
+//! ```
+#![allow(unsafe_code)]
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{BufferDirection, Hal, PhysAddr};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::node::{Clock, Fatal, NetConfig, Nic, Node, Shared};
+
+/// microvm's virtio-mmio window: 24 slots of 0x200 bytes from here.
+pub const MMIO_BASE: usize = 0xFEB0_0000;
+pub const MMIO_SLOT_SIZE: usize = 0x200;
+pub const MMIO_SLOTS: usize = 24;
+
+const QUEUE_SIZE: usize = 256;
+const BUFFER_LEN: usize = 2048;
+const PAGE: usize = 4096;
+
+static NOTIFIES: AtomicU64 = AtomicU64::new(0);
+static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
+
+/// Register accesses (each a VM exit under PVM) since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exits {
+    /// Queue notifications (the data path's only register writes).
+    pub notifies: u64,
+    /// Everything else: set-up, status, config reads.
+    pub other: u64,
+}
+
+pub fn exits() -> Exits {
+    Exits { notifies: NOTIFIES.load(Ordering::Relaxed), other: OTHER_REGISTER_ACCESSES.load(Ordering::Relaxed) }
+}
+
+/// Identity-mapped DMA: guest memory has virtual == physical, and the heap is ordinary RAM.
+pub struct IdentityHal;
+
+// SAFETY: dma_alloc returns zeroed, page-aligned memory owned by the caller until
+// dma_dealloc; addresses are identity mapped, so the device's address of a byte is its pointer.
+unsafe impl Hal for IdentityHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let layout = Layout::from_size_align(pages.max(1) * PAGE, PAGE).expect("DMA layout");
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let pointer = NonNull::new(pointer).expect("out of memory for virtio-net queues");
+        (pointer.as_ptr() as PhysAddr, pointer)
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let layout = Layout::from_size_align(pages.max(1) * PAGE, PAGE).expect("DMA layout");
+        // SAFETY: allocated by dma_alloc with this layout (the caller's contract).
+        unsafe { alloc::alloc::dealloc(vaddr.as_ptr(), layout) };
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).expect("null MMIO address")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        buffer.cast::<u8>().as_ptr() as PhysAddr
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// The device's transport, shared between `virtio-drivers` (through `Counting`) and
+/// `VirtioNet::flush`, which issues the notifies held back during a poll.
+struct Control<T: Transport> {
+    inner: T,
+    /// After set-up, notifies are held back until `flush`.
+    batching: bool,
+    /// Queues with a notify held back (bit per queue index < 64).
+    pending: u64,
+}
+
+impl<T: Transport> Control<T> {
+    fn flush(&mut self) {
+        let mut pending = core::mem::take(&mut self.pending);
+        while pending != 0 {
+            let queue = pending.trailing_zeros() as u16;
+            pending &= pending - 1;
+            NOTIFIES.fetch_add(1, Ordering::Relaxed);
+            self.inner.notify(queue);
+        }
+    }
+}
+
+/// A `virtio-drivers` transport that counts register accesses and holds notifies back.
+pub struct Counting<T: Transport> {
+    control: Arc<spin::Mutex<Control<T>>>,
+}
+
+fn count_other() {
+    OTHER_REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<T: Transport> Transport for Counting<T> {
+    fn device_type(&self) -> DeviceType {
+        count_other();
+        self.control.lock().inner.device_type()
+    }
+    fn read_device_features(&mut self) -> u64 {
+        count_other();
+        self.control.lock().inner.read_device_features()
+    }
+    fn write_driver_features(&mut self, driver_features: u64) {
+        count_other();
+        self.control.lock().inner.write_driver_features(driver_features)
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        count_other();
+        self.control.lock().inner.max_queue_size(queue)
+    }
+    fn notify(&mut self, queue: u16) {
+        let mut control = self.control.lock();
+        if control.batching && queue < 64 {
+            control.pending |= 1 << queue;
+        } else {
+            NOTIFIES.fetch_add(1, Ordering::Relaxed);
+            control.inner.notify(queue)
+        }
+    }
+    fn get_status(&self) -> DeviceStatus {
+        count_other();
+        self.control.lock().inner.get_status()
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        count_other();
+        self.control.lock().inner.set_status(status)
+    }
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        count_other();
+        self.control.lock().inner.set_guest_page_size(guest_page_size)
+    }
+    fn requires_legacy_layout(&self) -> bool {
+        self.control.lock().inner.requires_legacy_layout()
+    }
+    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        count_other();
+        self.control.lock().inner.queue_set(queue, size, descriptors, driver_area, device_area)
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        count_other();
+        self.control.lock().inner.queue_unset(queue)
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        count_other();
+        self.control.lock().inner.queue_used(queue)
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        count_other();
+        self.control.lock().inner.ack_interrupt()
+    }
+    fn read_config_generation(&self) -> u32 {
+        count_other();
+        self.control.lock().inner.read_config_generation()
+    }
+    fn read_config_space<V: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<V> {
+        count_other();
+        self.control.lock().inner.read_config_space(offset)
+    }
+    fn write_config_space<V: IntoBytes + Immutable>(&mut self, offset: usize, value: V) -> virtio_drivers::Result<()> {
+        count_other();
+        self.control.lock().inner.write_config_space(offset, value)
+    }
+}
+
+type Raw<H, T> = VirtIONetRaw<H, Counting<T>, QUEUE_SIZE>;
+
+/// The transmit half: the device and the transmit buffers.
+struct TxSide<H: Hal, T: Transport> {
+    raw: Raw<H, T>,
+    free: Vec<Box<[u8]>>,
+    /// Buffer of each descriptor token in flight.
+    in_flight: Vec<Option<Box<[u8]>>>,
+}
+
+/// A virtio-net device in poll mode.
+pub struct VirtioNet<H: Hal, T: Transport> {
+    tx: TxSide<H, T>,
+    control: Arc<spin::Mutex<Control<T>>>,
+    /// Receive buffer of each posted descriptor token.
+    rx_posted: Vec<Option<Box<[u8]>>>,
+    /// The frame handed to smoltcp (copied out so its buffer is posted again at once).
+    scratch: Vec<u8>,
+    pub frames_received: u64,
+    pub frames_sent: u64,
+}
+
+/// Why the network could not start.
+#[derive(Debug)]
+pub enum StartError {
+    NoDevice,
+    Device(virtio_drivers::Error),
+    /// The device's MAC is not the one the launcher planned.
+    WrongMac { planned: [u8; 6], device: [u8; 6] },
+}
+
+impl<H: Hal, T: Transport> VirtioNet<H, T> {
+    pub fn new(transport: T) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
+        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0 }));
+        let mut raw = Raw::<H, T>::new(Counting { control: control.clone() })?;
+        raw.disable_interrupts();
+        control.lock().batching = true;
+        let mut rx_posted: Vec<Option<Box<[u8]>>> = (0..QUEUE_SIZE).map(|_| None).collect();
+        // Post receive buffers for half the ring; one notify for all of them.
+        for _ in 0..QUEUE_SIZE / 2 {
+            let mut buffer = vec![0u8; BUFFER_LEN].into_boxed_slice();
+            // SAFETY: the buffer is heap memory kept in `rx_posted` (never moved or
+            // dropped) until the device returns it through `receive_complete`.
+            let token = unsafe { raw.receive_begin(&mut buffer)? };
+            rx_posted[token as usize] = Some(buffer);
+        }
+        control.lock().flush();
+        let free = (0..QUEUE_SIZE / 2).map(|_| vec![0u8; BUFFER_LEN].into_boxed_slice()).collect();
+        let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
+        Ok(VirtioNet { tx: TxSide { raw, free, in_flight }, control, rx_posted, scratch: Vec::with_capacity(BUFFER_LEN), frames_received: 0, frames_sent: 0 })
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.tx.raw.mac_address()
+    }
+}
+
+impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
+    /// Issues the notifies held back during the poll: at most one per queue.
+    fn flush(&mut self) {
+        self.control.lock().flush();
+    }
+}
+
+impl<H: Hal, T: Transport> TxSide<H, T> {
+    fn reclaim(&mut self) {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some(buffer) = self.in_flight.get_mut(token as usize).and_then(Option::take) else { break };
+            // SAFETY: `buffer` is the one given to `transmit_begin` for this token.
+            if unsafe { self.raw.transmit_complete(token, &buffer) }.is_err() {
+                break;
+            }
+            self.free.push(buffer);
+        }
+    }
+}
+
+pub struct VirtioRx<'a>(&'a [u8]);
+pub struct VirtioTx<'a, H: Hal, T: Transport>(&'a mut TxSide<H, T>, &'a mut u64);
+
+impl phy::RxToken for VirtioRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<H: Hal, T: Transport> phy::TxToken for VirtioTx<'_, H, T> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let side = self.0;
+        let mut buffer = side.free.pop().unwrap_or_else(|| vec![0u8; BUFFER_LEN].into_boxed_slice());
+        let header = side.raw.fill_buffer_header(&mut buffer).unwrap_or(0);
+        let end = (header + len).min(buffer.len());
+        let result = f(&mut buffer[header..end]);
+        // SAFETY: the buffer is kept in `in_flight` (not moved or dropped) until the
+        // device hands it back through `transmit_complete` in `reclaim`.
+        match unsafe { side.raw.transmit_begin(&buffer[..end]) } {
+            Ok(token) => {
+                side.in_flight[token as usize] = Some(buffer);
+                *self.1 += 1;
+            }
+            Err(_) => side.free.push(buffer),
+        }
+        result
+    }
+}
+
+impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
+    type RxToken<'a>
+        = VirtioRx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = VirtioTx<'a, H, T>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(VirtioRx<'_>, VirtioTx<'_, H, T>)> {
+        let token = self.tx.raw.poll_receive()?;
+        let mut buffer = self.rx_posted.get_mut(token as usize).and_then(Option::take)?;
+        // SAFETY: `buffer` is the one posted with this token.
+        let (header, len) = unsafe { self.tx.raw.receive_complete(token, &mut buffer) }.ok()?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&buffer[header..header + len]);
+        // SAFETY: as in `new`: kept in `rx_posted` until the device returns it.
+        if let Ok(token) = unsafe { self.tx.raw.receive_begin(&mut buffer) } {
+            self.rx_posted[token as usize] = Some(buffer);
+        }
+        self.frames_received += 1;
+        self.tx.reclaim();
+        if !self.tx.raw.can_send() {
+            return None;
+        }
+        Some((VirtioRx(&self.scratch), VirtioTx(&mut self.tx, &mut self.frames_sent)))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<VirtioTx<'_, H, T>> {
+        self.tx.reclaim();
+        if !self.tx.raw.can_send() {
+            return None;
+        }
+        Some(VirtioTx(&mut self.tx, &mut self.frames_sent))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps.max_burst_size = Some(QUEUE_SIZE / 4);
+        caps
+    }
+}
+
+/// Finds the virtio-net device among microvm's virtio-mmio slots.
+///
+/// # Safety
+/// The virtio-mmio window must be mapped (uncached, user-accessible), and no other
+/// driver may own the network device's slot.
+pub unsafe fn probe_mmio() -> Option<MmioTransport<'static>> {
+    for slot in 0..MMIO_SLOTS {
+        let address = MMIO_BASE + slot * MMIO_SLOT_SIZE;
+        let header = NonNull::new(address as *mut VirtIOHeader)?;
+        // SAFETY: the caller guarantees the window is mapped; `new` reads the magic,
+        // version and device id and refuses empty slots (device id 0).
+        if let Ok(transport) = unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE) } {
+            OTHER_REGISTER_ACCESSES.fetch_add(3, Ordering::Relaxed);
+            if transport.device_type() == DeviceType::Network {
+                return Some(transport);
+            }
+        } else {
+            OTHER_REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    None
+}
+
+/// The network of this VM, shared by its ranks.
+pub type VmNet<H> = Shared<VirtioNet<H, MmioTransport<'static>>>;
+
+/// Starts the network: finds and sets up the virtio-net device (microvm, virtio-mmio),
+/// and builds the node; connections open as the ranks poll. Call once per VM.
+///
+/// # Safety
+/// As `probe_mmio`; call it once per VM.
+pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, clock: Clock, fatal: Fatal) -> Result<Arc<VmNet<H>>, StartError> {
+    // SAFETY: the caller's contract.
+    let transport = unsafe { probe_mmio() }.ok_or(StartError::NoDevice)?;
+    let device = VirtioNet::<H, _>::new(transport).map_err(StartError::Device)?;
+    let mac = device.mac();
+    if config.mac == [0; 6] {
+        config.mac = mac;
+    } else if config.mac != mac {
+        return Err(StartError::WrongMac { planned: config.mac, device: mac });
+    }
+    Ok(Shared::new(Node::new(config, device, clock), fatal))
+}
