@@ -141,7 +141,12 @@ pub struct QemuSetup {
 pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-M", setup.machine.name()]);
+    // microvm without ACPI tables, option ROMs and RTC starts ~45 ms sooner
+    // under TCG; the kernel learns the CPU count from `cpus=` instead of the MADT.
+    push(&["-M", match setup.machine {
+        Machine::Microvm => "microvm,acpi=off,x-option-roms=off,rtc=off",
+        Machine::Q35 => "q35",
+    }]);
     match setup.accel {
         // Without -arch-capabilities QEMU 7.2 aborts under KVM PVM on AMD hosts
         // ("failed to set MSR 0x10a"); the guest never reads that MSR.
@@ -149,7 +154,15 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path)
         _ => push(&["-accel", "tcg", "-cpu", "max"]),
     }
     push(&["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.mem_mib)]);
-    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"]);
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    match setup.machine {
+        // The app's lines go through a virtio console (one VM exit a line
+        // instead of one a byte); the kernel's own lines through the serial
+        // port; both share stdout.
+        Machine::Microvm => push(&["-chardev", "stdio,id=con,mux=on", "-serial", "chardev:con",
+                                   "-device", "virtio-serial-device", "-device", "virtconsole,chardev=con"]),
+        Machine::Q35 => push(&["-serial", "stdio"]),
+    }
     push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     if plan.vms.len() > 1 {
         let nic = match setup.machine {

@@ -235,8 +235,9 @@ fn dry_run_plan_and_commands() {
         "command switch: {} --sock {}/toro-mpirun-t1/net --mode 600 --dirmode 700",
         s.path("switch").display(), tmp.display()));
     assert_eq!(lines[13], format!(
-        "command vm 1: {} -M microvm -accel tcg -cpu max -smp 2 -m 512M -nodefaults -no-user-config -nographic \
-         -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4 \
+        "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off -accel tcg -cpu max -smp 2 -m 512M \
+         -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
+         -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
          -netdev vde,id=net0,sock={}/toro-mpirun-t1/net -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
          -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",

@@ -10,6 +10,8 @@
 //! - `job=ID`     job id;  `spin=NS`  idle spin budget before halting, in ns
 //! - `env.NAME=V` environment for the application (`-x NAME=V`)
 
+const QEMU_VIRTIO_MMIO_HINT: &str = "virtio_mmio.device=";
+
 /// A parsed view of a command line; borrows the text.
 #[derive(Clone, Copy, Debug)]
 pub struct Cmdline<'a> {
@@ -54,8 +56,14 @@ impl<'a> Cmdline<'a> {
     }
 
     /// Application arguments (after `--`), each still percent-encoded.
+    /// QEMU appends `virtio_mmio.device=` hints for a microvm without ACPI
+    /// to the end of the line; they are not the application's.
     pub fn app_args(&self) -> impl Iterator<Item = &'a str> {
-        self.text.split_ascii_whitespace().skip_while(|w| *w != "--").skip(1)
+        self.text
+            .split_ascii_whitespace()
+            .skip_while(|w| *w != "--")
+            .skip(1)
+            .filter(|w| !w.starts_with(QEMU_VIRTIO_MMIO_HINT))
     }
 }
 
@@ -145,6 +153,8 @@ mod tests {
         let c = Cmdline::new("x=1 -- x=2");
         assert_eq!(c.get("x"), Some("1"));
         assert_eq!(Cmdline::new("").app_args().count(), 0);
+        let c = Cmdline::new("cpus=1 -- a b virtio_mmio.device=512@0xfeb00e00:12");
+        assert_eq!(c.app_args().collect::<Vec<_>>(), vec!["a", "b"]);
     }
 
     #[test]
