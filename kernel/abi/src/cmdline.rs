@@ -8,6 +8,8 @@
 //! - `ranks=L`    the world ranks that live in this VM, in core order: `0-3`, `4,6,8`
 //! - `world=N`    world size;  `vm=K` / `vms=M`  this VM's index and the VM count
 //! - `job=ID`     job id;  `spin=NS`  idle spin budget before halting, in ns
+//! - `pretouch=MIB` heap touched per core at boot (the rest when idle); `verbose`
+//! - `place=`, `mac=`, `ip=`, `ipbase=`: the job plan (see launcher/README.md)
 //! - `env.NAME=V` environment for the application (`-x NAME=V`)
 
 const QEMU_VIRTIO_MMIO_HINT: &str = "virtio_mmio.device=";

@@ -113,9 +113,9 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
 
 /// The first touch of a page is slow under virtualisation (a host page
 /// fault, or a shadow-page-table fill under PVM): every page of each core's
-/// pool is touched once, `pretouch=MIB` (default 8) per core at boot, the
+/// pool is touched once, `pretouch=MIB` (default 2) per core at boot, the
 /// rest by the core's scheduler whenever it has nothing to run.
-const DEFAULT_PRETOUCH_MIB: u64 = 8;
+const DEFAULT_PRETOUCH_MIB: u64 = 2;
 
 static PRETOUCH_NEXT: [AtomicUsize; toro_abi::MAX_CPUS] = [const { AtomicUsize::new(0) }; toro_abi::MAX_CPUS];
 
