@@ -72,12 +72,102 @@ impl NetConfig {
         }
     }
 
+    /// From the launcher's kernel command-line keys (`vm= place= mac= ip= ipbase= job=`,
+    /// see launcher/README.md); `get` looks a key up. Tuning keys: `netwindow=`,
+    /// `netchunk=`, `netpeertimeout=` (ms).
+    pub fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<NetConfig, String> {
+        let vm: u32 = get("vm").unwrap_or("0").parse().map_err(|_| String::from("vm= is not a number"))?;
+        let place = get("place").ok_or_else(|| String::from("no place= on the command line"))?;
+        let mut vm_of: Vec<(u32, u32)> = Vec::new();
+        for (k, part) in place.split('/').enumerate() {
+            let list = part.split_once('@').map_or(part, |(list, _)| list);
+            for item in list.split(',').filter(|s| !s.is_empty()) {
+                let (low, high) = item.split_once('-').unwrap_or((item, item));
+                let low: u32 = low.parse().map_err(|_| format!("place=: bad rank {:?}", item))?;
+                let high: u32 = high.parse().map_err(|_| format!("place=: bad rank {:?}", item))?;
+                for rank in low..=high {
+                    vm_of.push((rank, k as u32));
+                }
+            }
+        }
+        vm_of.sort();
+        if vm_of.iter().enumerate().any(|(i, &(rank, _))| rank != i as u32) {
+            return Err(format!("place={} does not place ranks 0..N once each", place));
+        }
+        let hex = |s: &str| u8::from_str_radix(s, 16).map_err(|_| format!("mac={} is not a MAC address", s));
+        let mut mac = [0u8; 6];
+        if let Some(text) = get("mac") {
+            let parts: Vec<&str> = text.split(':').collect();
+            if parts.len() != 6 {
+                return Err(format!("mac={} is not a MAC address", text));
+            }
+            for (byte, part) in mac.iter_mut().zip(parts) {
+                *byte = hex(part)?;
+            }
+        }
+        let ipv4 = |text: &str| -> Result<[u8; 4], String> {
+            let mut out = [0u8; 4];
+            let parts: Vec<&str> = text.split('.').collect();
+            if parts.len() != 4 {
+                return Err(format!("{} is not an IPv4 address", text));
+            }
+            for (byte, part) in out.iter_mut().zip(parts) {
+                *byte = part.parse().map_err(|_| format!("{} is not an IPv4 address", text))?;
+            }
+            Ok(out)
+        };
+        let ip_base = ipv4(get("ipbase").ok_or_else(|| String::from("no ipbase= on the command line"))?)?;
+        let mut config = NetConfig::new(vm, vm_of.iter().map(|&(_, vm)| vm).collect(), mac, ip_base);
+        if let Some(ip) = get("ip") {
+            let (address, prefix) = ip.split_once('/').unwrap_or((ip, "16"));
+            config.prefix_len = prefix.parse().map_err(|_| format!("ip={}: bad prefix", ip))?;
+            if config.ip_of_vm(vm).octets() != ipv4(address)? {
+                return Err(format!("ip={} is not ipbase + vm ({})", ip, config.ip_of_vm(vm)));
+            }
+        }
+        if let Some(job) = get("job") {
+            config.job = u64::from_str_radix(job, 16).map_err(|_| format!("job={} is not hexadecimal", job))?;
+        }
+        let number = |key: &str| -> Result<Option<u64>, String> { get(key).map(|v| v.parse::<u64>().map_err(|_| format!("{}={} is not a number", key, v))).transpose() };
+        if let Some(window) = number("netwindow")? {
+            config.window = window as usize;
+        }
+        if let Some(chunk) = number("netchunk")? {
+            config.chunk = (chunk as usize).clamp(1, crate::frame::MAX_CHUNK);
+        }
+        if let Some(timeout) = number("netpeertimeout")? {
+            config.peer_timeout_ms = timeout;
+        }
+        config.seed ^= config.job.rotate_left(17) ^ u64::from(vm);
+        Ok(config)
+    }
+
     pub fn ip_of_vm(&self, vm: u32) -> Ipv4Address {
         Ipv4Address::from_bits(u32::from_be_bytes(self.ip_base).wrapping_add(vm))
     }
 
     pub fn vms(&self) -> u32 {
         self.vm_of_rank.iter().copied().max().map_or(1, |m| m + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_the_launcher_command_line() {
+        let line = [("vm", "1"), ("place", "0,2@2/1,3@2"), ("mac", "02:74:6f:00:00:01"), ("ip", "169.254.1.2/16"), ("ipbase", "169.254.1.1"), ("job", "1a2b3c4d")];
+        let get = |key: &str| line.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let config = NetConfig::from_keys(get).unwrap();
+        assert_eq!((config.vm, config.vm_of_rank.clone(), config.mac, config.job), (1, vec![0, 1, 0, 1], [2, 0x74, 0x6f, 0, 0, 1], 0x1a2b_3c4d));
+        assert_eq!(config.ip_of_vm(0).octets(), [169, 254, 1, 1]);
+        let bad = [("vm", "0"), ("place", "0-1@2/1@1"), ("ipbase", "169.254.1.1")];
+        let get = |key: &str| bad.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        assert!(NetConfig::from_keys(get).is_err());
+        let wrong_ip = [("vm", "0"), ("place", "0@1/1@1"), ("ipbase", "169.254.1.1"), ("ip", "169.254.1.9/16")];
+        let get = |key: &str| wrong_ip.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        assert!(NetConfig::from_keys(get).unwrap_err().contains("ipbase"));
     }
 }
 

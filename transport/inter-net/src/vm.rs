@@ -31,7 +31,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+pub use virtio_drivers::transport::mmio::MmioTransport;
+use virtio_drivers::transport::mmio::VirtIOHeader;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
@@ -134,7 +135,12 @@ impl<T: Transport> Transport for Counting<T> {
     }
     fn read_device_features(&mut self) -> u64 {
         count_other();
-        self.control.lock().inner.read_device_features()
+        // Hide VIRTIO_F_EVENT_IDX (bit 29): with it, virtio-drivers 0.13 asks for an
+        // interrupt on every used buffer (used_event = last used index) and ignores
+        // `disable_interrupts`; its avail_event test is not wrap-safe either. Without it,
+        // the ring flags suppress interrupts (poll mode) and the device's NO_NOTIFY flag
+        // suppresses our notifies while it is busy.
+        self.control.lock().inner.read_device_features() & !(1 << 29)
     }
     fn write_driver_features(&mut self, driver_features: u64) {
         count_other();
@@ -315,6 +321,13 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(VirtioRx<'_>, VirtioTx<'_, H, T>)> {
+        // smoltcp may answer a frame at once: make sure the answer has room *before*
+        // taking the frame, or it would be lost (the frame stays in the used ring).
+        self.tx.reclaim();
+        if !self.tx.raw.can_send() {
+            self.control.lock().flush();
+            return None;
+        }
         let token = self.tx.raw.poll_receive()?;
         let mut buffer = self.rx_posted.get_mut(token as usize).and_then(Option::take)?;
         // SAFETY: `buffer` is the one posted with this token.
@@ -326,16 +339,14 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
             self.rx_posted[token as usize] = Some(buffer);
         }
         self.frames_received += 1;
-        self.tx.reclaim();
-        if !self.tx.raw.can_send() {
-            return None;
-        }
         Some((VirtioRx(&self.scratch), VirtioTx(&mut self.tx, &mut self.frames_sent)))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<VirtioTx<'_, H, T>> {
         self.tx.reclaim();
         if !self.tx.raw.can_send() {
+            // Full: let the device see what is queued (one notify), try again next poll.
+            self.control.lock().flush();
             return None;
         }
         Some(VirtioTx(&mut self.tx, &mut self.frames_sent))
