@@ -1,0 +1,134 @@
+//! OSU-style micro-benchmarks over Toro MPI (methodology of osu_latency,
+//! osu_bw and the osu collective tests): warm-up iterations, then timed
+//! iterations; latency = half the ping-pong round trip; bandwidth = windows
+//! of 64 immediate sends (fewer above 512 KiB, to fit the
+//! receive buffers in 32 MiB) then a 4-byte ack; collectives = average time per
+//! call, max over ranks. One line per figure: `osu: <name> <size> <value> <unit>`.
+//! Arguments: `-- [ITERATIONS]` (default 10000; large sizes use fewer).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use mpi::collective::SystemOperation;
+use mpi::request::{scope, wait_all};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use toro::println;
+
+toro::main!(main);
+
+fn latency(world: &SimpleCommunicator, size: usize, iterations: usize) -> f64 {
+    let rank = world.rank();
+    let peer = world.process_at_rank(1 - rank);
+    let out = vec![1u8; size];
+    let mut inp = vec![0u8; size];
+    let warm = iterations / 10;
+    let mut start = 0.0;
+    for i in 0..warm + iterations {
+        if i == warm {
+            world.barrier();
+            start = mpi::time();
+        }
+        if rank == 0 {
+            peer.send(&out[..]);
+            peer.receive_into(&mut inp[..]);
+        } else {
+            peer.receive_into(&mut inp[..]);
+            peer.send(&out[..]);
+        }
+    }
+    (mpi::time() - start) * 1e6 / (2.0 * iterations as f64)
+}
+
+fn bandwidth(world: &SimpleCommunicator, size: usize, loops: usize) -> f64 {
+    // osu_bw's window is 64; above 512 KiB it shrinks so the receive buffers fit in 32 MiB.
+    let window = (32usize << 20).checked_div(size).unwrap_or(64).clamp(1, 64);
+    let rank = world.rank();
+    let peer = world.process_at_rank(1 - rank);
+    let out = vec![2u8; size];
+    let mut inp: Vec<Vec<u8>> = (0..window).map(|_| vec![0u8; size]).collect();
+    let warm = (loops / 10).max(1);
+    let mut start = 0.0;
+    for i in 0..warm + loops {
+        if i == warm {
+            world.barrier();
+            start = mpi::time();
+        }
+        if rank == 0 {
+            scope(|s| {
+                let requests: Vec<_> = (0..window).map(|_| peer.immediate_send(s, &out[..])).collect();
+                wait_all(requests);
+            });
+            peer.receive::<u32>();
+        } else {
+            scope(|s| {
+                let requests: Vec<_> = inp.iter_mut().map(|b| peer.immediate_receive_into(s, &mut b[..])).collect();
+                wait_all(requests);
+            });
+            peer.send(&0u32);
+        }
+    }
+    let secs = mpi::time() - start;
+    (size * window * loops) as f64 / secs / 1e9
+}
+
+fn collective(world: &SimpleCommunicator, name: &str, iterations: usize, mut f: impl FnMut()) {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    world.barrier();
+    let start = mpi::time();
+    for _ in 0..iterations {
+        f();
+    }
+    let mine = (mpi::time() - start) * 1e6 / iterations as f64;
+    let mut worst = 0.0f64;
+    world.all_reduce_into(&mine, &mut worst, SystemOperation::max());
+    if world.rank() == 0 {
+        println!("osu: {name} {} ranks 8 B {worst:.3} us", world.size());
+    }
+}
+
+fn main() -> i32 {
+    let universe = mpi::initialize().expect("MPI initialize");
+    let world = universe.world();
+    let iterations: usize = toro::rt::args().first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let (rank, size) = (world.rank(), world.size());
+    if size == 2 {
+        for bytes in [8usize, 1024] {
+            let us = latency(&world, bytes, iterations);
+            if rank == 0 {
+                println!("osu: latency {bytes} B {us:.3} us");
+            }
+        }
+        for (bytes, loops) in [(64usize << 10, iterations / 50), (1 << 20, iterations / 500), (4 << 20, iterations / 2000)] {
+            let gbs = bandwidth(&world, bytes, loops.max(3));
+            if rank == 0 {
+                println!("osu: bandwidth {} KiB {gbs:.2} GB/s", bytes >> 10);
+            }
+        }
+    }
+    let root = world.process_at_rank(0);
+    let x = [rank as u64];
+    let mut y = [0u64];
+    let mut all = vec![0u64; size as usize];
+    collective(&world, "barrier", iterations, || world.barrier());
+    collective(&world, "bcast", iterations, || root.broadcast_into(&mut y[..]));
+    collective(&world, "reduce", iterations, || {
+        if rank == 0 { root.reduce_into_root(&x[..], &mut y[..], SystemOperation::sum()) } else { root.reduce_into(&x[..], SystemOperation::sum()) }
+    });
+    collective(&world, "allreduce", iterations, || world.all_reduce_into(&x[..], &mut y[..], SystemOperation::sum()));
+    collective(&world, "gather", iterations, || {
+        if rank == 0 { root.gather_into_root(&x[..], &mut all[..]) } else { root.gather_into(&x[..]) }
+    });
+    collective(&world, "scatter", iterations, || {
+        if rank == 0 { root.scatter_into_root(&all[..], &mut y[..]) } else { root.scatter_into(&mut y[..]) }
+    });
+    if rank == 0 {
+        println!("osu: done");
+    }
+    0
+}
