@@ -34,6 +34,12 @@ pub trait Environment {
     /// rank threads on this core run (cooperative scheduling) or halt until woken.
     /// It must return (the MPI layer polls its transports between calls).
     fn relax(&self);
+    /// Called when a non-blocking MPI call (`Request::test`, `immediate_probe`) found
+    /// nothing done: lets the other rank threads of this core run, and returns at once
+    /// if none is ready. Never blocks. Without it, a rank polling `test` in a loop on a
+    /// core shared with the very rank it waits for (cooperative threads) spins
+    /// forever. Default: nothing (every rank has its own preemptible thread).
+    fn yield_now(&self) {}
     /// Ends the whole job with a non-zero `status` after printing `message`.
     fn abort(&self, status: i32, message: &str) -> !;
 }

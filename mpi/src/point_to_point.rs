@@ -192,7 +192,12 @@ pub trait Source: SourceTarget {
     fn immediate_probe_with_tag(&self, tag: Tag) -> Option<Status> {
         let comm = self.source_comm();
         let result = pattern(comm, self.source_rank(), tag).map(|pattern| {
-            let header = comm.engine.borrow_mut().probe_once(&pattern);
+            let mut engine = comm.engine.borrow_mut();
+            let header = engine.probe_once(&pattern);
+            if header.is_none() {
+                // The caller may poll in a loop: let the other ranks of this core run.
+                engine.env.yield_now();
+            }
             header.map(|header| Status::from_header(comm, &header))
         });
         comm.check(result)

@@ -130,11 +130,15 @@ impl<'a, D: ?Sized, S: Scope<'a>> Request<'a, D, S> {
         self.comm.check(result)
     }
 
-    /// `MPI_Test`: the status if complete, else the request back.
+    /// `MPI_Test`: the status if complete, else the request back (after letting the
+    /// other rank threads of this core run: a caller may poll `test` in a loop).
     pub fn test(mut self) -> Result<Status, Self> {
         match self.poll() {
             Some(result) => Ok(self.comm.check(result)),
-            None => Err(self),
+            None => {
+                self.comm.engine.borrow().env.yield_now();
+                Err(self)
+            }
         }
     }
 }

@@ -34,6 +34,10 @@ pub struct WorldOptions {
     pub timeout: Duration,
     /// What carries messages between ranks of one (pretend) VM.
     pub fabric: Fabric,
+    /// Over intra-vbus: ranks sharing a core take turns like the VM's cooperative
+    /// rank threads: one runs at a time, and the core switches to another only when
+    /// the running rank yields (`Machine::yield_now`) or waits (`Notify::wait`).
+    pub cooperative: bool,
 }
 
 /// The transport between ranks of the same VM in a host job.
@@ -49,7 +53,7 @@ pub enum Fabric {
 
 impl WorldOptions {
     pub fn new(size: usize) -> WorldOptions {
-        WorldOptions { size, vms: 1, eager_limit: usize::MAX, timeout: Duration::from_secs(60), fabric: Fabric::Memory }
+        WorldOptions { size, vms: 1, eager_limit: usize::MAX, timeout: Duration::from_secs(60), fabric: Fabric::Memory, cooperative: false }
     }
 }
 
@@ -211,6 +215,12 @@ impl Environment for ThreadEnvironment {
         let doorbell = &self.fabric.doorbells[self.rank as usize];
         self.seen.set(doorbell.wait_after(self.seen.get(), Duration::from_millis(5)));
     }
+    fn yield_now(&self) {
+        match &self.vbus {
+            Some(waiter) => waiter.yield_now(),
+            None => std::thread::yield_now(),
+        }
+    }
     fn abort(&self, status: i32, message: &str) -> ! {
         let text = format!("MPI job aborted (status {}): {}", status, message);
         if let Ok(mut slot) = self.job.abort_message.lock() {
@@ -263,15 +273,95 @@ const RETURNED_ERROR_PREFIX: &str = "MPI error returned";
 
 /// Std threads as the cores of an intra-vbus bus: `wait` parks the thread on its
 /// core's list, `notify` unparks every thread there (with a token for late waiters).
+///
+/// Cooperative mode ([`WorldOptions::cooperative`]): each core also has a turn, a
+/// fair lock its running rank thread holds, so the ranks of a core run one at a time
+/// like the VM's rank threads. `yield_now` passes the turn on if another rank of the
+/// core is ready (and returns at once otherwise, like the VM scheduler); `wait`
+/// gives it up while parked.
 pub struct HostMachine {
     cores: Vec<Mutex<(bool, Vec<std::thread::Thread>)>>,
     /// Bound on one park (aborts are noticed; other fabrics are polled).
     park_limit: Duration,
+    /// Cooperative mode: one turn per core.
+    turns: Option<Vec<Turn>>,
+}
+
+/// A core's turn: a ticket lock (FIFO, so a yield lets every ready rank run).
+#[derive(Default)]
+struct Turn {
+    /// (next ticket, ticket now served)
+    tickets: Mutex<(u64, u64)>,
+    served: Condvar,
+}
+
+impl Turn {
+    fn take(&self) {
+        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = t.0;
+        t.0 += 1;
+        while t.1 != mine {
+            t = self.served.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give(&self) {
+        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        t.1 += 1;
+        self.served.notify_all();
+    }
+
+    /// Whether another rank thread waits for this core.
+    fn contended(&self) -> bool {
+        let t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        t.0 > t.1 + 1
+    }
+}
+
+std::thread_local! {
+    /// Cooperative mode: the core whose turn this rank thread holds while it runs.
+    static TURN_CORE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Holds a core's turn for a cooperative rank thread; gives it back when dropped
+/// (also when the rank unwinds).
+struct TurnGuard {
+    net: Arc<crate::vbus::VbusNet<HostMachine>>,
+    core: usize,
+}
+
+impl TurnGuard {
+    fn enter(net: Arc<crate::vbus::VbusNet<HostMachine>>, core: usize) -> Option<TurnGuard> {
+        let turns = net.machine().turns.as_ref()?;
+        turns[core].take();
+        TURN_CORE.with(|c| c.set(Some(core)));
+        Some(TurnGuard { net, core })
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        TURN_CORE.with(|c| c.set(None));
+        if let Some(turns) = &self.net.machine().turns {
+            turns[self.core].give();
+        }
+    }
 }
 
 impl HostMachine {
     pub fn new(cores: usize, park_limit: Duration) -> HostMachine {
-        HostMachine { cores: (0..cores).map(|_| Mutex::new((false, Vec::new()))).collect(), park_limit }
+        HostMachine { cores: (0..cores).map(|_| Mutex::new((false, Vec::new()))).collect(), park_limit, turns: None }
+    }
+
+    /// A machine whose ranks sharing a core run one at a time (see the type's docs).
+    pub fn cooperative(cores: usize, park_limit: Duration) -> HostMachine {
+        HostMachine { turns: Some((0..cores).map(|_| Turn::default()).collect()), ..HostMachine::new(cores, park_limit) }
+    }
+
+    /// The turn the calling rank thread holds, in cooperative mode.
+    fn my_turn(&self) -> Option<&Turn> {
+        let core = TURN_CORE.with(Cell::get)?;
+        self.turns.as_ref().map(|turns| &turns[core])
     }
 }
 
@@ -297,13 +387,28 @@ impl intra_vbus::Notify for HostMachine {
             list.1.push(std::thread::current());
         }
         // An unpark between the unlock and here makes the park return at once.
-        std::thread::park_timeout(self.park_limit);
+        match self.my_turn() {
+            Some(turn) => {
+                turn.give();
+                std::thread::park_timeout(self.park_limit);
+                turn.take();
+            }
+            None => std::thread::park_timeout(self.park_limit),
+        }
     }
 }
 
 impl crate::vbus::Machine for HostMachine {
     fn yield_now(&self) {
-        std::thread::yield_now();
+        match self.my_turn() {
+            Some(turn) => {
+                if turn.contended() {
+                    turn.give();
+                    turn.take();
+                }
+            }
+            None => std::thread::yield_now(),
+        }
     }
     fn now_ns(&self) -> u64 {
         clock_start().elapsed().as_nanos() as u64
@@ -326,7 +431,8 @@ fn vbus_plan(options: &WorldOptions, locations: &[Location], cores: usize) -> Re
             eager_max: options.eager_limit.min(intra_vbus::DEFAULT_EAGER_MAX),
             ..intra_vbus::Config::new(n)
         };
-        let net = crate::vbus::VbusNet::new(config, HostMachine::new(n, park_limit), 20_000).map_err(|e| e.to_string())?;
+        let machine = if options.cooperative { HostMachine::cooperative(n, park_limit) } else { HostMachine::new(n, park_limit) };
+        let net = crate::vbus::VbusNet::new(config, machine, 20_000).map_err(|e| e.to_string())?;
         let net = Arc::new(net);
         for (position, &rank) in ranks.iter().enumerate() {
             plan[rank] = Some((net.clone(), position % n));
@@ -369,6 +475,7 @@ where
                 let memory: Box<dyn Transport> = Box::new(MemoryEndpoint::new(fabric.clone(), rank as u32));
                 let mut environment =
                     ThreadEnvironment { rank: rank as u32, locations: locations.clone(), job: job.clone(), fabric, seen: Cell::new(0), vbus: None };
+                let mut turn = None;
                 let setup = match plan {
                     None => RankSetup { environment: Box::new(environment), transports: std::vec![memory], routes: RouteTable::single(0) },
                     Some(plan) => {
@@ -377,6 +484,8 @@ where
                         let core_of: crate::vbus::CoreMap =
                             plan.iter().map(|(net, core)| Arc::ptr_eq(net, &me.0).then_some(*core)).collect();
                         let (port, waiter) = crate::vbus::rank_port(me.0.clone(), rank as u32, std::rc::Rc::new(core_of));
+                        // Cooperative: run only while holding the core's turn (until the thread ends).
+                        turn = TurnGuard::enter(me.0.clone(), me.1);
                         drop(plan);
                         environment.vbus = Some(waiter);
                         RankSetup {
@@ -388,6 +497,7 @@ where
                 };
                 PENDING_SETUP.with(|slot| *slot.borrow_mut() = Some(setup));
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rank_main()));
+                drop(turn);
                 let outcome = outcome.map_err(|payload| {
                     job.aborted.store(true, Ordering::Relaxed);
                     let message = payload

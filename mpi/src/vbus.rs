@@ -134,6 +134,12 @@ impl<M: Machine> RankWaiter<M> {
         self.idle_since.set(0);
     }
 
+    /// Lets the other ready rank threads of this core run (a non-blocking MPI call
+    /// found nothing done); returns at once if none is ready. Never blocks.
+    pub fn yield_now(&self) {
+        self.net.machine().yield_now();
+    }
+
     /// Waits a little for something to happen (see the module docs); always returns.
     pub fn relax(&self) {
         let machine = self.net.machine();

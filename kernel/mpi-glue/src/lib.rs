@@ -185,6 +185,11 @@ impl Environment for RankEnv {
     fn relax(&self) {
         self.waiter.relax();
     }
+    fn yield_now(&self) {
+        // A rank polling `test`/`immediate_probe` in a loop must let the other rank
+        // threads of its core run: one of them may be the rank it waits for.
+        self.waiter.yield_now();
+    }
     fn abort(&self, status: i32, message: &str) -> ! {
         abort_job(self.rank, status, message)
     }

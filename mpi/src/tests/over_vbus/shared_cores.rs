@@ -126,3 +126,77 @@ fn two_vms_route_by_table() {
     assert_eq!(results.iter().map(|r| r.0).collect::<Vec<_>>(), vec![32, 1, 2, 4, 8, 16]);
     assert!(results.iter().all(|r| r.1 == 5));
 }
+
+/// Eight ranks on two cores taking turns like the VM's cooperative rank threads
+/// (one runs per core; the core switches only when a rank yields or waits).
+fn cooperative(size: usize, cores: usize) -> WorldOptions {
+    let mut options = shared(size, cores);
+    options.cooperative = true;
+    options.timeout = Duration::from_secs(30);
+    options
+}
+
+/// The mpi-suite's end of its outstanding-immediate check: every rank sends, then
+/// polls `test` in a loop for the message from its predecessor, which lives on the
+/// other core and may not have run yet. A `test` that never lets the other ranks of
+/// the core run spins forever there (the 8-ranks-on-2-vCPUs VM hang).
+#[test]
+fn a_test_loop_lets_the_other_ranks_of_its_core_run() {
+    let got = spawn_world_with(cooperative(8, 2), |universe| {
+        let world = universe.world();
+        let (rank, size) = (world.rank(), world.size());
+        let next = world.process_at_rank((rank + 1) % size);
+        let prev = world.process_at_rank((rank + size - 1) % size);
+        let mut buf = [0u64; 1];
+        let mut polls = 0u64;
+        scope(|s| {
+            let mut r = Some(prev.immediate_receive_into(s, &mut buf[..]));
+            next.send(&[rank as u64 + 100][..]);
+            while let Some(req) = r.take() {
+                if let Err(again) = req.test() {
+                    polls += 1;
+                    r = Some(again);
+                }
+            }
+        });
+        // And the same with immediate_probe.
+        next.send(&(rank as u64));
+        while prev.immediate_probe().is_none() {
+            polls += 1;
+        }
+        let (v, _) = prev.receive::<u64>();
+        assert_eq!(v, ((rank + size - 1) % size) as u64);
+        let _ = polls;
+        buf[0]
+    });
+    assert_eq!(got, (0..8u64).map(|r| (r + 7) % 8 + 100).collect::<Vec<_>>());
+}
+
+/// 10,000 outstanding immediate sends per rank around the ring (every one crosses
+/// to the other core, rings of 16), then wait_any over the receives, with four
+/// cooperative ranks per core: ranks stuck on a full ring must keep draining it.
+#[test]
+fn ten_thousand_outstanding_immediate_sends_with_cooperative_ranks() {
+    spawn_world_with(cooperative(8, 2), |universe| {
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let next = world.process_at_rank(((rank + 1) % size) as i32);
+        let prev = world.process_at_rank(((rank + size - 1) % size) as i32);
+        let count = 10_000;
+        let outgoing: Vec<u32> = (0..count as u32).map(|i| i ^ (rank as u32) << 20).collect();
+        let mut incoming = vec![0u32; count];
+        scope(|s| {
+            let mut receives: Vec<_> = incoming.chunks_mut(1).map(|c| prev.immediate_receive_into(s, c)).collect();
+            let sends: Vec<_> = outgoing.chunks(1).map(|c| next.immediate_send(s, c)).collect();
+            mpi::request::wait_all(sends);
+            let mut done = 0;
+            while mpi::request::wait_any(&mut receives).is_some() {
+                done += 1;
+            }
+            assert_eq!(done, count);
+        });
+        let from = ((rank + size - 1) % size) as u32;
+        assert!(incoming.iter().enumerate().all(|(i, &v)| v == i as u32 ^ from << 20));
+        world.barrier();
+    });
+}
