@@ -18,7 +18,8 @@
 # -i 50 -x 5, each benchmark stopped after OSU_TIMEOUT_NP4 (20 s) keeping the
 # sizes it finished: 4 and 8 ranks on 2 cores are oversubscribed, and MPICH's
 # spinning ranks then take tens of ms per call.
-# --quick: sizes up to 64 KiB, -i 100 -x 10, one round.
+# --quick: sizes up to 64 KiB, -i 100 -x 10, one round. --report-only: no
+# runs, rebuild runs.tsv and the report from DIR/raw (e.g. after an interrupted run).
 # OSU_RUNS=REGEX keeps only the runs whose id matches (e.g. 'toro|shm-np2').
 # Writes DIR/raw/<run>/<bench>.txt, DIR/runs.tsv, DIR/machine.md, then
 # DIR/REPORT.md and DIR/osu_<bench>.png (osu-report). DIR defaults to
@@ -29,14 +30,16 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 
 quick=0
+report_only=0
 out="$repo/benches/osu/results"
 only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; OSU_REPS=1 ;;
+        --report-only) report_only=1 ;;
         --out) out="$2"; shift ;;
         --only) only="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | grep '^#'; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -53,23 +56,27 @@ accel=${TORO_ACCEL:-auto}
 T="${CARGO_TARGET_DIR:-$repo/target}"
 
 need() { command -v "$1" >/dev/null 2>&1; }
+image="$repo/target/toro/toro-osu.elf"
+mpirun_toro="$T/release/toro-mpirun"
+osu_ompi="$T/ompi/release/osu"
+osu_mpich="$T/mpich/release/osu"
+report="$T/ompi/release/osu-report"
+if [ "$report_only" = 1 ]; then
+    (cd benches/osu/host && CARGO_TARGET_DIR="$T/ompi" cargo build -q --release -p osu-report) || exit 1
+else
 if ! need mpirun.openmpi || ! need mpirun.mpich || ! need mpicc.mpich || ! [ -e /usr/lib/llvm-14/lib/libclang.so ] && ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
     echo "run.sh: installing Open MPI, MPICH and libclang (Debian packages)" >&2
     apt-get install -y openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev clang >/dev/null || exit 2
 fi
 
 echo "== build" >&2
-image="$repo/target/toro/toro-osu.elf"
 cargo run -q -p toro-image --bin toro-build -- toro-osu --bin toro-osu -o "$image" || exit 1
 CARGO_TARGET_DIR="$T" cargo build -q --release -p toro-launcher --bin toro-mpirun || exit 1
-mpirun_toro="$T/release/toro-mpirun"
 (cd benches/osu/host &&
     MPICC=mpicc.openmpi CARGO_TARGET_DIR="$T/ompi" cargo build -q --release -p osu-rsmpi &&
     MPICC=mpicc.mpich CARGO_TARGET_DIR="$T/mpich" cargo build -q --release -p osu-rsmpi &&
     CARGO_TARGET_DIR="$T/ompi" cargo build -q --release -p osu-report) || exit 1
-osu_ompi="$T/ompi/release/osu"
-osu_mpich="$T/mpich/release/osu"
-report="$T/ompi/release/osu-report"
+fi
 
 root_flag=""
 [ "$(id -u)" = 0 ] && root_flag="--allow-run-as-root"
@@ -100,6 +107,7 @@ runs=(
     "mpich-np8|MPICH shm, oversubscribed|8|mpich|mpirun.mpich -np 8 $osu_mpich"
 )
 
+if [ "$report_only" = 0 ]; then
 rm -rf "$out/raw"
 mkdir -p "$out/raw"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -144,6 +152,7 @@ done
 done
 end=$(date +%s)
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+fi
 
 : >"$out/runs.tsv"
 for entry in "${runs[@]}"; do
@@ -160,7 +169,7 @@ for entry in "${runs[@]}"; do
     printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$label" "$np" "$kind" "$note" >>"$out/runs.tsv"
 done
 
-{
+[ "$report_only" = 1 ] || {
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores," \
          "$(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r); /dev/kvm: KVM PVM (nested in a cloud VM); shared with other engineers' builds."
     echo
