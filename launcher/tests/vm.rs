@@ -32,6 +32,9 @@ struct Images {
     hello: String,
     selftest: String,
     kernel_only: String,
+    /// MPI programs (the `toro` glue: MPI over virtio-bus inside a VM).
+    pi: String,
+    jacobi: String,
 }
 
 fn images() -> &'static Images {
@@ -49,10 +52,12 @@ fn images() -> &'static Images {
         let hello = copy(vmtest::image("hello", "hello"), "hello.elf");
         let selftest = copy(vmtest::image("toro-selftest", "selftest"), "selftest.elf");
         let kernel_only = copy(vmtest::kernel_only(), "kernel-only.elf");
-        for img in [&hello, &selftest] {
+        let pi = copy(vmtest::image("pi", "pi"), "pi.elf");
+        let jacobi = copy(vmtest::image("jacobi", "jacobi"), "jacobi.elf");
+        for img in [&hello, &selftest, &pi, &jacobi] {
             toro_image::check_file(img.as_ref()).unwrap();
         }
-        Images { hello, selftest, kernel_only }
+        Images { hello, selftest, kernel_only, pi, jacobi }
     })
 }
 
@@ -326,6 +331,30 @@ fn four_vms_two_ranks() {
 #[test]
 fn one_vm_eight_ranks_on_two_vcpus() {
     layout(&["-np", "8", "--cpus-per-vm", "2"], 8, 1, 2);
+}
+
+/// MPI programs in one VM: 4 ranks on 4 vCPUs, and 8 ranks as cooperative
+/// threads on 2 vCPUs; each checks its answer against a sequential run.
+#[test]
+fn mpi_programs_in_one_vm() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        for (args, image, pass) in [
+            (["-np", "4", "--cpus-per-vm", "4"], &img.pi, "[rank 0] pi: 4 ranks,"),
+            (["-np", "8", "--cpus-per-vm", "2"], &img.pi, "[rank 0] pi: 8 ranks,"),
+            (["-np", "4", "--cpus-per-vm", "4"], &img.jacobi, "ranks,"),
+            (["-np", "8", "--cpus-per-vm", "2"], &img.jacobi, "8 ranks,"),
+        ] {
+            let mut all: Vec<&str> = args.to_vec();
+            all.push(image);
+            let f = Job::new(accel, &all).run(limit(accel));
+            f.assert_code(0);
+            let line = f.stdout.lines().find(|l| l.contains(pass) && l.ends_with(": PASS"));
+            assert!(line.is_some(), "{accel:?} {args:?}: no PASS line\n{}", f.context());
+            eprintln!("{accel:?} {args:?}: {}", line.unwrap());
+        }
+    }
 }
 
 #[test]
