@@ -24,7 +24,10 @@
 //! core) for `spin_ns`, then arm the endpoint (`prepare_wait`), and block through
 //! [`Notify::wait`] — the core runs its other ranks, or spins and halts. Whoever
 //! disarms the endpoint wakes the other waiters of its core, so they re-arm: a rank
-//! never sleeps on a disarmed endpoint.
+//! never sleeps on a disarmed endpoint. A non-blocking call that found nothing
+//! (`test`, `immediate_probe`) only yields ([`RankWaiter::yield_now`]): a rank polling
+//! in a loop must let the other ranks of its core run, one of them may be the rank it
+//! waits for.
 #![allow(unsafe_code)]
 
 use alloc::boxed::Box;

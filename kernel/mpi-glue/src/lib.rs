@@ -23,7 +23,9 @@
 //!   this build: a send there ends the job naming the peer.
 //! - Waiting: spin `mpispin=NS` (default 20 µs) yielding to the other rank
 //!   threads of the core, then block the rank thread; a core with nothing to
-//!   run spins (`spin=`) and halts until a peer's notify sends an IPI.
+//!   run spins (`spin=`) and halts until a peer's notify sends an IPI. A
+//!   `test`/`immediate_probe` that finds nothing yields to the core's other
+//!   rank threads (never blocks), so a polling loop cannot starve them.
 //! - Errors are fatal by default: `toro: rank R: MPI error MPI_ERR_CLASS: ...`
 //!   and the VM ends with the error class as its status.
 #![no_std]
