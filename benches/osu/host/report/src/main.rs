@@ -67,7 +67,9 @@ fn parse_output(text: &str) -> Series {
     rows
 }
 
-fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>) {
+type Rounds = BTreeMap<String, usize>;
+
+fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>, Rounds) {
     let manifest = std::fs::read_to_string(dir.join("runs.tsv")).expect("runs.tsv");
     let mut runs = Vec::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
@@ -84,6 +86,7 @@ fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>) {
         });
     }
     let mut data = BTreeMap::new();
+    let mut most_rounds = Rounds::new();
     for run in &runs {
         for bench in BENCHES {
             // Every round's `<bench>.<round>.txt`; the median of each size over the rounds.
@@ -103,6 +106,8 @@ fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>) {
                     }
                 }
             }
+            let seen = most_rounds.entry(run.id.clone()).or_insert(0);
+            *seen = (*seen).max(rounds.len());
             let mut sizes: Vec<u64> = rounds.iter().flatten().map(|(s, _)| *s).collect();
             sizes.sort();
             sizes.dedup();
@@ -115,7 +120,7 @@ fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>) {
             }
         }
     }
-    (runs, data)
+    (runs, data, most_rounds)
 }
 
 /// Toro's advantage over a baseline: > 1 means Toro is better (lower latency or
@@ -200,7 +205,7 @@ fn main() {
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| "bad font").unwrap();
 
-    let (runs, data) = load(&dir);
+    let (runs, data, rounds) = load(&dir);
     let mut nps: Vec<u32> = runs.iter().map(|r| r.np).collect();
     nps.sort();
     nps.dedup();
@@ -212,11 +217,11 @@ fn main() {
         md.push('\n');
     }
     md.push_str("Runs (`np` ranks; Toro: QEMU/KVM VMs, one image; baselines: the same Rust source built with rsmpi):\n\n");
-    md.push_str("| run | np | status |\n|---|---|---|\n");
+    md.push_str("| run | np | rounds | status |\n|---|---|---|---|\n");
     for run in &runs {
         let got = BENCHES.iter().filter(|b| data.contains_key(&(run.id.clone(), b.to_string()))).count();
         let status = if run.note.is_empty() { format!("{got} benchmarks") } else { format!("{got} benchmarks; {}", run.note) };
-        let _ = writeln!(md, "| {} | {} | {} |", run.label, run.np, status);
+        let _ = writeln!(md, "| {} | {} | {} | {} |", run.label, run.np, rounds.get(&run.id).copied().unwrap_or(0), status);
     }
     md.push_str(
         "\nRatios are **Toro's advantage**: baseline latency ÷ Toro latency, or Toro bandwidth ÷ baseline \
