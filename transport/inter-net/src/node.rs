@@ -247,6 +247,14 @@ impl<D: Nic> Node<D> {
                     // No Nagle (latency); smoltcp's delayed ACK (10 ms) stays: an ACK then
                     // rides on the reply or the credit frame instead of costing its own notify.
                     socket.set_nagle_enabled(false);
+                    // Congestion control (Reno): without it, smoltcp sends the whole
+                    // window (256 KiB, ~180 frames) in one burst and answers a loss by
+                    // resending all of it after a timeout of at least 1 s. Where the
+                    // receiving side drops a burst (the VDE switch and QEMU queues when
+                    // the other VM falls behind) that repeats for ever: the bandwidth
+                    // phase crawled at a few hundred KB/s (tests/lossy_link.rs,
+                    // `many_large_sends_in_flight_through_a_shallow_switch`).
+                    socket.set_congestion_control(tcp::CongestionControl::Reno);
                     Slot { link: Link::new(vm), socket: sockets.add(socket), connects: config.vm > vm, state: ConnState::Connecting { attempt_at: now_us } }
                 })
             })

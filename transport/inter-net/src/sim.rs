@@ -15,6 +15,9 @@ struct Port {
     mac: [u8; 6],
     queue: VecDeque<Vec<u8>>,
     cut: bool,
+    /// Millisecond of the last delivery to the NIC, and frames delivered in it.
+    drain_ms: u64,
+    drained: u32,
 }
 
 struct State {
@@ -24,6 +27,11 @@ struct State {
     reorder_per_mille: u32,
     delivered: u64,
     reordered: u64,
+    /// Frames a port's queue holds at most; more are dropped (0: unbounded).
+    queue_limit: usize,
+    dropped: u64,
+    /// At most this many frames per millisecond reach each NIC (clock in µs).
+    rate: Option<(u32, fn() -> u64)>,
 }
 
 /// The switch.
@@ -34,13 +42,13 @@ pub struct Segment {
 
 impl Segment {
     pub fn new(reorder_per_mille: u32, seed: u64) -> Segment {
-        Segment { state: Arc::new(spin::Mutex::new(State { ports: Vec::new(), rng: seed | 1, reorder_per_mille, delivered: 0, reordered: 0 })) }
+        Segment { state: Arc::new(spin::Mutex::new(State { ports: Vec::new(), rng: seed | 1, reorder_per_mille, delivered: 0, reordered: 0, queue_limit: 0, dropped: 0, rate: None })) }
     }
 
     /// A new NIC on the segment.
     pub fn attach(&self, mac: [u8; 6]) -> SimPort {
         let mut state = self.state.lock();
-        state.ports.push(Port { mac, queue: VecDeque::new(), cut: false });
+        state.ports.push(Port { mac, queue: VecDeque::new(), cut: false, drain_ms: 0, drained: 0 });
         SimPort { segment: self.clone(), index: state.ports.len() - 1 }
     }
 
@@ -51,6 +59,23 @@ impl Segment {
             port.cut = true;
             port.queue.clear();
         }
+    }
+
+    /// Bounds each port's queue to `frames` (0: unbounded) and drops what does not fit,
+    /// as a switch or a VM's network backend does when the receiver falls behind.
+    pub fn set_queue_limit(&self, frames: usize) {
+        self.state.lock().queue_limit = frames;
+    }
+
+    /// Each NIC takes at most `frames_per_ms` frames per millisecond of `clock` (µs):
+    /// a bottleneck (with `set_queue_limit`, a slow receiving VM behind its switch port).
+    pub fn set_rate(&self, frames_per_ms: u32, clock: fn() -> u64) {
+        self.state.lock().rate = Some((frames_per_ms, clock));
+    }
+
+    /// Frames dropped because a port's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.state.lock().dropped
     }
 
     /// (frames delivered, frames reordered).
@@ -77,6 +102,10 @@ impl Segment {
             x ^= x << 17;
             state.rng = x;
             let reorder = (x % 1000) < u64::from(state.reorder_per_mille);
+            if state.queue_limit != 0 && state.ports[index].queue.len() >= state.queue_limit {
+                state.dropped += 1;
+                continue;
+            }
             let queue = &mut state.ports[index].queue;
             if reorder && !queue.is_empty() {
                 let at = queue.len() - 1;
@@ -125,7 +154,21 @@ impl Device for SimPort {
     type TxToken<'a> = SimTx<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(SimRx, SimTx<'_>)> {
-        let frame = self.segment.state.lock().ports[self.index].queue.pop_front()?;
+        let mut state = self.segment.state.lock();
+        if let Some((per_ms, clock)) = state.rate {
+            let now_ms = clock() / 1000;
+            let port = &mut state.ports[self.index];
+            if port.drain_ms != now_ms {
+                port.drain_ms = now_ms;
+                port.drained = 0;
+            }
+            if port.drained >= per_ms || port.queue.is_empty() {
+                return None;
+            }
+            port.drained += 1;
+        }
+        let frame = state.ports[self.index].queue.pop_front()?;
+        drop(state);
         Some((SimRx(frame), SimTx(self)))
     }
 

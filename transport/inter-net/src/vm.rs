@@ -4,11 +4,13 @@
 //!
 //! VM exits: under KVM PVM every register access from ring 3 costs 85–100 µs, so the
 //! data path touches registers only to notify, at most once per queue per `Node::poll`:
-//! `Counting` holds back the notifies `virtio-drivers` asks for during a poll (it asks
-//! only when the device did not suppress them, VIRTIO_F_EVENT_IDX) and issues one at the
-//! end (`Nic::flush`). Interrupts are disabled on both queues (a flag in ring memory)
-//! and never acknowledged; completions are found by reading the used rings. Every
-//! register access is counted (`exits`).
+//! `Counting` holds back the notifies `virtio-drivers` asks for during a poll, and at
+//! the end (`Nic::flush`) each queue that got buffers is notified once — after a full
+//! fence, and only if the device's used-ring flags do not suppress it right then (see
+//! `Control::flush` for the missed-notify race this closes). VIRTIO_F_EVENT_IDX is not
+//! negotiated. Interrupts are disabled on both queues (a flag in ring memory) and never
+//! acknowledged; completions are found by reading the used rings. Every register
+//! access is counted (`exits`).
 //!
 //! What the glue calls (once per VM, before the ranks initialize MPI):
 //! ```ignore
@@ -46,6 +48,9 @@ pub const MMIO_SLOT_SIZE: usize = 0x200;
 pub const MMIO_SLOTS: usize = 24;
 
 const QUEUE_SIZE: usize = 256;
+/// virtio-net's queue indexes (as `virtio-drivers` uses them).
+const QUEUE_RECEIVE: u16 = 0;
+const QUEUE_TRANSMIT: u16 = 1;
 const BUFFER_LEN: usize = 2048;
 const PAGE: usize = 4096;
 
@@ -103,18 +108,57 @@ struct Control<T: Transport> {
     inner: T,
     /// After set-up, notifies are held back until `flush`.
     batching: bool,
-    /// Queues with a notify held back (bit per queue index < 64).
+    /// Queues `virtio-drivers` asked to notify since the last flush (bit per queue < 64).
     pending: u64,
+    /// Queues given new buffers since the last flush (bit per queue < 64).
+    added: u64,
+    /// Address of each queue's used ring (the device area), as set up; identity mapped.
+    used_rings: [usize; 2],
 }
 
+/// VIRTQ_USED_F_NO_NOTIFY: the device does not want to be notified (it is busy with
+/// the queue and will look at the available ring again before it stops).
+const USED_F_NO_NOTIFY: u16 = 1;
+
 impl<T: Transport> Control<T> {
+    /// Issues at most one notify per queue that got buffers since the last flush, unless
+    /// the device suppresses notifies *now*.
+    ///
+    /// The decision is taken here, after a full fence, and not from what `virtio-drivers`
+    /// saw when it added a buffer: there it stores the available index and then loads
+    /// the used ring's flags with no store→load barrier between them (x86 may satisfy
+    /// the load before the store is visible). The device does the mirror image (it
+    /// clears NO_NOTIFY, fences, then reads the available index), so without the fence
+    /// each side can miss the other: the device goes to sleep on a queue holding new
+    /// buffers and nobody notifies it. On the receive queue that stalls reception for
+    /// good (buffers are only posted again when a frame arrives); on the transmit queue
+    /// frames sit until the next transmission (a retransmission or a keep-alive,
+    /// hundreds of ms later). That was the bandwidth-phase "hang".
     fn flush(&mut self) {
-        let mut pending = core::mem::take(&mut self.pending);
-        while pending != 0 {
-            let queue = pending.trailing_zeros() as u16;
-            pending &= pending - 1;
-            NOTIFIES.fetch_add(1, Ordering::Relaxed);
-            self.inner.notify(queue);
+        let requested = core::mem::take(&mut self.pending);
+        let mut candidates = core::mem::take(&mut self.added) | requested;
+        if candidates == 0 {
+            return;
+        }
+        // Make the available-ring updates visible before reading the device's flags.
+        core::sync::atomic::fence(Ordering::SeqCst);
+        while candidates != 0 {
+            let queue = candidates.trailing_zeros() as u16;
+            candidates &= candidates - 1;
+            let used = self.used_rings.get(queue as usize).copied().unwrap_or(0);
+            let suppressed = used != 0 && {
+                // SAFETY: `used` is the address of this queue's used ring, which the
+                // device writes and `virtio-drivers` keeps allocated (DMA memory,
+                // identity mapped) for as long as the device exists; `Control` lives
+                // no longer than the device. Its first field is the 16-bit flags word,
+                // 2-aligned; a volatile read observes the device's latest write.
+                let flags = unsafe { core::ptr::read_volatile(used as *const u16) };
+                flags & USED_F_NO_NOTIFY != 0
+            };
+            if !suppressed {
+                NOTIFIES.fetch_add(1, Ordering::Relaxed);
+                self.inner.notify(queue);
+            }
         }
     }
 }
@@ -176,7 +220,12 @@ impl<T: Transport> Transport for Counting<T> {
     }
     fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
         count_other();
-        self.control.lock().inner.queue_set(queue, size, descriptors, driver_area, device_area)
+        let mut control = self.control.lock();
+        if let Some(slot) = control.used_rings.get_mut(queue as usize) {
+            // Identity mapped (the Hal's contract here): the device address is the pointer.
+            *slot = device_area as usize;
+        }
+        control.inner.queue_set(queue, size, descriptors, driver_area, device_area)
     }
     fn queue_unset(&mut self, queue: u16) {
         count_other();
@@ -212,6 +261,7 @@ struct TxSide<H: Hal, T: Transport> {
     free: Vec<Box<[u8]>>,
     /// Buffer of each descriptor token in flight.
     in_flight: Vec<Option<Box<[u8]>>>,
+    control: Arc<spin::Mutex<Control<T>>>,
 }
 
 /// A virtio-net device in poll mode.
@@ -237,7 +287,7 @@ pub enum StartError {
 
 impl<H: Hal, T: Transport> VirtioNet<H, T> {
     pub fn new(transport: T) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
-        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0 }));
+        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2] }));
         let mut raw = Raw::<H, T>::new(Counting { control: control.clone() })?;
         raw.disable_interrupts();
         control.lock().batching = true;
@@ -250,10 +300,11 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
             let token = unsafe { raw.receive_begin(&mut buffer)? };
             rx_posted[token as usize] = Some(buffer);
         }
+        control.lock().added |= 1 << QUEUE_RECEIVE;
         control.lock().flush();
         let free = (0..QUEUE_SIZE / 2).map(|_| vec![0u8; BUFFER_LEN].into_boxed_slice()).collect();
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
-        Ok(VirtioNet { tx: TxSide { raw, free, in_flight }, control, rx_posted, scratch: Vec::with_capacity(BUFFER_LEN), frames_received: 0, frames_sent: 0 })
+        Ok(VirtioNet { tx: TxSide { raw, free, in_flight, control: control.clone() }, control, rx_posted, scratch: Vec::with_capacity(BUFFER_LEN), frames_received: 0, frames_sent: 0 })
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -302,6 +353,7 @@ impl<H: Hal, T: Transport> phy::TxToken for VirtioTx<'_, H, T> {
         match unsafe { side.raw.transmit_begin(&buffer[..end]) } {
             Ok(token) => {
                 side.in_flight[token as usize] = Some(buffer);
+                side.control.lock().added |= 1 << QUEUE_TRANSMIT;
                 *self.1 += 1;
             }
             Err(_) => side.free.push(buffer),
@@ -337,6 +389,7 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
         // SAFETY: as in `new`: kept in `rx_posted` until the device returns it.
         if let Ok(token) = unsafe { self.tx.raw.receive_begin(&mut buffer) } {
             self.rx_posted[token as usize] = Some(buffer);
+            self.control.lock().added |= 1 << QUEUE_RECEIVE;
         }
         self.frames_received += 1;
         Some((VirtioRx(&self.scratch), VirtioTx(&mut self.tx, &mut self.frames_sent)))
@@ -403,4 +456,85 @@ pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, clock: Clock, fatal
         return Err(StartError::WrongMac { planned: config.mac, device: mac });
     }
     Ok(Shared::new(Node::new(config, device, clock), fatal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport that only records notifies (the flush logic touches nothing else).
+    #[derive(Default)]
+    struct Recorder {
+        notified: Vec<u16>,
+    }
+
+    impl Transport for Recorder {
+        fn device_type(&self) -> DeviceType {
+            DeviceType::Network
+        }
+        fn read_device_features(&mut self) -> u64 {
+            0
+        }
+        fn write_driver_features(&mut self, _: u64) {}
+        fn max_queue_size(&mut self, _: u16) -> u32 {
+            QUEUE_SIZE as u32
+        }
+        fn notify(&mut self, queue: u16) {
+            self.notified.push(queue);
+        }
+        fn get_status(&self) -> DeviceStatus {
+            DeviceStatus::empty()
+        }
+        fn set_status(&mut self, _: DeviceStatus) {}
+        fn set_guest_page_size(&mut self, _: u32) {}
+        fn requires_legacy_layout(&self) -> bool {
+            false
+        }
+        fn queue_set(&mut self, _: u16, _: u32, _: PhysAddr, _: PhysAddr, _: PhysAddr) {}
+        fn queue_unset(&mut self, _: u16) {}
+        fn queue_used(&mut self, _: u16) -> bool {
+            true
+        }
+        fn ack_interrupt(&mut self) -> InterruptStatus {
+            InterruptStatus::empty()
+        }
+        fn read_config_generation(&self) -> u32 {
+            0
+        }
+        fn read_config_space<V: FromBytes + IntoBytes>(&self, _: usize) -> virtio_drivers::Result<V> {
+            Err(virtio_drivers::Error::Unsupported)
+        }
+        fn write_config_space<V: IntoBytes + Immutable>(&mut self, _: usize, _: V) -> virtio_drivers::Result<()> {
+            Err(virtio_drivers::Error::Unsupported)
+        }
+    }
+
+    #[test]
+    fn flush_notifies_each_queue_with_new_buffers_once_unless_the_device_is_busy() {
+        // The used rings' flags words (the first field of each used ring).
+        let rx_flags = Box::new(core::sync::atomic::AtomicU16::new(0));
+        let tx_flags = Box::new(core::sync::atomic::AtomicU16::new(USED_F_NO_NOTIFY));
+        let used_rings = [&*rx_flags as *const _ as usize, &*tx_flags as *const _ as usize];
+        let mut control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings };
+        // Nothing added: no exit.
+        control.flush();
+        assert!(control.inner.notified.is_empty());
+        // Buffers on both queues; the device is busy with the transmit queue.
+        control.added = 1 << QUEUE_RECEIVE | 1 << QUEUE_TRANSMIT;
+        control.flush();
+        assert_eq!(control.inner.notified, [QUEUE_RECEIVE]);
+        // Once it is idle again, new transmit buffers are notified (one exit per flush).
+        tx_flags.store(0, Ordering::SeqCst);
+        control.added = 1 << QUEUE_TRANSMIT;
+        control.flush();
+        control.flush();
+        assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT]);
+        // `virtio-drivers` asked when it added a buffer (it saw the flag clear then),
+        // but the device has suppressed notifies since: it will look by itself.
+        rx_flags.store(USED_F_NO_NOTIFY, Ordering::SeqCst);
+        control.pending = 1 << QUEUE_RECEIVE;
+        control.flush();
+        assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT]);
+        assert_eq!((control.pending, control.added), (0, 0));
+    }
 }

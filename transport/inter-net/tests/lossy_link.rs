@@ -233,3 +233,47 @@ fn peer_killed_mid_transfer_is_reported_naming_it() {
     let error = nodes[0].send(&header(1, 3, 0, 1), &[1], false).unwrap_err();
     assert!(error.contains("VM 1"), "{}", error);
 }
+
+/// The VM bandwidth phase's pattern (osu_bw: 16 large sends in flight, then a short
+/// reply) through a bottleneck: each NIC takes at most 16 frames per ms and its switch
+/// port holds 64, like the VDE switch and QEMU when the receiving VM falls behind. A
+/// full TCP window (256 KiB, ~180 frames) sent in one burst overflows it.
+/// Without congestion control every loss was answered by resending the whole window
+/// (go-back-N) into the same overflow, after a retransmission timeout of at least 1 s:
+/// 8 of the first 16 messages after 60 simulated s (~450 frames dropped), the VM
+/// bandwidth phase's "hang". With Reno the sender backs off: 8 MiB in ~1.5 simulated s.
+#[test]
+fn many_large_sends_in_flight_through_a_shallow_switch() {
+    let (segment, mut nodes) = build(2, 1, 0, 0, |c| c.peer_timeout_ms = 3_600_000);
+    segment.set_queue_limit(64);
+    segment.set_rate(16, now_us);
+    let len = 64 << 10;
+    let mut reader = Reader { current: None, next_seq: vec![0; 2] };
+    let started_us = now_us();
+    let mut seq = 0;
+    let mut reply_seq = 0;
+    let mut back = Reader { current: None, next_seq: vec![0; 2] };
+    for _round in 0..8 {
+        let payloads: Vec<Vec<u8>> = (0..16).map(|k| pattern(0, 1, seq + k, len)).collect();
+        let tickets: Vec<u64> = payloads.iter().enumerate().map(|(k, data)| nodes[0].send(&header(0, 1, seq + k as u32, len), data, true).unwrap()).collect();
+        seq += 16;
+        let mut got = 0;
+        while got < 16 {
+            round(&mut nodes);
+            got += read_some(&mut nodes[1], 1, &mut reader);
+            assert!(now_us() - started_us < 60_000_000, "{} of 16 messages after {} simulated ms, {} frames dropped\n{}", got, (now_us() - started_us) / 1000, segment.dropped(), nodes[0].describe());
+        }
+        assert!(tickets.iter().all(|&t| nodes[0].send_done(t)));
+        // The reply (4 bytes), which must come back through the same congested path.
+        nodes[1].send(&header(1, 0, reply_seq, 4), &pattern(1, 0, reply_seq, 4), false).unwrap();
+        reply_seq += 1;
+        while read_some(&mut nodes[0], 0, &mut back) == 0 {
+            round(&mut nodes);
+        }
+    }
+    let elapsed_ms = (now_us() - started_us) / 1000;
+    println!("8 MiB in {} simulated ms, {} frames dropped", elapsed_ms, segment.dropped());
+    assert!(segment.dropped() > 0, "the switch never overflowed: the test does not test anything");
+    // One round of `round()` is 1 simulated ms; a retransmission timeout is 1000.
+    assert!(elapsed_ms < 8_000, "8 MiB took {} simulated ms ({} frames dropped)", elapsed_ms, segment.dropped());
+}

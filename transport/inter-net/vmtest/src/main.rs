@@ -20,6 +20,18 @@ use toro_rt::println;
 
 toro_rt::main!(main);
 
+static PHASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static BEAT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+static WATCH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn beat() {
+    BEAT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if WATCH.load(core::sync::atomic::Ordering::Relaxed) {
+        toro_rt::yield_now();
+    }
+}
+
 static NET: spin::Once<Arc<VmNet<IdentityHal>>> = spin::Once::new();
 
 fn clock_us() -> u64 {
@@ -54,23 +66,58 @@ fn header(me: u32, peer: u32, tag: i32, len: usize) -> Header {
 
 fn send(t: &mut NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>, h: Header, data: &[u8]) {
     let ticket = t.start_send(&h, data).unwrap_or_else(|e| fatal(&alloc::format!("send: {:?}", e)));
-    while !t.send_complete(ticket) {}
+    while !t.send_complete(ticket) {
+        beat();
+    }
 }
 
 
 fn receive(t: &mut NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>, into: &mut Vec<u8>) -> Header {
     let since = toro_rt::now_ns();
     loop {
-        if toro_rt::now_ns() - since > 5_000_000_000 {
+        // The peer may be busy for a while (checking 64 MiB under TCG takes seconds).
+        if toro_rt::now_ns() - since > 30_000_000_000 {
             let net = net();
             let node = net.node.lock();
             let device = node.device();
-            fatal(&alloc::format!("receive stuck 5 s: {:?} {:?} rx {} tx {}\n{}", vm::exits(), node.stats(), device.frames_received, device.frames_sent, node.describe()));
+            fatal(&alloc::format!("nothing to receive for 30 s: {:?} {:?} rx {} tx {}\n{}", vm::exits(), node.stats(), device.frames_received, device.frames_sent, node.describe()));
         }
+        beat();
         if let Some(h) = t.peek() {
             into.resize(h.len, 0);
-            t.receive_payload(&mut into[..]);
-            return h;
+            // `receive_payload` without its endless wait: the same reads and polls, watched.
+            let net = net();
+            let mut since = since;
+            let mut last_arrived = 0;
+            loop {
+                let done = {
+                    let mut node = net.node.lock();
+                    match node.read(h.dest, &mut into[..]) {
+                        Ok(false) => {
+                            node.poll();
+                            node.read(h.dest, &mut into[..])
+                        }
+                        other => other,
+                    }
+                };
+                beat();
+                match done {
+                    Ok(true) => return h,
+                    Ok(false) => {}
+                    Err(message) => fatal(&message),
+                }
+                // Stuck means no frame arrived for 5 s (a 64 MiB message takes longer under TCG).
+                let arrived = net.node.lock().device().frames_received;
+                if arrived != last_arrived {
+                    last_arrived = arrived;
+                    since = toro_rt::now_ns();
+                }
+                if toro_rt::now_ns() - since > 5_000_000_000 {
+                    let node = net.node.lock();
+                    let device = node.device();
+                    fatal(&alloc::format!("receive of {} B stuck 5 s: {:?} {:?} rx {} tx {}\n{}", h.len, vm::exits(), node.stats(), device.frames_received, device.frames_sent, node.describe()));
+                }
+            }
         }
     }
 }
@@ -87,6 +134,22 @@ fn main() -> i32 {
     let peer = 1 - me;
     let die = toro_rt::args().iter().any(|a| a == "die");
     let net = net();
+    if toro_rt::args().iter().any(|a| a == "watch") {
+        let net = net.clone();
+        WATCH.store(true, core::sync::atomic::Ordering::Relaxed);
+        toro_rt::spawn_on(0, move || loop {
+            let until = toro_rt::now_ns() + 3_000_000_000;
+            while toro_rt::now_ns() < until {
+                toro_rt::yield_now();
+            }
+            let beat = BEAT.load(core::sync::atomic::Ordering::Relaxed);
+            let phase = PHASE.load(core::sync::atomic::Ordering::Relaxed);
+            match net.node.try_lock() {
+                Some(node) => println!("watch: phase {} beat {} {:?} {:?} rx {} tx {}\n{}", phase, beat, vm::exits(), node.stats(), node.device().frames_received, node.device().frames_sent, node.describe()),
+                None => println!("watch: phase {} beat {} {:?} node locked", phase, beat, vm::exits()),
+            }
+        });
+    }
     let mut t = NetEndpoint::new(net.clone(), me);
     let mut buffer = Vec::new();
     // Warm-up and connection set-up: one round trip.
@@ -120,10 +183,7 @@ fn main() -> i32 {
         let data = vec![1u8; len];
         let exits_before = vm::exits().notifies;
         let start = toro_rt::now_ns();
-        for k in 0..iterations {
-            if k < 2 {
-                println!("latency {} iteration {}", len, k);
-            }
+        for _ in 0..iterations {
             if me == 0 {
                 send(&mut t, header(me, peer, 1, len), &data);
                 receive(&mut t, &mut buffer);
@@ -153,6 +213,7 @@ fn main() -> i32 {
                 for ticket in tickets {
                     let since = toro_rt::now_ns();
                     while !t.send_complete(ticket) {
+                        beat();
                         if toro_rt::now_ns() - since > 5_000_000_000 {
                             let node = net.node.lock();
                             fatal(&alloc::format!("send stuck 5 s: {:?} {:?} rx {} tx {}\n{}", vm::exits(), node.stats(), node.device().frames_received, node.device().frames_sent, node.describe()));
@@ -178,6 +239,7 @@ fn main() -> i32 {
         );
     }
     // 64 MiB, checked.
+    PHASE.store(64, core::sync::atomic::Ordering::Relaxed);
     let len = 64 << 20;
     if me == 0 {
         let data = pattern(64, len);
@@ -209,7 +271,11 @@ fn main() -> i32 {
     }
     let exits = vm::exits();
     let stats = net.node.lock().stats();
-    println!("{}register accesses: {} notifies, {} other; {:?}", report, exits.notifies, exits.other, stats);
+    let (frames_in, frames_out) = {
+        let node = net.node.lock();
+        (node.device().frames_received, node.device().frames_sent)
+    };
+    println!("{}register accesses: {} notifies, {} other; {:?}; Ethernet frames in {} out {}", report, exits.notifies, exits.other, stats, frames_in, frames_out);
     // Let the last frames (the peer's acks) go out before this VM ends.
     let until = toro_rt::now_ns() + 200_000_000;
     while toro_rt::now_ns() < until {
