@@ -216,6 +216,13 @@ impl Frame {
     }
 }
 
+/// Writes the checksum of an encoded header's first 52 bytes into its last 4, so that
+/// `decode` looks past it (for fuzzing and tests that forge headers).
+pub fn seal(bytes: &mut [u8; HEADER_LEN]) {
+    let check = checksum(&bytes[..52]);
+    bytes[52..56].copy_from_slice(&check.to_le_bytes());
+}
+
 /// FNV-1a, 32 bits: catches a stream that lost its framing (TCP checks the bytes).
 fn checksum(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |hash, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
@@ -272,8 +279,7 @@ mod tests {
         let mut bytes = [0u8; HEADER_LEN];
         sample().encode(&mut bytes);
         bytes[3] = 9;
-        let check = checksum(&bytes[..52]);
-        bytes[52..56].copy_from_slice(&check.to_le_bytes());
+        seal(&mut bytes);
         assert_eq!(Frame::decode(&bytes), Err(FrameError::BadKind(9)));
         assert!(matches!(Frame::decode(&[0u8; HEADER_LEN]), Err(FrameError::BadMagic(0))));
     }
