@@ -19,8 +19,11 @@
 //! - One intra-vbus [`Bus`](intra_vbus::Bus) per VM, sized from the core
 //!   count, built by the first rank that starts; ranks sharing a core share
 //!   its endpoint ([`mpi::vbus`]).
-//! - Routes: self → loopback, same VM → intra-vbus, other VM → not served in
-//!   this build: a send there ends the job naming the peer.
+//! - Routes: self → loopback, same VM → intra-vbus, other VM → inter-net
+//!   (TCP through smoltcp on the VM's virtio-net, started once per VM when
+//!   the job has more than one VM). While the job spans VMs a waiting rank
+//!   keeps polling (spins, yielding to its core's other ranks) instead of
+//!   blocking: nothing else drives the network device.
 //! - Waiting: spin `mpispin=NS` (default 20 µs) yielding to the other rank
 //!   threads of the core, then block the rank thread; a core with nothing to
 //!   run spins (`spin=`) and halts until a peer's notify sends an IPI. A
@@ -64,7 +67,9 @@ macro_rules! main {
         #[no_mangle]
         pub fn __toro_main() -> i32 {
             $crate::install();
-            $crate::rt::Termination::report($main())
+            let status = $crate::rt::Termination::report($main());
+            $crate::rank_returned();
+            status
         }
     };
 }
@@ -94,9 +99,13 @@ impl Machine for RtMachine {
     }
 }
 
+type InterNet = inter_net::vm::VmNet<toro_rt::virtio::IdentityHal>;
+
 struct Job {
     plan: JobPlan,
     net: Arc<VbusNet<RtMachine>>,
+    /// The network to the other VMs, when there are any.
+    inter: Option<Arc<InterNet>>,
 }
 
 static JOB: Once<Job> = Once::new();
@@ -114,8 +123,31 @@ fn job() -> &'static Job {
         };
         let net = VbusNet::new(Config::new(toro_rt::core_count()), RtMachine, spin_ns)
             .unwrap_or_else(|e| fatal(&format!("intra-vbus: {e}")));
-        Job { plan, net: Arc::new(net) }
+        let spans_vms = plan.locations.iter().any(|l| l.vm != plan.vm);
+        let inter = spans_vms.then(|| start_inter_net(&cmdline));
+        Job { plan, net: Arc::new(net), inter }
     })
+}
+
+fn start_inter_net(cmdline: &toro_abi::cmdline::Cmdline<'static>) -> Arc<InterNet> {
+    let config = inter_net::NetConfig::from_keys(|k| cmdline.get(k))
+        .unwrap_or_else(|e| fatal(&format!("inter-net: {e}")));
+    #[allow(unsafe_code)]
+    // SAFETY: called once per VM (inside JOB's call_once); the virtio-mmio
+    // window is mapped for ring 3 and only this code drives the network device
+    // (the console claims console devices only).
+    let started = unsafe { inter_net::vm::start::<toro_rt::virtio::IdentityHal>(config, clock_us, net_fatal) };
+    started.unwrap_or_else(|e| fatal(&format!("inter-net: cannot start the network: {e:?}")))
+}
+
+fn clock_us() -> u64 {
+    toro_rt::now_ns() / 1000
+}
+
+/// The inter-VM transport's fatal errors (a peer VM lost, a malformed frame).
+fn net_fatal(message: &str) -> ! {
+    toro_rt::println!("toro: MPI error MPI_ERR_TRANSPORT: {message}");
+    toro_rt::exit(mpi::error::ErrorClass::Transport.code())
 }
 
 fn fatal(message: &str) -> ! {
@@ -128,6 +160,21 @@ fn fatal(message: &str) -> ! {
 pub fn install() {
     job();
     mpi::environment::install(&PLATFORM);
+}
+
+static RETURNED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Called by [`main!`] when a rank's main has returned. The last rank of the
+/// VM lets the network drain first: the VM ends when its ranks have all
+/// returned, and what they sent to other VMs must not die with it.
+pub fn rank_returned() {
+    let job = job();
+    let done = RETURNED.fetch_add(1, core::sync::atomic::Ordering::AcqRel) + 1;
+    if let (Some(net), true) = (&job.inter, done == job.plan.local_ranks.len()) {
+        if !net.drain(50_000, 2_000_000) {
+            toro_rt::println!("toro: inter-net: data to other VMs still unacknowledged after 2 s");
+        }
+    }
 }
 
 /// The job plan of this VM (after [`install`]).
@@ -150,9 +197,12 @@ impl Platform for RtPlatform {
         }
         let (port, waiter) = rank_port(job.net.clone(), rank, Rc::new(core_of));
         let locations = job.plan.locations.clone();
-        let elsewhere = Box::new(NoInterVm { me: rank, locations: locations.clone() });
+        let elsewhere: Box<dyn Transport> = match &job.inter {
+            Some(net) => inter_net::NetEndpoint::boxed(net.clone(), rank),
+            None => Box::new(NoInterVm { me: rank, locations: locations.clone() }),
+        };
         Some(RankSetup {
-            environment: Box::new(RankEnv { rank, locations, waiter }),
+            environment: Box::new(RankEnv { rank, locations, waiter, polls_network: job.inter.is_some() }),
             transports: vec![Box::new(port), elsewhere],
             routes: RouteTable::loopback_only().with(Reach::SameVm, 0).with(Reach::OtherVm, 1),
         })
@@ -169,6 +219,8 @@ struct RankEnv {
     rank: u32,
     locations: Vec<Location>,
     waiter: Rc<RankWaiter<RtMachine>>,
+    /// Messages from other VMs arrive only while some rank polls the NIC.
+    polls_network: bool,
 }
 
 impl Environment for RankEnv {
@@ -185,7 +237,12 @@ impl Environment for RankEnv {
         PLATFORM.clock_resolution_ns()
     }
     fn relax(&self) {
-        self.waiter.relax();
+        if self.polls_network {
+            self.waiter.yield_now();
+            core::hint::spin_loop();
+        } else {
+            self.waiter.relax();
+        }
     }
     fn yield_now(&self) {
         // A rank polling `test`/`immediate_probe` in a loop must let the other rank

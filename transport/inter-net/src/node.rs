@@ -315,6 +315,22 @@ impl<D: Nic> Node<D> {
         out
     }
 
+    /// Nothing of ours is queued, half sent or unacknowledged on any
+    /// connection: the VM may end now without its peers losing data.
+    pub fn quiet(&self) -> bool {
+        self.slots.iter().flatten().all(|slot| {
+            !slot.link.busy() && self.sockets.get::<tcp::Socket>(slot.socket).send_queue() == 0
+        })
+    }
+
+    /// Whether everything queued to peers that are up was sent *and acknowledged* by
+    /// their TCP (nothing queued or half written, every send queue empty). A VM must
+    /// not end before this holds: frames still in its NIC or unacknowledged are lost
+    /// with it (the peer would wait for them). Call `poll` until it does.
+    pub fn flushed(&self) -> bool {
+        self.slots.iter().flatten().filter(|slot| slot.state == ConnState::Up).all(|slot| !slot.link.has_output() && self.sockets.get::<tcp::Socket>(slot.socket).send_queue() == 0)
+    }
+
     /// Bytes of arrived chunks not yet read by their rank.
     pub fn buffered(&self) -> usize {
         self.inboxes.buffered()
@@ -519,6 +535,33 @@ impl<D: Nic> Shared<D> {
     /// Polls the node once, unless another rank is doing it right now.
     pub fn poll(&self) -> bool {
         self.node.try_lock().is_some_and(|mut node| node.poll())
+    }
+
+    /// Before the VM ends (its ranks have all returned): polls until what we
+    /// sent is acknowledged, then `grace_us` more so our own ACKs (smoltcp
+    /// delays them 10 ms) reach the peers; gives up after `limit_us`.
+    /// Returns whether everything was acknowledged.
+    pub fn drain(&self, grace_us: u64, limit_us: u64) -> bool {
+        let now = || (self.node.lock().clock)();
+        let start = now();
+        let mut quiet_since = None;
+        loop {
+            let t = now();
+            let quiet = {
+                let mut node = self.node.lock();
+                node.poll();
+                node.quiet()
+            };
+            match (quiet, quiet_since) {
+                (true, None) => quiet_since = Some(t),
+                (true, Some(q)) if t - q >= grace_us => return true,
+                (false, _) => quiet_since = None,
+                _ => {}
+            }
+            if t - start >= limit_us {
+                return quiet;
+            }
+        }
     }
 
     fn check(&self) {
