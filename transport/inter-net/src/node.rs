@@ -126,7 +126,11 @@ impl NetConfig {
             }
         }
         if let Some(job) = get("job") {
-            config.job = u64::from_str_radix(job, 16).map_err(|_| format!("job={} is not hexadecimal", job))?;
+            // The launcher's ids are hex; any other (TORO_JOB_ID) is hashed (FNV-1a):
+            // the id only has to tell jobs apart in the hello frames.
+            config.job = u64::from_str_radix(job, 16).unwrap_or_else(|_| {
+                job.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+            });
         }
         let number = |key: &str| -> Result<Option<u64>, String> { get(key).map(|v| v.parse::<u64>().map_err(|_| format!("{}={} is not a number", key, v))).transpose() };
         if let Some(window) = number("netwindow")? {
