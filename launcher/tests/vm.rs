@@ -357,6 +357,23 @@ fn mpi_programs_in_one_vm() {
     }
 }
 
+/// An MPI program across VMs: 2 VMs × 2 ranks, MPI over virtio-bus inside
+/// each VM and over TCP (inter-net) between them.
+#[test]
+fn mpi_program_across_vms() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.pi]).run(limit(accel));
+        f.assert_code(0);
+        let line = f.stdout.lines().find(|l| l.contains("[rank 0] pi: 4 ranks,") && l.ends_with(": PASS"));
+        assert!(line.is_some(), "{accel:?}: no PASS line\n{}", f.context());
+        for k in 0..2 {
+            f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
+        }
+    }
+}
+
 #[test]
 fn panicking_rank_is_named_and_ends_the_job() {
     let img = images();
