@@ -121,8 +121,8 @@ struct Control<T: Transport> {
 const USED_F_NO_NOTIFY: u16 = 1;
 
 impl<T: Transport> Control<T> {
-    /// Issues at most one notify per queue that got buffers since the last flush, unless
-    /// the device suppresses notifies *now*.
+    /// Issues at most one notify per queue that got buffers since the last flush: when
+    /// `virtio-drivers` asked for it, or when the device does not suppress notifies now.
     ///
     /// The decision is taken here, after a full fence, and not from what `virtio-drivers`
     /// saw when it added a buffer: there it stores the available index and then loads
@@ -146,7 +146,10 @@ impl<T: Transport> Control<T> {
             let queue = candidates.trailing_zeros() as u16;
             candidates &= candidates - 1;
             let used = self.used_rings.get(queue as usize).copied().unwrap_or(0);
-            let suppressed = used != 0 && {
+            // A notify `virtio-drivers` asked for (it saw the flag clear when it added a
+            // buffer) is always issued, as before; the fresh check adds the ones it
+            // missed.
+            let suppressed = requested & (1 << queue) == 0 && used != 0 && {
                 // SAFETY: `used` is the address of this queue's used ring, which the
                 // device writes and `virtio-drivers` keeps allocated (DMA memory,
                 // identity mapped) for as long as the device exists; `Control` lives
@@ -529,12 +532,12 @@ mod tests {
         control.flush();
         control.flush();
         assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT]);
-        // `virtio-drivers` asked when it added a buffer (it saw the flag clear then),
-        // but the device has suppressed notifies since: it will look by itself.
+        // `virtio-drivers` asked when it added a buffer (it saw the flag clear then):
+        // notified even if the device has suppressed notifies since.
         rx_flags.store(USED_F_NO_NOTIFY, Ordering::SeqCst);
         control.pending = 1 << QUEUE_RECEIVE;
         control.flush();
-        assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT]);
+        assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT, QUEUE_RECEIVE]);
         assert_eq!((control.pending, control.added), (0, 0));
     }
 }

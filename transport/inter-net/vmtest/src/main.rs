@@ -1,8 +1,14 @@
-//! Two VMs, one rank each (`toro-mpirun -np 2 --vms 2 internet-pingpong.elf`): rank 0
-//! and rank 1 exchange messages through inter-net's `Transport` directly (no MPI
-//! matching): data checks, osu-style latency and bandwidth, VM exits per message, a
-//! 64 MiB message. Argument `die`: rank 1 exits in the middle of the 64 MiB message
-//! (rank 0 must end the job naming VM 1).
+//! Two VMs, one rank each (`toro-mpirun -np 2 --vms 2 internet-pingpong.elf [ARGS]`):
+//! rank 0 and rank 1 exchange messages through inter-net's `Transport` directly (no MPI
+//! matching). Always: data checks 0 B .. 1 MiB both ways and a checked ping-pong.
+//! Arguments:
+//! - `bench [iters=N]`: osu-style latency (8 B, 1 KiB; N round trips, default 1000) and
+//!   bandwidth (64 KiB, 1 MiB; 16 in flight), with VM exits (notifies) per message;
+//! - `big=M`: one message of M MiB rank 0 → rank 1, checked;
+//!   with `hold`: rank 1 takes its first chunk, then only keeps the connection alive
+//!   (the transfer stays in flight; a test kills the VM);
+//!   with `die`: rank 1's VM ends in the middle (rank 0 must end the job naming VM 1);
+//! - `watch`: a thread printing the node's state every 3 s (debugging a stall).
 #![no_std]
 #![no_main]
 
@@ -64,7 +70,7 @@ fn header(me: u32, peer: u32, tag: i32, len: usize) -> Header {
     Header { source: me, dest: peer, tag, context: 1, len, kind: MessageKind::Data, cookie: 0 }
 }
 
-fn send(t: &mut NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>, h: Header, data: &[u8]) {
+fn send(t: &mut Endpoint, h: Header, data: &[u8]) {
     let ticket = t.start_send(&h, data).unwrap_or_else(|e| fatal(&alloc::format!("send: {:?}", e)));
     while !t.send_complete(ticket) {
         beat();
@@ -72,7 +78,7 @@ fn send(t: &mut NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static
 }
 
 
-fn receive(t: &mut NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>, into: &mut Vec<u8>) -> Header {
+fn receive(t: &mut Endpoint, into: &mut Vec<u8>) -> Header {
     let since = toro_rt::now_ns();
     loop {
         // The peer may be busy for a while (checking 64 MiB under TCG takes seconds).
@@ -132,9 +138,14 @@ fn main() -> i32 {
         return 0;
     }
     let peer = 1 - me;
-    let die = toro_rt::args().iter().any(|a| a == "die");
+    let args = toro_rt::args();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let value = |name: &str| args.iter().find_map(|a| a.strip_prefix(name).and_then(|v| v.strip_prefix('='))).and_then(|v| v.parse::<usize>().ok());
+    let (bench, die, hold) = (flag("bench"), flag("die"), flag("hold"));
+    let big = value("big").unwrap_or(0);
+    let iterations = value("iters").unwrap_or(1000);
     let net = net();
-    if toro_rt::args().iter().any(|a| a == "watch") {
+    if flag("watch") {
         let net = net.clone();
         WATCH.store(true, core::sync::atomic::Ordering::Relaxed);
         toro_rt::spawn_on(0, move || loop {
@@ -176,98 +187,32 @@ fn main() -> i32 {
         }
     }
     println!("data checks passed (0 B .. 1 MiB both ways) at {} ms", toro_rt::now_ns() / 1_000_000);
-    // Latency: ping-pong, half the round trip.
-    let mut report = String::new();
+    // Ping-pong with every message checked (a new pattern each time).
     for &len in &[8usize, 1024] {
-        let iterations = 200;
-        let data = vec![1u8; len];
-        let exits_before = vm::exits().notifies;
-        let start = toro_rt::now_ns();
-        for _ in 0..iterations {
+        for k in 0..50u32 {
+            let seed = 5000 + k * 7 + len as u32;
             if me == 0 {
-                send(&mut t, header(me, peer, 1, len), &data);
-                receive(&mut t, &mut buffer);
-            } else {
-                receive(&mut t, &mut buffer);
-                send(&mut t, header(me, peer, 1, len), &data);
-            }
-        }
-        let elapsed = toro_rt::now_ns() - start;
-        let exits = vm::exits().notifies - exits_before;
-        report += &alloc::format!(
-            "latency {} B: {:.1} us one-way, {:.2} notifies per message sent\n",
-            len,
-            elapsed as f64 / 1000.0 / (2 * iterations) as f64,
-            exits as f64 / iterations as f64
-        );
-    }
-    // Bandwidth: a window of 16 messages, then a 4-byte ack (osu_bw style).
-    for &len in &[65_536usize, 1 << 20] {
-        let data = vec![2u8; len];
-        let rounds = if len > 100_000 { 8 } else { 32 };
-        let exits_before = vm::exits().notifies;
-        let start = toro_rt::now_ns();
-        for _ in 0..rounds {
-            if me == 0 {
-                let tickets: Vec<_> = (0..16).map(|_| t.start_send(&header(me, peer, 2, len), &data).unwrap_or_else(|_| fatal("send"))).collect();
-                for ticket in tickets {
-                    let since = toro_rt::now_ns();
-                    while !t.send_complete(ticket) {
-                        beat();
-                        if toro_rt::now_ns() - since > 5_000_000_000 {
-                            let node = net.node.lock();
-                            fatal(&alloc::format!("send stuck 5 s: {:?} {:?} rx {} tx {}\n{}", vm::exits(), node.stats(), node.device().frames_received, node.device().frames_sent, node.describe()));
-                        }
-                    }
+                send(&mut t, header(me, peer, 4, len), &pattern(seed, len));
+                let h = receive(&mut t, &mut buffer);
+                if h.tag != 5 || buffer != pattern(seed + 1, len) {
+                    fatal(&alloc::format!("ping-pong check failed at {} B, round {}", len, k));
                 }
-                receive(&mut t, &mut buffer);
             } else {
-                for _ in 0..16 {
-                    receive(&mut t, &mut buffer);
+                let h = receive(&mut t, &mut buffer);
+                if h.tag != 4 || buffer != pattern(seed, len) {
+                    fatal(&alloc::format!("ping-pong check failed at {} B, round {}", len, k));
                 }
-                send(&mut t, header(me, peer, 3, 4), &[0; 4]);
+                send(&mut t, header(me, peer, 5, len), &pattern(seed + 1, len));
             }
         }
-        let elapsed = toro_rt::now_ns() - start;
-        let exits = vm::exits().notifies - exits_before;
-        let bytes = (len * 16 * rounds) as f64;
-        report += &alloc::format!(
-            "bandwidth {} B: {:.1} MB/s, {:.2} notifies per message\n",
-            len,
-            bytes / (elapsed as f64 / 1e9) / 1e6,
-            exits as f64 / (16 * rounds) as f64
-        );
     }
-    // 64 MiB, checked.
-    PHASE.store(64, core::sync::atomic::Ordering::Relaxed);
-    let len = 64 << 20;
-    if me == 0 {
-        let data = pattern(64, len);
-        let start = toro_rt::now_ns();
-        send(&mut t, header(me, peer, 64, len), &data);
-        let h = receive(&mut t, &mut buffer);
-        if h.tag != 65 {
-            fatal("64 MiB: no acknowledgement");
-        }
-        report += &alloc::format!("64 MiB message: {:.1} ms, checked\n", (toro_rt::now_ns() - start) as f64 / 1e6);
-        if die {
-            println!("unexpected: peer did not die");
-        }
-    } else {
-        if die {
-            // Take part of the message, then the VM ends.
-            while t.peek().is_none() {}
-            for _ in 0..2000 {
-                net.poll();
-            }
-            println!("rank 1 exits in the middle of the 64 MiB message");
-            toro_rt::exit(0);
-        }
-        let h = receive(&mut t, &mut buffer);
-        if h.len != len || buffer != pattern(64, len) {
-            fatal("64 MiB message corrupted");
-        }
-        send(&mut t, header(me, peer, 65, 0), &[]);
+    println!("ping-pong checks passed (8 B and 1 KiB, 50 round trips each)");
+    let mut report = String::new();
+    if bench {
+        bench_run(&mut t, me, peer, iterations, &mut report);
+    }
+    if big > 0 {
+        big_message(&mut t, &net, me, peer, big << 20, hold, die, &mut report);
     }
     let exits = vm::exits();
     let stats = net.node.lock().stats();
@@ -276,10 +221,129 @@ fn main() -> i32 {
         (node.device().frames_received, node.device().frames_sent)
     };
     println!("{}register accesses: {} notifies, {} other; {:?}; Ethernet frames in {} out {}", report, exits.notifies, exits.other, stats, frames_in, frames_out);
-    // Let the last frames (the peer's acks) go out before this VM ends.
-    let until = toro_rt::now_ns() + 200_000_000;
+    // Before this VM ends: everything sent must be acknowledged by the peer (a frame
+    // lost now would never be retransmitted), then a little more for our last ACKs.
+    let until = toro_rt::now_ns() + 10_000_000_000;
+    while !net.node.lock().flushed() && toro_rt::now_ns() < until {
+        net.poll();
+    }
+    let until = toro_rt::now_ns() + 50_000_000;
     while toro_rt::now_ns() < until {
         net.poll();
     }
     0
+}
+
+type Endpoint = NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>;
+
+/// osu-style latency (8 B, 1 KiB) and bandwidth (64 KiB, 1 MiB), with VM exits per message.
+fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &mut String) {
+    let mut buffer = Vec::new();
+    // Latency: ping-pong, half the round trip (osu_latency), after 10% warm-up.
+    for &len in &[8usize, 1024] {
+        let data = vec![1u8; len];
+        let warmup = iterations / 10;
+        let mut exits_before = vm::exits().notifies;
+        let mut start = toro_rt::now_ns();
+        for i in 0..warmup + iterations {
+            if i == warmup {
+                exits_before = vm::exits().notifies;
+                start = toro_rt::now_ns();
+            }
+            if me == 0 {
+                send(t, header(me, peer, 1, len), &data);
+                receive(t, &mut buffer);
+            } else {
+                receive(t, &mut buffer);
+                send(t, header(me, peer, 1, len), &data);
+            }
+        }
+        let elapsed = toro_rt::now_ns() - start;
+        let exits = vm::exits().notifies - exits_before;
+        *report += &alloc::format!(
+            "bench latency {} B: {:.1} us one-way, {:.2} VM exits (notifies) per message sent\n",
+            len,
+            elapsed as f64 / 1000.0 / (2 * iterations) as f64,
+            exits as f64 / iterations as f64
+        );
+    }
+    // Bandwidth: a window of 16 messages, then a 4-byte reply (osu_bw).
+    for &len in &[65_536usize, 1 << 20] {
+        let data = vec![2u8; len];
+        let rounds = if len > 100_000 { 8 } else { 32 };
+        let mut exits_before = vm::exits().notifies;
+        let mut start = toro_rt::now_ns();
+        for round in 0..rounds + 2 {
+            if round == 2 {
+                exits_before = vm::exits().notifies;
+                start = toro_rt::now_ns();
+            }
+            if me == 0 {
+                let tickets: Vec<_> = (0..16).map(|_| t.start_send(&header(me, peer, 2, len), &data).unwrap_or_else(|_| fatal("send"))).collect();
+                for ticket in tickets {
+                    while !t.send_complete(ticket) {
+                        beat();
+                    }
+                }
+                receive(t, &mut buffer);
+            } else {
+                for _ in 0..16 {
+                    receive(t, &mut buffer);
+                }
+                send(t, header(me, peer, 3, 4), &[0; 4]);
+            }
+        }
+        let elapsed = toro_rt::now_ns() - start;
+        let exits = vm::exits().notifies - exits_before;
+        let bytes = (len * 16 * rounds) as f64;
+        *report += &alloc::format!(
+            "bench bandwidth {} B: {:.1} MB/s, {:.2} VM exits (notifies) per message\n",
+            len,
+            bytes / (elapsed as f64 / 1e9) / 1e6,
+            exits as f64 / (16 * rounds) as f64
+        );
+    }
+}
+
+/// One large message rank 0 → rank 1, checked, then an empty reply. `hold`: rank 1
+/// takes the first chunk, then keeps its connection alive without reading (the
+/// transfer stays in flight until the test kills this VM). `die`: rank 1 takes part
+/// of it, then its VM ends (rank 0 must end the job naming VM 1).
+#[allow(clippy::too_many_arguments)]
+fn big_message(t: &mut Endpoint, net: &Arc<VmNet<IdentityHal>>, me: u32, peer: u32, len: usize, hold: bool, die: bool, report: &mut String) {
+    PHASE.store(64, core::sync::atomic::Ordering::Relaxed);
+    let mut buffer = Vec::new();
+    if me == 0 {
+        let data = pattern(64, len);
+        let start = toro_rt::now_ns();
+        send(t, header(me, peer, 64, len), &data);
+        let h = receive(t, &mut buffer);
+        if h.tag != 65 {
+            fatal("big message: no acknowledgement");
+        }
+        *report += &alloc::format!("big message of {} MiB: {:.1} ms, checked\n", len >> 20, (toro_rt::now_ns() - start) as f64 / 1e6);
+        if die || hold {
+            println!("unexpected: the peer neither died nor held");
+        }
+        return;
+    }
+    while t.peek().is_none() {}
+    println!("big message arriving ({} MiB)", len >> 20);
+    if hold {
+        loop {
+            net.poll();
+        }
+    }
+    if die {
+        for _ in 0..2000 {
+            net.poll();
+        }
+        println!("rank 1 exits in the middle of the big message");
+        toro_rt::exit(0);
+    }
+    let h = receive(t, &mut buffer);
+    if h.len != len || buffer != pattern(64, len) {
+        fatal("big message corrupted");
+    }
+    send(t, header(me, peer, 65, 0), &[]);
 }
