@@ -137,7 +137,12 @@ fn start_inter_net(cmdline: &toro_abi::cmdline::Cmdline<'static>) -> Arc<InterNe
     // window is mapped for ring 3 and only this code drives the network device
     // (the console claims console devices only).
     let started = unsafe { inter_net::vm::start::<toro_rt::virtio::IdentityHal>(config, clock_us, net_fatal) };
-    started.unwrap_or_else(|e| fatal(&format!("inter-net: cannot start the network: {e:?}")))
+    started.unwrap_or_else(|e| match e {
+        inter_net::vm::StartError::NoDevice => fatal(
+            "inter-net: this VM's job spans VMs but it has no virtio-net device (start jobs with toro-mpirun)",
+        ),
+        other => fatal(&format!("inter-net: cannot start the network: {other:?}")),
+    })
 }
 
 fn clock_us() -> u64 {

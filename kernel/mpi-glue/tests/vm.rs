@@ -75,12 +75,13 @@ fn an_invalid_rank_is_fatal() {
 }
 
 #[test]
-fn a_peer_in_another_vm_is_unreachable_in_this_build() {
-    // VM 0 of a two-VM plan: ranks 2 and 3 live in VM 1.
-    let append = "cpus=2 world=4 ranks=0-1 vm=0 vms=2 place=0-1@2/2-3@2 -- other-vm";
+fn a_job_spanning_vms_needs_a_network_device() {
+    // VM 0 of a two-VM plan (ranks 2 and 3 live in VM 1), booted without a NIC.
+    let append = "cpus=2 world=4 ranks=0-1 vm=0 vms=2 place=0-1@2/2-3@2 mac=02:74:6f:00:00:00 \
+                  ip=169.254.1.1/16 ipbase=169.254.1.1 -- other-vm";
     let r = run("mpi-suite", "mpi-suite", Accel::Tcg, 2, append, 120);
-    r.assert_status(16);
-    r.assert_line("toro: rank 0: MPI error MPI_ERR_TRANSPORT: rank 3 lives in VM 1");
+    r.assert_status(status::BAD_MACHINE);
+    r.assert_line("toro: inter-net: this VM's job spans VMs but it has no virtio-net device");
 }
 
 #[test]

@@ -425,17 +425,21 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
 pub unsafe fn probe_mmio() -> Option<MmioTransport<'static>> {
     for slot in 0..MMIO_SLOTS {
         let address = MMIO_BASE + slot * MMIO_SLOT_SIZE;
-        let header = NonNull::new(address as *mut VirtIOHeader)?;
-        // SAFETY: the caller guarantees the window is mapped; `new` reads the magic,
-        // version and device id and refuses empty slots (device id 0).
-        if let Ok(transport) = unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE) } {
-            OTHER_REGISTER_ACCESSES.fetch_add(3, Ordering::Relaxed);
-            if transport.device_type() == DeviceType::Network {
-                return Some(transport);
-            }
-        } else {
-            OTHER_REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
+        // Read the device id before making a transport: dropping an
+        // `MmioTransport` resets its device, and other slots hold devices other
+        // drivers own (the runtime's virtio console).
+        // SAFETY: the caller guarantees the window is mapped; reading a slot's
+        // magic and device id has no side effect.
+        let (magic, id) = unsafe {
+            (core::ptr::read_volatile(address as *const u32), core::ptr::read_volatile((address + 8) as *const u32))
+        };
+        OTHER_REGISTER_ACCESSES.fetch_add(2, Ordering::Relaxed);
+        if magic != 0x7472_6976 || DeviceType::try_from(id).ok() != Some(DeviceType::Network) {
+            continue;
         }
+        let header = NonNull::new(address as *mut VirtIOHeader)?;
+        // SAFETY: as above; the slot holds the network device, which only we drive.
+        return unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE) }.ok();
     }
     None
 }
