@@ -1,5 +1,6 @@
 //! Kernel and runtime figures for BENCHMARKS.md, printed as Markdown:
-//! QEMU start → every core in main → VM exit (median of N runs) for 1/2/4
+//! QEMU start → every core in main → VM exit (median of N runs, the machine
+//! options toro-mpirun uses) for 1/2/4
 //! vCPUs under TCG and KVM, image sizes, cooperative switch cost and
 //! cross-core wake-up latency.
 //!
@@ -27,7 +28,8 @@ fn timed_boot(img: &std::path::Path, accel: Accel, smp: usize, mark: &str) -> (f
     };
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", a, "-cpu", cpu, "-smp", &smp.to_string(), "-m", "128M"])
+        // The machine options toro-mpirun uses (no ACPI tables, option ROMs or RTC).
+        .args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", a, "-cpu", cpu, "-smp", &smp.to_string(), "-m", "128M"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(toro_image::vmtest::console_args("microvm", true))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
