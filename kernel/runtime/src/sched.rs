@@ -215,6 +215,13 @@ fn idle(me: &Core, core: usize) {
         }
         core::hint::spin_loop();
     }
+    // Threads blocked on this core's wait lists are made to look again
+    // rather than slept on: a transport's wake-up that raced their blocking
+    // must not leave them (and the VM) stuck with the core halted.
+    if crate::waiters::has_waiters(core) {
+        crate::waiters::wake_all(core);
+        return;
+    }
     // A push after the announcement sends the IPI; an IPI that arrives
     // before the halt trap stays pending (ring 3 runs with interrupts
     // masked) and ends the halt at once.
