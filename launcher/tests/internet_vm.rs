@@ -17,10 +17,14 @@
 //! QEMUs carry `job=ID` on their kernel command line, the switch lives in the job's
 //! private directory) and its TMPDIR must be empty. One job at a time.
 
+mod common;
+
+use common::{accel_name, job_processes, qemu_of, serial, signal};
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use toro_image::vmtest::{self, Accel};
@@ -34,10 +38,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_toro-mpirun");
 /// a 16–64 MiB pattern under TCG on a loaded host takes longer than that.
 const PATIENT: &str = "NET_PEER_TIMEOUT_MS=30000";
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The app image, built once and copied (atomically) into this test's directory.
 fn image() -> &'static str {
@@ -55,12 +55,6 @@ fn image() -> &'static str {
     })
 }
 
-fn accel_name(a: Accel) -> &'static str {
-    match a {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-    }
-}
 
 /// The large message's size in MiB.
 fn big_mib(accel: Accel) -> u32 {
@@ -202,34 +196,8 @@ impl Drop for Running {
     }
 }
 
-#[allow(unsafe_code)]
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: a plain kill(2) to a process of a job this test started.
-    unsafe { libc::kill(pid, sig) };
-}
 
-/// Live processes of job `id`: its QEMUs (`job=ID` on their kernel command line) and
-/// its VDE switch (the job's private directory is in its arguments).
-fn job_processes(id: &str) -> Vec<(i32, String)> {
-    let word = format!("job={id}");
-    let dir = format!("toro-mpirun-{id}/");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a.split(' ').any(|w| w == word) || a.contains(&dir)) {
-            found.push((pid, args.join(" ")));
-        }
-    }
-    found
-}
 
-/// The QEMU of VM `vm` of job `id`.
-fn qemu_of(id: &str, vm: u32) -> Option<i32> {
-    let want = format!("vm={vm}");
-    job_processes(id).into_iter().find(|(_, cmd)| cmd.contains("qemu") && cmd.split(' ').any(|w| w == want)).map(|(pid, _)| pid)
-}
 
 /// Bound for a whole job (the host is shared: its load decides the speed).
 fn limit(accel: Accel) -> Duration {

@@ -7,11 +7,15 @@
 //! directory — and the job's TMPDIR must be empty. Jobs run one at a time
 //! (they are timed, and the host may have only two cores).
 
+mod common;
+
+use common::{accel_name, job_processes, qemu_of, serial, signal};
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use toro_image::vmtest::{self, Accel};
@@ -19,11 +23,6 @@ use toro_launcher::testutil::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toro-mpirun");
 
-/// One VM job at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The images, built once per test process and copied (atomically, by
 /// rename) into this crate's test directory under target/: another crate's
@@ -61,12 +60,6 @@ fn images() -> &'static Images {
     })
 }
 
-fn accel_name(a: Accel) -> &'static str {
-    match a {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-    }
-}
 
 /// A job: its id, private TMPDIR, and the launcher command.
 struct Job {
@@ -200,39 +193,8 @@ impl Drop for Running {
     }
 }
 
-#[allow(unsafe_code)]
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: a plain kill(2) to a process this test started.
-    unsafe { libc::kill(pid, sig) };
-}
 
-/// Live processes of job `id`: QEMUs (`job=ID` on their kernel command
-/// line) and the job's VDE switch (its socket directory holds the id).
-fn job_processes(id: &str) -> Vec<(i32, String)> {
-    let word = format!("job={id}");
-    let dir = format!("toro-mpirun-{id}/");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        // A zombie has an empty cmdline; a vanished process an error.
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let ours = args.iter().any(|a| a.split(' ').any(|w| w == word) || a.contains(&dir));
-        if ours {
-            found.push((pid, args.join(" ")));
-        }
-    }
-    found
-}
 
-/// The QEMU process of VM `vm` of job `id`.
-fn qemu_of(id: &str, vm: u32) -> Option<i32> {
-    let want = format!("vm={vm}");
-    job_processes(id)
-        .into_iter()
-        .find(|(_, cmd)| cmd.contains("qemu") && cmd.split(' ').any(|w| w == want))
-        .map(|(pid, _)| pid)
-}
 
 /// Starts a job whose ranks keep running, and waits until `ready` lines
 /// containing `needle` were printed; returns the job and the stderr reader.
