@@ -63,7 +63,8 @@ pvh_start:
     ljmp $0x08, $bsp_long_start
 
     .code64
-bsp_long_start:
+    /* Kernel data segment everywhere, no FS/GS: both entries start so. */
+    .macro LOAD_KERNEL_SEGMENTS
     movw $0x10, %ax
     movw %ax, %ds
     movw %ax, %es
@@ -71,19 +72,17 @@ bsp_long_start:
     xorw %ax, %ax
     movw %ax, %fs
     movw %ax, %gs
+    .endm
+
+bsp_long_start:
+    LOAD_KERNEL_SEGMENTS
     movl %edi, %edi
     leaq KSTACKS+{kstack}(%rip), %rsp
     call kmain
     ud2
 
 ap_long_start:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    xorw %ax, %ax
-    movw %ax, %fs
-    movw %ax, %gs
+    LOAD_KERNEL_SEGMENTS
     movl $1, %eax
     lock xaddl %eax, AP_NEXT_INDEX(%rip)
     cmpl ${max_cpus}, %eax
