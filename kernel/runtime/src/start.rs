@@ -136,11 +136,14 @@ pub(crate) fn pretouch_step(core: usize, pages: usize) -> bool {
     }
     let to = end.min(from + pages * layout::PAGE_SIZE as usize);
     for page in (from..to).step_by(layout::PAGE_SIZE as usize) {
-        // SAFETY: the page is mapped heap memory; the volatile read and
-        // write-back of one byte changes nothing, even if it is in use.
+        // SAFETY: the page is mapped heap memory. A locked `or` of zero is a
+        // write (so the page is touched for writing) that changes nothing,
+        // atomically: other cores may be writing this byte right now (a
+        // remote free's link, a shared structure), and a plain read and
+        // write-back would undo their store. (An atomic `fetch_or(0)` may be
+        // compiled to a fenced load, which does not touch for writing.)
         unsafe {
-            let p = page as *mut u8;
-            p.write_volatile(p.read_volatile());
+            core::arch::asm!("lock or byte ptr [{0}], 0", in(reg) page, options(nostack));
         }
     }
     PRETOUCH_NEXT[core].store(to, Ordering::Relaxed);
