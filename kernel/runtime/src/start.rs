@@ -89,6 +89,7 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
         unsafe { POOLS.init(info.heap_start as usize, info.heap_end as usize, cores) };
         let spin = cmdline().get_u64("spin").unwrap_or_else(|_| fatal(format_args!("spin= is not a number")));
         sched::init(cores, layout::STACK_SLOTS as usize, spin.unwrap_or(DEFAULT_SPIN_NS));
+        crate::waiters::init(cores);
         let virtio_console = console::init();
         if cmdline().flag("verbose") {
             console::info_line(format_args!(

@@ -30,12 +30,15 @@ struct WaitList {
 
 static LISTS: Once<Vec<Mutex<WaitList>>> = Once::new();
 
+/// Called once at boot, with the scheduler: the lists are allocated then,
+/// not by whichever idle core first looks at them (which would show up as
+/// an unexplained allocation in the middle of an application's run).
+pub(crate) fn init(cores: usize) {
+    LISTS.call_once(|| (0..cores).map(|_| Mutex::new(WaitList { token: false, threads: Vec::with_capacity(8) })).collect());
+}
+
 fn list(core: usize) -> &'static Mutex<WaitList> {
-    let lists = LISTS.call_once(|| {
-        (0..sched::core_count())
-            .map(|_| Mutex::new(WaitList { token: false, threads: Vec::with_capacity(8) }))
-            .collect()
-    });
+    let lists = LISTS.get().expect("waiters used before the scheduler started");
     lists.get(core).unwrap_or_else(|| panic!("waiters: no core {core} (this VM has {})", lists.len()))
 }
 
