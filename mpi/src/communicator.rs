@@ -4,9 +4,10 @@
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{OnceCell, RefCell};
 
 use crate::collective::internal;
+use crate::collective::topology::Topology;
 use crate::engine::Engine;
 use crate::environment::{self, Location, RankSetup};
 use crate::error::{fail, ErrorClass, ErrorMode, MpiError, MpiResult};
@@ -70,6 +71,8 @@ pub struct CommState {
     /// Local rank of each world rank (-1 if not a member).
     world_to_local: Vec<Rank>,
     rank: Rank,
+    /// Where the ranks live, computed at the first collective that asks.
+    topology: OnceCell<Topology>,
 }
 
 impl CommState {
@@ -80,7 +83,7 @@ impl CommState {
             world_to_local[world as usize] = local as Rank;
         }
         let rank = world_to_local[my_world_rank as usize];
-        CommState { engine, id, group, world_to_local, rank }
+        CommState { engine, id, group, world_to_local, rank, topology: OnceCell::new() }
     }
 
     pub(crate) fn rank(&self) -> Rank {
@@ -100,6 +103,10 @@ impl CommState {
     }
     pub(crate) fn local_rank_of(&self, world: u32) -> Rank {
         self.world_to_local[world as usize]
+    }
+    /// This communicator's ranks grouped by VM.
+    pub(crate) fn topology(&self) -> &Topology {
+        self.topology.get_or_init(|| Topology::of(&self.locations()))
     }
     /// Location (VM, core) of each rank of this communicator.
     pub(crate) fn locations(&self) -> Vec<Location> {

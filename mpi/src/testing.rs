@@ -25,8 +25,9 @@ use crate::transport::{Header, SendTicket, Transport, TransportError};
 #[derive(Clone, Debug)]
 pub struct WorldOptions {
     pub size: usize,
-    /// Ranks are spread over this many (pretend) VMs, in blocks.
+    /// Ranks are spread over this many (pretend) VMs, as `placement` says.
     pub vms: usize,
+    pub placement: Placement,
     /// Messages longer than this complete their send only once received, like a
     /// rendezvous transport.
     pub eager_limit: usize,
@@ -38,6 +39,15 @@ pub struct WorldOptions {
     /// rank threads: one runs at a time, and the core switches to another only when
     /// the running rank yields (`Machine::yield_now`) or waits (`Notify::wait`).
     pub cooperative: bool,
+}
+
+/// How ranks are spread over the (pretend) VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Consecutive ranks share a VM (as `toro-mpirun` places them).
+    Blocks,
+    /// Rank r on VM r mod vms.
+    RoundRobin,
 }
 
 /// The transport between ranks of the same VM in a host job.
@@ -53,7 +63,7 @@ pub enum Fabric {
 
 impl WorldOptions {
     pub fn new(size: usize) -> WorldOptions {
-        WorldOptions { size, vms: 1, eager_limit: usize::MAX, timeout: Duration::from_secs(60), fabric: Fabric::Memory, cooperative: false }
+        WorldOptions { size, vms: 1, placement: Placement::Blocks, eager_limit: usize::MAX, timeout: Duration::from_secs(60), fabric: Fabric::Memory, cooperative: false }
     }
 }
 
@@ -422,6 +432,7 @@ fn vbus_plan(options: &WorldOptions, locations: &[Location], cores: usize) -> Re
     let park_limit = Duration::from_millis(if options.vms > 1 { 1 } else { 5 });
     let mut plan: Vec<Option<(Arc<crate::vbus::VbusNet<HostMachine>>, usize)>> = (0..locations.len()).map(|_| None).collect();
     let mut vms: Vec<u32> = locations.iter().map(|l| l.vm).collect();
+    vms.sort_unstable();
     vms.dedup();
     for vm in vms {
         let ranks: Vec<usize> = (0..locations.len()).filter(|&r| locations[r].vm == vm).collect();
@@ -443,9 +454,13 @@ fn vbus_plan(options: &WorldOptions, locations: &[Location], cores: usize) -> Re
 
 fn location_of(rank: usize, options: &WorldOptions) -> Location {
     let vms = options.vms.clamp(1, options.size.max(1));
-    let vm = rank * vms / options.size;
-    let first = (0..options.size).position(|r| r * vms / options.size == vm).unwrap_or(0);
-    Location { vm: vm as u32, core: (rank - first) as u32 }
+    let vm_of = |r: usize| match options.placement {
+        Placement::Blocks => r * vms / options.size,
+        Placement::RoundRobin => r % vms,
+    };
+    let vm = vm_of(rank);
+    let core = (0..rank).filter(|&r| vm_of(r) == vm).count();
+    Location { vm: vm as u32, core: core as u32 }
 }
 
 /// Runs `rank_main` on `options.size` rank threads; each may call `mpi::initialize()`.
@@ -579,7 +594,7 @@ pub fn catch_error<C: Communicator, R>(comm: &C, f: impl FnOnce() -> R) -> Resul
 /// both fabrics.
 pub mod over_vbus {
     use super::*;
-    pub use super::{catch_error, WorldOptions};
+    pub use super::{catch_error, Placement, WorldOptions};
 
     fn on_vbus(mut options: WorldOptions) -> WorldOptions {
         if options.fabric == Fabric::Memory {

@@ -12,11 +12,13 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use super::operation::Operation;
+use super::selection::{self, AllReduce, Broadcast};
 use crate::communicator::CommState;
 use crate::datatype::{DatatypeRef, Primitive, Token};
 use crate::engine::Pattern;
 use crate::error::{fail, ErrorClass, MpiResult};
 use crate::raw::AlignedBytes;
+use crate::Rank;
 
 /// Tags inside the collective context, one per algorithm (FIFO order per pair keeps
 /// consecutive collectives apart).
@@ -32,25 +34,45 @@ mod tag {
     pub const SCAN: i32 = 9;
 }
 
-/// Above this many bytes (and with at least one element per rank), all-reduce uses the
-/// bandwidth-optimal ring instead of latency-optimal recursive doubling.
-pub(crate) const ALL_REDUCE_RING_MIN_BYTES: usize = 16 * 1024;
-
-/// A communicator seen by a collective algorithm.
+/// A communicator, or a subset of its ranks, seen by a collective algorithm: `rank`
+/// and `size` are positions in `members` (the communicator's ranks, in order) when the
+/// group is a subset (hierarchical collectives: the ranks of one VM, or one leader per
+/// VM), else in the communicator itself.
 pub(crate) struct Group<'c> {
     comm: &'c CommState,
     pub(crate) rank: usize,
     pub(crate) size: usize,
-    datatype: DatatypeRef,
+    pub(crate) datatype: DatatypeRef,
+    members: Option<Vec<Rank>>,
 }
 
 impl<'c> Group<'c> {
     pub(crate) fn new(comm: &'c CommState, datatype: DatatypeRef) -> Group<'c> {
-        Group { comm, rank: comm.rank() as usize, size: comm.size() as usize, datatype }
+        Group { comm, rank: comm.rank() as usize, size: comm.size() as usize, datatype, members: None }
+    }
+
+    /// The ranks `members` (communicator ranks, ascending or in the order the algorithm
+    /// wants; the calling rank must be one of them).
+    pub(crate) fn subset(&self, members: Vec<Rank>) -> Group<'c> {
+        let me = self.comm.rank();
+        let rank = members.iter().position(|&m| m == me).expect("the calling rank belongs to its subset");
+        Group { comm: self.comm, rank, size: members.len(), datatype: self.datatype, members: Some(members) }
+    }
+
+    pub(crate) fn comm(&self) -> &'c CommState {
+        self.comm
+    }
+
+    /// The communicator rank of group member `index`.
+    fn comm_rank(&self, index: usize) -> Rank {
+        match &self.members {
+            Some(members) => members[index],
+            None => index as Rank,
+        }
     }
 
     fn send(&self, to: usize, tag: i32, payload: &[u8]) -> MpiResult<()> {
-        let dest = self.comm.world_rank_of(to as i32);
+        let dest = self.comm.world_rank_of(self.comm_rank(to));
         let context = self.comm.collective_context();
         let mut engine = self.comm.engine.borrow_mut();
         let handle = engine.start_send(dest, context, tag, false, payload)?;
@@ -63,14 +85,19 @@ impl<'c> Group<'c> {
     fn receive(&self, from: usize, tag: i32, into: &mut [u8]) -> MpiResult<()> {
         let pattern = Pattern {
             context: self.comm.collective_context(),
-            source: Some(self.comm.world_rank_of(from as i32)),
+            source: Some(self.comm.world_rank_of(self.comm_rank(from))),
             tag: Some(tag),
         };
         let header = self.comm.engine.borrow_mut().receive_into(pattern, into, self.datatype)?;
         if header.len != into.len() {
             return fail(
                 ErrorClass::Count,
-                format!("collective: rank {} sent {} bytes, {} expected (counts differ between ranks)", from, header.len, into.len()),
+                format!(
+                    "collective: rank {} sent {} bytes, {} expected (counts differ between ranks)",
+                    self.comm_rank(from),
+                    header.len,
+                    into.len()
+                ),
             );
         }
         Ok(())
@@ -78,7 +105,7 @@ impl<'c> Group<'c> {
 
     /// Sends and receives at once, so exchanges cannot deadlock on rendezvous transports.
     fn exchange(&self, to: usize, payload: &[u8], from: usize, into: &mut [u8], tag: i32) -> MpiResult<()> {
-        let dest = self.comm.world_rank_of(to as i32);
+        let dest = self.comm.world_rank_of(self.comm_rank(to));
         let context = self.comm.collective_context();
         let handle = self.comm.engine.borrow_mut().start_send(dest, context, tag, false, payload)?;
         let received = self.receive(from, tag, into);
@@ -104,8 +131,17 @@ pub(crate) fn barrier(group: &Group) -> MpiResult<()> {
     Ok(())
 }
 
-/// Binomial-tree broadcast.
+/// Broadcast with the algorithm `selection` picks for this size and rank count.
 pub(crate) fn broadcast(group: &Group, root: usize, buffer: &mut [u8]) -> MpiResult<()> {
+    let count = buffer.len() / group.datatype.size().max(1);
+    match selection::broadcast(buffer.len(), count, group.size) {
+        Broadcast::Binomial => broadcast_binomial(group, root, buffer),
+        Broadcast::ScatterAllGather => broadcast_scatter_all_gather(group, root, buffer),
+    }
+}
+
+/// Binomial-tree broadcast.
+pub(crate) fn broadcast_binomial(group: &Group, root: usize, buffer: &mut [u8]) -> MpiResult<()> {
     let n = group.size;
     let relative = (group.rank + n - root) % n;
     let mut mask = 1;
@@ -124,6 +160,34 @@ pub(crate) fn broadcast(group: &Group, root: usize, buffer: &mut [u8]) -> MpiRes
         mask >>= 1;
     }
     Ok(())
+}
+
+/// Van de Geijn's broadcast for long messages: the root scatters the buffer in n
+/// nearly equal chunks down a binomial tree (chunk i to the i-th rank after the root),
+/// then a ring all-gather completes every copy. Each rank sends and receives about
+/// 2·(n−1)/n of the buffer, against log2(n) whole copies on the binomial tree's root.
+pub(crate) fn broadcast_scatter_all_gather(group: &Group, root: usize, buffer: &mut [u8]) -> MpiResult<()> {
+    let n = group.size;
+    let relative = (group.rank + n - root) % n;
+    let chunks = chunk_ranges(buffer.len(), group.datatype.size(), n);
+    // Bytes of chunks first..end (relative indices), contiguous in the buffer.
+    let span = |first: usize, end: usize| chunks[first].start..chunks[end - 1].end;
+    let subtree = subtree_size(relative, n);
+    if relative != 0 {
+        let lowbit = relative & relative.wrapping_neg();
+        group.receive((relative - lowbit + root) % n, tag::BROADCAST, &mut buffer[span(relative, relative + subtree)])?;
+    }
+    let mut mask = if relative == 0 { n.next_power_of_two() >> 1 } else { (relative & relative.wrapping_neg()) >> 1 };
+    while mask > 0 {
+        if mask < subtree {
+            let end = (2 * mask).min(subtree);
+            group.send((relative + mask + root) % n, tag::BROADCAST, &buffer[span(relative + mask, relative + end)])?;
+        }
+        mask >>= 1;
+    }
+    // Rank q holds chunk (q − root) mod n.
+    let by_rank: Vec<Range<usize>> = (0..n).map(|q| chunks[(q + n - root) % n].clone()).collect();
+    all_gather_ring_tagged(group, buffer, &by_rank, tag::BROADCAST)
 }
 
 /// Binomial-tree gather of equal blocks; the root gets them in rank order.
@@ -235,15 +299,26 @@ pub(crate) fn scatter_varcount(group: &Group, root: usize, input: Option<(&[u8],
 /// Ring all-gather: n-1 steps, each rank forwards the block it received last.
 /// `ranges[i]` is rank i's part of `output`; the own part must already be in place.
 pub(crate) fn all_gather_ring(group: &Group, output: &mut [u8], ranges: &[Range<usize>]) -> MpiResult<()> {
+    all_gather_ring_tagged(group, output, ranges, tag::ALL_GATHER)
+}
+
+fn all_gather_ring_tagged(group: &Group, output: &mut [u8], ranges: &[Range<usize>], tag: i32) -> MpiResult<()> {
     let (r, n) = (group.rank, group.size);
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
     let mut outgoing = Vec::new();
     for step in 0..n.saturating_sub(1) {
         let send_block = (r + n - step) % n;
         let receive_block = (r + 2 * n - step - 1) % n;
-        outgoing.clear();
-        outgoing.extend_from_slice(&output[ranges[send_block].clone()]);
-        group.exchange(right, &outgoing, left, &mut output[ranges[receive_block].clone()], tag::ALL_GATHER)?;
+        let (send, receive) = (ranges[send_block].clone(), ranges[receive_block].clone());
+        if send.end <= receive.start || receive.end <= send.start {
+            let (send, receive) = split_disjoint(output, send, receive);
+            group.exchange(right, send, left, receive, tag)?;
+        } else {
+            // Overlapping parts (allowed by a varcount layout): send a copy.
+            outgoing.clear();
+            outgoing.extend_from_slice(&output[send]);
+            group.exchange(right, &outgoing, left, &mut output[receive], tag)?;
+        }
     }
     Ok(())
 }
@@ -296,44 +371,84 @@ pub(crate) fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&m
     Ok(())
 }
 
-/// All-reduce: recursive doubling for short vectors or non-commutative operations,
-/// ring reduce-scatter + all-gather for long ones.
+/// All-reduce with the algorithm `selection` picks for this size and rank count.
 pub(crate) fn all_reduce(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
     let count = input.len() / group.datatype.size().max(1);
-    if op.is_commutative() && input.len() >= ALL_REDUCE_RING_MIN_BYTES && count >= group.size {
-        all_reduce_ring(group, input, output, op)
-    } else {
-        all_reduce_recursive_doubling(group, input, output, op)
+    match selection::all_reduce(input.len(), count, group.size, op.is_commutative()) {
+        AllReduce::RecursiveDoubling => all_reduce_recursive_doubling(group, input, output, op),
+        AllReduce::Rabenseifner => all_reduce_rabenseifner(group, input, output, op),
+        AllReduce::Ring => all_reduce_ring(group, input, output, op),
     }
 }
 
-/// Recursive doubling; with n not a power of two the first 2·(n − 2^k) ranks pair up
-/// first (even into odd) and the odd ones take part. Partners combine lower-rank data
-/// first, so both compute bit-identical results.
+/// The ranks below the largest power of two ≤ n take part in power-of-two algorithms;
+/// the first 2·(n − 2^k) ranks pair up first (even into odd, so the odd one holds the
+/// pair's data in rank order) and only the odd one of each pair takes part.
+struct Fold {
+    /// 2^k.
+    power: usize,
+    /// n − 2^k.
+    extra: usize,
+}
+
+impl Fold {
+    fn of(n: usize) -> Fold {
+        let power = if n.is_power_of_two() { n } else { n.next_power_of_two() >> 1 };
+        Fold { power, extra: n - power }
+    }
+    /// Position among the 2^k participants, or None for the even rank of a pair.
+    fn virtual_rank(&self, rank: usize) -> Option<usize> {
+        if rank < 2 * self.extra {
+            (rank % 2 == 1).then_some(rank / 2)
+        } else {
+            Some(rank - self.extra)
+        }
+    }
+    fn real_rank(&self, virtual_rank: usize) -> usize {
+        if virtual_rank < self.extra { 2 * virtual_rank + 1 } else { virtual_rank + self.extra }
+    }
+    /// Step in: the even rank of a pair hands its data to the odd one, which combines
+    /// (lower rank first). Returns the participant's virtual rank.
+    fn fold_in(&self, group: &Group, accumulated: &mut AlignedBytes, incoming: &mut AlignedBytes, op: &dyn Operation, tag: i32) -> MpiResult<Option<usize>> {
+        let r = group.rank;
+        if r < 2 * self.extra {
+            if r % 2 == 0 {
+                group.send(r + 1, tag, accumulated.as_ref())?;
+            } else {
+                group.receive(r - 1, tag, incoming.as_mut())?;
+                reduce_into(op, incoming.as_ref(), accumulated.as_mut(), group.datatype)?;
+            }
+        }
+        Ok(self.virtual_rank(r))
+    }
+    /// Step out: the odd rank of a pair hands the result back to the even one.
+    fn fold_out(&self, group: &Group, result: &mut [u8], tag: i32) -> MpiResult<()> {
+        let r = group.rank;
+        if r < 2 * self.extra {
+            if r % 2 == 1 {
+                group.send(r - 1, tag, result)?;
+            } else {
+                group.receive(r + 1, tag, result)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Recursive doubling (after the `Fold` step in). Partners combine lower-rank data
+/// first, so both compute bit-identical results, and the bracketing is the rank-ordered
+/// binary tree ((r0 r1)(r2 r3))…, the same as `all_reduce_rabenseifner`'s.
 pub(crate) fn all_reduce_recursive_doubling(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
-    let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    let datatype = group.datatype;
     let mut accumulated = AlignedBytes::from_bytes(input);
     let mut incoming = AlignedBytes::zeroed(input.len());
-    let power = if n.is_power_of_two() { n } else { n.next_power_of_two() >> 1 };
-    let extra = n - power;
-    let participant = if r < 2 * extra {
-        if r % 2 == 0 {
-            group.send(r + 1, tag::ALL_REDUCE, accumulated.as_ref())?;
-            None
-        } else {
-            group.receive(r - 1, tag::ALL_REDUCE, incoming.as_mut())?;
-            reduce_into(op, incoming.as_ref(), accumulated.as_mut(), datatype)?;
-            Some(r / 2)
-        }
-    } else {
-        Some(r - extra)
-    };
-    if let Some(virtual_rank) = participant {
-        let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
+    let fold = Fold::of(group.size);
+    if let Some(virtual_rank) = fold.fold_in(group, &mut accumulated, &mut incoming, op, tag::ALL_REDUCE)? {
         let mut mask = 1;
-        while mask < power {
+        while mask < fold.power {
             let partner = virtual_rank ^ mask;
-            group.exchange(real(partner), accumulated.as_ref(), real(partner), incoming.as_mut(), tag::ALL_REDUCE)?;
+            let real = fold.real_rank(partner);
+            group.exchange(real, accumulated.as_ref(), real, incoming.as_mut(), tag::ALL_REDUCE)?;
             if partner < virtual_rank {
                 reduce_into(op, incoming.as_ref(), accumulated.as_mut(), datatype)?;
             } else {
@@ -343,15 +458,68 @@ pub(crate) fn all_reduce_recursive_doubling(group: &Group, input: &[u8], output:
             mask <<= 1;
         }
     }
-    if r < 2 * extra {
-        if r % 2 == 1 {
-            group.send(r - 1, tag::ALL_REDUCE, accumulated.as_ref())?;
-        } else {
-            group.receive(r + 1, tag::ALL_REDUCE, accumulated.as_mut())?;
-        }
-    }
+    fold.fold_out(group, accumulated.as_mut(), tag::ALL_REDUCE)?;
     output.copy_from_slice(accumulated.as_ref());
     Ok(())
+}
+
+/// Rabenseifner's all-reduce: after the `Fold` step in, a reduce-scatter by recursive
+/// halving (partner at distance 1, 2, 4…; each keeps one half of its current window
+/// of chunks and reduces the partner's copy of it into its own, lower rank first),
+/// then an all-gather by recursive doubling that retraces the halving backwards.
+/// Each chunk is reduced on exactly one rank, in the bracketing of recursive doubling,
+/// and only copied afterwards: every rank gets the same bits.
+pub(crate) fn all_reduce_rabenseifner(group: &Group, input: &[u8], output: &mut [u8], op: &dyn Operation) -> MpiResult<()> {
+    let datatype = group.datatype;
+    let mut accumulated = AlignedBytes::from_bytes(input);
+    let mut incoming = AlignedBytes::zeroed(input.len());
+    let fold = Fold::of(group.size);
+    if let Some(virtual_rank) = fold.fold_in(group, &mut accumulated, &mut incoming, op, tag::ALL_REDUCE)? {
+        let chunks = chunk_ranges(input.len(), datatype.size(), fold.power);
+        let bytes = |window: Range<usize>| if window.is_empty() { 0..0 } else { chunks[window.start].start..chunks[window.end - 1].end };
+        // Windows of chunk indices kept at each step, to retrace in the all-gather.
+        let mut kept: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+        let mut window = 0..fold.power;
+        let mut mask = 1;
+        while mask < fold.power {
+            let partner = virtual_rank ^ mask;
+            let real = fold.real_rank(partner);
+            let middle = window.start + window.len() / 2;
+            let (mine, theirs) = if virtual_rank & mask == 0 { (window.start..middle, middle..window.end) } else { (middle..window.end, window.start..middle) };
+            let (keep, give) = (bytes(mine.clone()), bytes(theirs.clone()));
+            group.exchange(real, &accumulated.as_ref()[give.clone()], real, &mut incoming.as_mut()[keep.clone()], tag::ALL_REDUCE)?;
+            if partner < virtual_rank {
+                reduce_into(op, &incoming.as_ref()[keep.clone()], &mut accumulated.as_mut()[keep], datatype)?;
+            } else {
+                reduce_into(op, &accumulated.as_ref()[keep.clone()], &mut incoming.as_mut()[keep.clone()], datatype)?;
+                accumulated.as_mut()[keep.clone()].copy_from_slice(&incoming.as_ref()[keep]);
+            }
+            kept.push((mine.clone(), theirs));
+            window = mine;
+            mask <<= 1;
+        }
+        // All-gather: undo the halving, largest distance first.
+        while let Some((mine, theirs)) = kept.pop() {
+            mask >>= 1;
+            let real = fold.real_rank(virtual_rank ^ mask);
+            let (send, receive) = split_disjoint(accumulated.as_mut(), bytes(mine), bytes(theirs));
+            group.exchange(real, send, real, receive, tag::ALL_REDUCE)?;
+        }
+    }
+    fold.fold_out(group, accumulated.as_mut(), tag::ALL_REDUCE)?;
+    output.copy_from_slice(accumulated.as_ref());
+    Ok(())
+}
+
+/// Two disjoint ranges of one buffer: the first to read, the second to write.
+fn split_disjoint(buffer: &mut [u8], read: Range<usize>, write: Range<usize>) -> (&[u8], &mut [u8]) {
+    if read.end <= write.start {
+        let (low, high) = buffer.split_at_mut(write.start);
+        (&low[read], &mut high[..write.len()])
+    } else {
+        let (low, high) = buffer.split_at_mut(read.start);
+        (&high[..read.len()], &mut low[write])
+    }
 }
 
 /// Element ranges (in bytes) of n nearly equal chunks.

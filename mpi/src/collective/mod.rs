@@ -2,6 +2,8 @@
 //! for operations without a root, `Root` for those with one.
 
 pub(crate) mod internal;
+mod hierarchical;
+pub(crate) mod selection;
 mod operation;
 pub(crate) mod topology;
 
@@ -52,8 +54,8 @@ pub trait CommunicatorCollectives: Communicator {
         run(comm, || {
             let group = Group::new(comm, DatatypeRef::primitive(crate::datatype::Primitive::U8));
             match topology::plan(comm) {
-                // Hook for hierarchical barriers: see `topology`.
-                Plan::Flat | Plan::Hierarchical(_) => internal::barrier(&group),
+                Plan::Flat => internal::barrier(&group),
+                Plan::Hierarchical(topology) => hierarchical::barrier(&group, topology),
             }
         })
     }
@@ -68,7 +70,10 @@ pub trait CommunicatorCollectives: Communicator {
             check_len("all_gather_into receive buffer", output.len(), block * group.size)?;
             let ranges: alloc::vec::Vec<_> = (0..group.size).map(|i| i * block..(i + 1) * block).collect();
             output[ranges[group.rank].clone()].copy_from_slice(sendbuf.bytes());
-            internal::all_gather_ring(&group, output, &ranges)
+            match topology::plan(comm) {
+                Plan::Flat => internal::all_gather_ring(&group, output, &ranges),
+                Plan::Hierarchical(topology) => hierarchical::all_gather(&group, topology, output, block),
+            }
         })
     }
 
@@ -125,8 +130,10 @@ pub trait CommunicatorCollectives: Communicator {
             check_len("all_reduce_into receive buffer", output.len(), sendbuf.bytes().len())?;
             let group = Group::new(comm, datatype);
             match topology::plan(comm) {
-                // Hook for hierarchical all-reduce: see `topology`.
-                Plan::Flat | Plan::Hierarchical(_) => internal::all_reduce(&group, sendbuf.bytes(), output, &op),
+                Plan::Hierarchical(topology) if op.is_commutative() || topology.blocks_in_rank_order => {
+                    hierarchical::all_reduce(&group, topology, sendbuf.bytes(), output, &op)
+                }
+                _ => internal::all_reduce(&group, sendbuf.bytes(), output, &op),
             }
         })
     }
@@ -141,7 +148,7 @@ pub trait CommunicatorCollectives: Communicator {
             let output = recvbuf.bytes_mut(Token(()));
             check_len("reduce_scatter_block_into send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
             let mut reduced = (group.rank == 0).then(|| alloc::vec![0u8; sendbuf.bytes().len()]);
-            internal::reduce(&group, 0, sendbuf.bytes(), reduced.as_deref_mut(), &op)?;
+            reduce(&group, 0, sendbuf.bytes(), reduced.as_deref_mut(), &op)?;
             internal::scatter(&group, 0, reduced.as_deref(), output)
         })
     }
@@ -168,6 +175,17 @@ fn scan<S: ?Sized + Buffer, R: ?Sized + BufferMut>(comm: &CommState, sendbuf: &S
 }
 
 impl<C: Communicator> CommunicatorCollectives for C {}
+
+/// `MPI_Reduce` on the plan's path: hierarchical only where it keeps the rank order a
+/// non-commutative operation needs.
+fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&mut [u8]>, op: &dyn Operation) -> MpiResult<()> {
+    match topology::plan(group.comm()) {
+        Plan::Hierarchical(topology) if op.is_commutative() || topology.blocks_in_rank_order => {
+            hierarchical::reduce(group, topology, root, input, output, op)
+        }
+        _ => internal::reduce(group, root, input, output, op),
+    }
+}
 
 /// Collective operations with a root process (rsmpi's `Root`), for `Process`.
 /// The root calls the `*_root` variant, every other rank the plain one.
@@ -219,9 +237,10 @@ impl Root for Process<'_> {
         run(self.comm, || {
             self.comm.check_rank(self.rank, ErrorClass::Root)?;
             let group = Group::new(self.comm, buffer.buffer_datatype());
+            let (root, buffer) = (self.rank as usize, buffer.bytes_mut(Token(())));
             match topology::plan(self.comm) {
-                // Hook for hierarchical broadcast: see `topology`.
-                Plan::Flat | Plan::Hierarchical(_) => internal::broadcast(&group, self.rank as usize, buffer.bytes_mut(Token(()))),
+                Plan::Flat => internal::broadcast(&group, root, buffer),
+                Plan::Hierarchical(topology) => hierarchical::broadcast(&group, topology, root, buffer),
             }
         })
     }
@@ -303,7 +322,7 @@ impl Root for Process<'_> {
             let root = self.root_for(false)?;
             let datatype = sendbuf.buffer_datatype();
             check_reduction(datatype, datatype, &op)?;
-            internal::reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), None, &op)
+            reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), None, &op)
         })
     }
 
@@ -314,7 +333,7 @@ impl Root for Process<'_> {
             check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
             let output = recvbuf.bytes_mut(Token(()));
             check_len("reduce_into_root receive buffer", output.len(), sendbuf.bytes().len())?;
-            internal::reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), Some(output), &op)
+            reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), Some(output), &op)
         })
     }
 }

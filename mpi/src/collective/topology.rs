@@ -1,47 +1,70 @@
-//! Where a communicator's ranks live, for hierarchical collectives.
+//! Where a communicator's ranks live, and whether a collective runs hierarchically.
 //!
-//! Hook: when a communicator spans several VMs, barrier, broadcast and all-reduce
-//! should run inside each VM first (fast shared-memory rings), then among one leader
-//! per VM (network), then inside each VM again. `plan` is the single place that makes
-//! this choice; today every plan runs the flat algorithms, because only single-VM jobs
-//! exist (the inter-VM transport is a later issue).
+//! When a communicator spans several VMs, barrier, broadcast, reduce, all-reduce and
+//! all-gather run inside each VM first (shared-memory rings), then among one leader
+//! per VM (the network), then inside each VM again (see `hierarchical`). `plan` is the
+//! single place that makes this choice.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::communicator::CommState;
+use crate::environment::Location;
 use crate::Rank;
 
 /// Ranks of a communicator grouped by VM (groups ordered by VM index, ranks ascending).
 pub(crate) struct Topology {
     pub(crate) vm_groups: Vec<Vec<Rank>>,
+    /// Index into `vm_groups` of each rank's VM.
+    group_of_rank: Vec<usize>,
+    /// The groups, one after the other, list the ranks 0, 1, 2… in order (each VM holds
+    /// a block of consecutive ranks, VMs in rank order): reducing inside each VM, then
+    /// across VMs, keeps rank order, so non-commutative operations can go hierarchical.
+    pub(crate) blocks_in_rank_order: bool,
 }
 
 impl Topology {
-    pub(crate) fn of(comm: &CommState) -> Topology {
+    pub(crate) fn of(locations: &[Location]) -> Topology {
         let mut by_vm: BTreeMap<u32, Vec<Rank>> = BTreeMap::new();
-        for (rank, location) in comm.locations().iter().enumerate() {
+        for (rank, location) in locations.iter().enumerate() {
             by_vm.entry(location.vm).or_default().push(rank as Rank);
         }
-        Topology { vm_groups: by_vm.into_values().collect() }
+        let vm_groups: Vec<Vec<Rank>> = by_vm.into_values().collect();
+        let mut group_of_rank = alloc::vec![0; locations.len()];
+        for (index, group) in vm_groups.iter().enumerate() {
+            for &rank in group {
+                group_of_rank[rank as usize] = index;
+            }
+        }
+        let blocks_in_rank_order = vm_groups.iter().flatten().enumerate().all(|(i, &rank)| rank as usize == i);
+        Topology { vm_groups, group_of_rank, blocks_in_rank_order }
     }
 
     pub(crate) fn spans_vms(&self) -> bool {
         self.vm_groups.len() > 1
     }
+
+    /// Index of `rank`'s VM among `vm_groups`.
+    pub(crate) fn group_of(&self, rank: Rank) -> usize {
+        self.group_of_rank[rank as usize]
+    }
 }
 
 /// How a collective is run on a communicator.
-pub(crate) enum Plan {
+pub(crate) enum Plan<'t> {
     /// One algorithm over all ranks.
     Flat,
-    /// Inside each VM, then among VM leaders (the first rank of each group).
-    /// Planned: falls back to `Flat` until the inter-VM transport exists.
-    #[allow(dead_code)] // read once hierarchical algorithms exist
-    Hierarchical(Topology),
+    /// Inside each VM, then among one leader per VM, then inside each VM again.
+    Hierarchical(&'t Topology),
 }
 
-pub(crate) fn plan(comm: &CommState) -> Plan {
-    let topology = Topology::of(comm);
-    if topology.spans_vms() { Plan::Hierarchical(topology) } else { Plan::Flat }
+/// Hierarchical when the ranks span VMs and at least one VM holds several of them
+/// (with one rank per VM the leaders' step alone is the flat algorithm).
+pub(crate) fn plan(comm: &CommState) -> Plan<'_> {
+    let topology = comm.topology();
+    if topology.spans_vms() && topology.vm_groups.len() < comm.size() as usize {
+        Plan::Hierarchical(topology)
+    } else {
+        Plan::Flat
+    }
 }

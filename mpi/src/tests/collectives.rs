@@ -393,34 +393,236 @@ fn user_operations_commutative_and_ordered() {
             let mut total = 0;
             world.all_reduce_into(&(rank + 1), &mut total, &sum);
             assert_eq!(total, (n * (n + 1) / 2) as i32);
-            // Composition of affine maps x ↦ a·x + b: associative, not commutative.
-            // inout = input ∘ inout means "apply inout first, then input"... the
-            // reference composes in rank order with the same convention.
-            let compose = |first: [i64; 2], second: [i64; 2]| [first[0].wrapping_mul(second[0]), first[0].wrapping_mul(second[1]).wrapping_add(first[1])];
-            let affine = UserOperation::associative(move |input, inout| {
-                let input: &[[i64; 2]] = input.downcast().expect("pairs");
-                let inout: &mut [[i64; 2]] = inout.downcast().expect("pairs");
-                for (x, y) in input.iter().zip(inout) {
-                    *y = compose(*x, *y);
-                }
-            });
-            let mine = [[rank as i64 + 2, rank as i64 * 3 + 1]; 4];
-            let reference = (1..n as i64).fold([2i64, 1], |acc, r| compose(acc, [r + 2, r * 3 + 1]));
-            let mut out = [[0i64; 2]; 4];
-            world.all_reduce_into(&mine, &mut out, &affine);
-            assert_eq!(out, [reference; 4]);
-            let mut prefix = [[0i64; 2]; 4];
-            world.scan_into(&mine, &mut prefix, &affine);
-            let expected = (1..=rank as i64).fold([2i64, 1], |acc, r| compose(acc, [r + 2, r * 3 + 1]));
-            assert_eq!(prefix, [expected; 4]);
-            let root = world.process_at_rank(0);
-            if rank == 0 {
-                let mut out = [[0i64; 2]; 4];
-                root.reduce_into_root(&mine, &mut out, &affine);
-                assert_eq!(out, [reference; 4]);
-            } else {
-                root.reduce_into(&mine, &affine);
-            }
+            non_commutative_reductions(&world);
         });
+    }
+}
+
+/// Composition of affine maps x ↦ a·x + b (associative, not commutative) through
+/// all-reduce (short and long vectors), scan and reduce: results must be in rank order.
+fn non_commutative_reductions(world: &SimpleCommunicator) {
+    let (rank, n) = (world.rank(), world.size() as usize);
+    // `inout = input ∘ inout`: the reference composes in rank order the same way.
+    let compose = |first: [i64; 2], second: [i64; 2]| [first[0].wrapping_mul(second[0]), first[0].wrapping_mul(second[1]).wrapping_add(first[1])];
+    let affine = UserOperation::associative(move |input, inout| {
+        let input: &[[i64; 2]] = input.downcast().expect("pairs");
+        let inout: &mut [[i64; 2]] = inout.downcast().expect("pairs");
+        for (x, y) in input.iter().zip(inout) {
+            *y = compose(*x, *y);
+        }
+    });
+    let value = |r: i64, i: usize| [r + 2 + (i % 3) as i64, r * 3 + 1 + i as i64];
+    let reference = |ranks: core::ops::Range<i64>, i: usize| ranks.clone().skip(1).fold(value(ranks.start, i), |acc, r| compose(acc, value(r, i)));
+    // 4 values: recursive doubling; 400 (6.4 KB): Rabenseifner.
+    for count in [4usize, 400] {
+        let mine: Vec<[i64; 2]> = (0..count).map(|i| value(rank as i64, i)).collect();
+        let expected: Vec<[i64; 2]> = (0..count).map(|i| reference(0..n as i64, i)).collect();
+        let mut out = vec![[0i64; 2]; count];
+        world.all_reduce_into(&mine[..], &mut out[..], &affine);
+        assert_eq!(out, expected, "non-commutative all-reduce of {count}");
+        let mut prefix = vec![[0i64; 2]; count];
+        world.scan_into(&mine[..], &mut prefix[..], &affine);
+        let expected_prefix: Vec<[i64; 2]> = (0..count).map(|i| reference(0..rank as i64 + 1, i)).collect();
+        assert_eq!(prefix, expected_prefix, "non-commutative scan of {count}");
+        let root = world.process_at_rank((n / 2) as i32);
+        if rank as usize == n / 2 {
+            let mut out = vec![[0i64; 2]; count];
+            root.reduce_into_root(&mine[..], &mut out[..], &affine);
+            assert_eq!(out, expected, "non-commutative reduce of {count}");
+        } else {
+            root.reduce_into(&mine[..], &affine);
+        }
+    }
+}
+
+// ---- each algorithm forced, and hierarchical collectives ----
+
+use mpi::collective::internal::{self, Group};
+use mpi::collective::selection;
+use mpi::testing::Placement;
+
+/// Digest of bytes (exact: any difference in any bit changes it, with overwhelming odds).
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).enumerate().fold(bytes.len() as u64, |acc, (i, chunk)| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash(acc, i, u64::from_ne_bytes(word) as usize)
+    })
+}
+
+type AllReduceAlgorithm = fn(&Group, &[u8], &mut [u8], &dyn mpi::collective::Operation) -> mpi::error::MpiResult<()>;
+type BroadcastAlgorithm = fn(&Group, usize, &mut [u8]) -> mpi::error::MpiResult<()>;
+
+const ALL_REDUCE_ALGORITHMS: [(&str, AllReduceAlgorithm); 3] = [
+    ("recursive doubling", internal::all_reduce_recursive_doubling),
+    ("rabenseifner", internal::all_reduce_rabenseifner),
+    ("ring", internal::all_reduce_ring),
+];
+const BROADCAST_ALGORITHMS: [(&str, BroadcastAlgorithm); 2] =
+    [("binomial", internal::broadcast_binomial), ("scatter + all-gather", internal::broadcast_scatter_all_gather)];
+
+/// One trial: every all-reduce algorithm on operation `op_index` of `T`, every
+/// broadcast algorithm from `root`; each rank returns the digests of its results, the
+/// test thread compares them with the sequential reference (computed once).
+fn run_algorithms<T: TestValue>(n: usize, count: usize, root: usize, op_index: usize, seed: u64, eager: usize, vms: usize) {
+    let mut world_options = options(n, eager);
+    world_options.vms = vms;
+    let label = std::format!("{} n={n} count={count} root={root} op #{op_index} vms={vms}", core::any::type_name::<T>());
+    let results = spawn_world_with(world_options, move |universe| {
+        let world = universe.world();
+        let rank = world.rank() as usize;
+        let mine = data::<T>(seed, rank, count);
+        let (op, _) = T::operations().swap_remove(op_index);
+        let group = Group::new(&world.state, T::equivalent_datatype());
+        let mut digests = Vec::new();
+        for (_, algorithm) in ALL_REDUCE_ALGORITHMS {
+            let mut out = vec![T::default(); count];
+            algorithm(&group, mpi::raw::bytes_of(&mine), mpi::raw::bytes_of_mut(&mut out), &op).expect("all-reduce");
+            digests.push(digest(mpi::raw::bytes_of(&out)));
+        }
+        for (_, algorithm) in BROADCAST_ALGORITHMS {
+            let mut buffer = if rank == root { data::<T>(seed, root, count) } else { vec![T::default(); count] };
+            algorithm(&group, root, mpi::raw::bytes_of_mut(&mut buffer)).expect("broadcast");
+            digests.push(digest(mpi::raw::bytes_of(&buffer)));
+        }
+        digests
+    });
+    let (_, reference) = T::operations().swap_remove(op_index);
+    let reduced = digest(mpi::raw::bytes_of(&fold(seed, 0..n, count, reference)));
+    let broadcast = digest(mpi::raw::bytes_of(&data::<T>(seed, root, count)));
+    for (rank, digests) in results.iter().enumerate() {
+        for (index, (name, _)) in ALL_REDUCE_ALGORITHMS.iter().enumerate() {
+            assert_eq!(digests[index], reduced, "all-reduce {name} on rank {rank}: {label}");
+        }
+        for (index, (name, _)) in BROADCAST_ALGORITHMS.iter().enumerate() {
+            assert_eq!(digests[ALL_REDUCE_ALGORITHMS.len() + index], broadcast, "broadcast {name} on rank {rank}: {label}");
+        }
+    }
+}
+
+#[test]
+fn every_all_reduce_and_broadcast_algorithm_randomized_up_to_1_mib() {
+    let trials: u64 = std::env::var("MPI_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    for trial in 0..trials {
+        let h = |i: usize| hash(0xA160, trial as usize, i);
+        let n = 1 + (h(1) % 16) as usize;
+        // Log-uniform sizes from 0 B to 1 MiB (every fourth trial 16 KiB – 1 MiB).
+        let bits = if trial % 4 == 3 { 14 + h(2) % 7 } else { h(2) % 21 };
+        let bytes = (h(3) % ((1u64 << bits) + 1)) as usize;
+        let root = (h(4) % n as u64) as usize;
+        let eager = if trial % 2 == 0 { usize::MAX } else { 4096 };
+        let seed = h(5);
+        let op = h(6) as usize;
+        match trial % 4 {
+            0 => run_algorithms::<i32>(n, bytes / 4, root, op % i32::operations().len(), seed, eager, 1),
+            1 => run_algorithms::<f64>(n, bytes / 8, root, op % f64::operations().len(), seed, eager, 1),
+            2 => run_algorithms::<u8>(n, bytes, root, op % u8::operations().len(), seed, eager, 1),
+            _ => run_algorithms::<MinMaxLoc<f64, i64>>(n, bytes / 16, root, op % 2, seed, eager, 1),
+        }
+    }
+}
+
+#[test]
+fn algorithm_edge_cases() {
+    // Fewer values than ranks, one value, powers of two and one past them.
+    for &(n, count) in &[(1usize, 0usize), (1, 7), (2, 1), (3, 2), (4, 4), (5, 3), (7, 100), (8, 8), (9, 8), (15, 4096), (16, 3)] {
+        run_algorithms::<i64>(n, count, n - 1, 0, 7 + n as u64, 64, 1);
+        run_algorithms::<f32>(n, count, n / 2, 0, 9 + n as u64, usize::MAX, 1);
+    }
+}
+
+#[test]
+fn selection_thresholds() {
+    use selection::{AllReduce, Broadcast};
+    let short = selection::ALL_REDUCE_SHORT_MAX_BYTES;
+    assert_eq!(selection::all_reduce(short, short / 4, 4, true), AllReduce::RecursiveDoubling);
+    assert_eq!(selection::all_reduce(short + 4, short / 4 + 1, 4, true), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 6, true), AllReduce::Ring);
+    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 6, false), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 8, true), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(1 << 20, 3, 8, true), AllReduce::RecursiveDoubling);
+    assert_eq!(selection::broadcast(1 << 20, 1 << 20, selection::BROADCAST_MIN_RANKS - 1), Broadcast::Binomial);
+    assert_eq!(selection::broadcast(1 << 20, 1 << 20, selection::BROADCAST_MIN_RANKS), Broadcast::ScatterAllGather);
+    assert_eq!(selection::broadcast(selection::BROADCAST_SHORT_MAX_BYTES - 1, 1 << 10, 16), Broadcast::Binomial);
+}
+
+#[test]
+fn all_algorithms_give_bit_identical_results_on_every_rank() {
+    // Non-integer values: rounding depends on the order of additions. Recursive doubling
+    // and Rabenseifner use the same bracketing, so they agree with each other too.
+    for &n in &[3usize, 6, 8, 13] {
+        for &count in &[3usize, 12_000] {
+            let results = spawn_world_with(options(n, 1024), move |universe| {
+                let world = universe.world();
+                let mine: Vec<f64> = (0..count).map(|i| (hash(3, world.rank() as usize, i) % 1_000_003) as f64 / 7.3).collect();
+                let group = Group::new(&world.state, f64::equivalent_datatype());
+                ALL_REDUCE_ALGORITHMS
+                    .iter()
+                    .map(|(_, algorithm)| {
+                        let mut out = vec![0f64; count];
+                        algorithm(&group, mpi::raw::bytes_of(&mine), mpi::raw::bytes_of_mut(&mut out), &SystemOperation::sum()).expect("all-reduce");
+                        digest(mpi::raw::bytes_of(&out))
+                    })
+                    .collect::<Vec<u64>>()
+            });
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "n={n} count={count}: ranks differ");
+            assert_eq!(results[0][0], results[0][1], "n={n} count={count}: recursive doubling and Rabenseifner differ");
+        }
+    }
+}
+
+/// The public collectives (and so `topology::plan`'s hierarchical path) on ranks
+/// spread over pretend VMs, in blocks and round-robin.
+#[test]
+fn hierarchical_collectives_across_vms() {
+    for n in 2..=16usize {
+        for (vms, placement) in [(2, Placement::Blocks), (3, Placement::Blocks), (2, Placement::RoundRobin), (5, Placement::RoundRobin)] {
+            if vms > n {
+                continue;
+            }
+            let mut world_options = options(n, if n % 2 == 0 { 64 } else { usize::MAX });
+            world_options.vms = vms;
+            world_options.placement = placement;
+            spawn_world_with(world_options, move |universe| {
+                let world = universe.world();
+                let seed = 1000 + n as u64 * 7 + vms as u64;
+                let all_roots = n <= 6;
+                for &count in &[0usize, 1, 33] {
+                    check_reductions::<i32>(&world, seed, count, all_roots);
+                }
+                check_reductions::<f64>(&world, seed, 7, false);
+                check_reductions::<MinMaxLoc<i32, i32>>(&world, seed, 5, false);
+                check_movement::<u8>(&world, seed, 6, all_roots);
+                check_movement::<[i32; 3]>(&world, seed, 2, false);
+                world.barrier();
+                non_commutative_reductions(&world);
+                // Large enough for Rabenseifner among the leaders and scatter + all-gather.
+                let count = 5000;
+                let mine = data::<i32>(seed, world.rank() as usize, count);
+                let mut out = vec![0i32; count];
+                world.all_reduce_into(&mine[..], &mut out[..], SystemOperation::sum());
+                assert_eq!(out, fold(seed, 0..n, count, |a: i32, b| a.wrapping_add(b)), "large all-reduce");
+                let root = n - 1;
+                let mut buffer = if world.rank() as usize == root { mine.clone() } else { vec![0; count] };
+                world.process_at_rank(root as i32).broadcast_into(&mut buffer[..]);
+                assert_eq!(buffer, data::<i32>(seed, root, count), "large broadcast");
+            });
+        }
+    }
+}
+
+#[test]
+fn hierarchical_all_reduce_is_bit_identical_on_every_rank() {
+    for &(n, vms) in &[(6usize, 2usize), (13, 3), (16, 4)] {
+        let mut world_options = options(n, usize::MAX);
+        world_options.vms = vms;
+        let results = spawn_world_with(world_options, move |universe| {
+            let world = universe.world();
+            let mine: Vec<f64> = (0..4000).map(|i| (hash(5, world.rank() as usize, i) % 1_000_003) as f64 / 3.1).collect();
+            let mut out = vec![0f64; mine.len()];
+            world.all_reduce_into(&mine[..], &mut out[..], SystemOperation::sum());
+            digest(mpi::raw::bytes_of(&out))
+        });
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "n={n} vms={vms}");
     }
 }

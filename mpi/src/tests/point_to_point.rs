@@ -323,7 +323,7 @@ fn time_initialize_and_vm_layout() {
         let (t0, t1) = (mpi::time(), mpi::time());
         assert!(t1 >= t0 && mpi::time_resolution() > 0.0);
         let world = universe.world();
-        let topology = mpi::collective::topology::Topology::of(&world.state);
+        let topology = world.state.topology();
         assert_eq!(topology.vm_groups, vec![vec![0, 1], vec![2, 3]]);
         world.barrier();
     })
