@@ -40,7 +40,29 @@ pub enum Element {
     /// A (value, location) pair for MINLOC / MAXLOC (`MinMaxLoc`).
     Loc { value: Primitive, location: Primitive },
     /// A user type made of plain data; only user-defined operations can reduce it.
-    Opaque { size: usize, type_id: TypeId },
+    /// `check` validates received bytes when the type has invalid patterns (a `bool`
+    /// field of a derived struct).
+    Opaque { size: usize, type_id: TypeId, check: Option<ByteCheck> },
+}
+
+/// Validity check of one value's bytes. Compares equal to every other check: the
+/// `type_id` beside it already tells types apart.
+#[derive(Clone, Copy)]
+pub struct ByteCheck(fn(&[u8]) -> bool);
+
+impl PartialEq for ByteCheck {
+    fn eq(&self, _: &ByteCheck) -> bool {
+        true
+    }
+}
+impl Eq for ByteCheck {}
+impl core::hash::Hash for ByteCheck {
+    fn hash<H: core::hash::Hasher>(&self, _: &mut H) {}
+}
+impl core::fmt::Debug for ByteCheck {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ByteCheck")
+    }
 }
 
 impl Element {
@@ -72,7 +94,15 @@ impl DatatypeRef {
 
     /// The datatype of a user-defined plain-data type `T` (see `Equivalence`).
     pub fn opaque<T: 'static>() -> DatatypeRef {
-        DatatypeRef { element: Element::Opaque { size: size_of::<T>(), type_id: TypeId::of::<T>() }, multiplicity: 1 }
+        DatatypeRef { element: Element::Opaque { size: size_of::<T>(), type_id: TypeId::of::<T>(), check: None }, multiplicity: 1 }
+    }
+
+    /// The datatype of a struct whose fields are all `Equivalence` (what
+    /// `#[derive(Equivalence)]` returns): opaque to system operations, with its
+    /// received bytes checked when a field has invalid patterns.
+    pub fn structure<T: Equivalence>() -> DatatypeRef {
+        let check = T::HAS_INVALID_BYTES.then_some(ByteCheck(T::is_valid_bytes));
+        DatatypeRef { element: Element::Opaque { size: size_of::<T>(), type_id: TypeId::of::<T>(), check }, multiplicity: 1 }
     }
 
     /// `n` consecutive values of this datatype.
@@ -94,16 +124,22 @@ impl DatatypeRef {
         self.element.size() * self.multiplicity
     }
 
+    /// Whether some byte patterns are not values of this datatype (it holds `bool`s).
     pub(crate) fn contains_bool(&self) -> bool {
         matches!(self.element, Element::Primitive(Primitive::Bool))
             || matches!(self.element, Element::Loc { value: Primitive::Bool, .. })
+            || matches!(self.element, Element::Opaque { check: Some(_), .. })
     }
 }
 
 /// Rejects bytes that are not valid values of `datatype` (only `bool` has invalid
 /// patterns among the types we accept), so received bytes never create invalid values.
 pub(crate) fn validate(datatype: DatatypeRef, bytes: &[u8]) -> MpiResult<()> {
-    if datatype.contains_bool() {
+    if let Element::Opaque { size, check: Some(ByteCheck(check)), .. } = datatype.element {
+        if bytes.len() % size.max(1) != 0 || !bytes.chunks(size.max(1)).all(check) {
+            return fail(ErrorClass::Type, "received bytes are not valid values of the struct (a bool field holds neither 0 nor 1)");
+        }
+    } else if datatype.contains_bool() {
         let stride = datatype.element.size();
         if bytes.chunks(stride).any(|element| element[0] > 1) {
             return fail(ErrorClass::Type, "received bytes are not valid bool values");

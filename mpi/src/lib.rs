@@ -23,6 +23,9 @@
 #![deny(unsafe_code)]
 
 extern crate alloc;
+// `#[derive(Equivalence)]` names `::mpi::…`; this makes that path work in this
+// crate's own tests too.
+extern crate self as mpi;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
@@ -73,6 +76,36 @@ pub mod traits {
     pub use crate::collective::{CommunicatorCollectives, Operation, Root};
     pub use crate::communicator::Communicator;
     pub use crate::datatype::{Buffer, BufferMut, Equivalence};
+    /// `#[derive(Equivalence)]` for structs of `Equivalence` fields (which must be
+    /// `Copy` and without padding):
+    ///
+    /// ```
+    /// use mpi::traits::*;
+    /// #[derive(Equivalence, Clone, Copy, Debug, PartialEq, Default)]
+    /// #[repr(C)]
+    /// struct Particle { position: [f64; 3], mass: f64, id: u32, alive: bool, spare: [u8; 3] }
+    /// assert_eq!(Particle::equivalent_datatype().size(), 40);
+    /// ```
+    ///
+    /// Padding is a compile-time error (its bytes would be sent uninitialized):
+    ///
+    /// ```compile_fail
+    /// use mpi::traits::*;
+    /// #[derive(Equivalence, Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Padded { small: u8, large: u64 }
+    /// let _ = Padded::equivalent_datatype();
+    /// ```
+    ///
+    /// So is a field that is not `Equivalence`:
+    ///
+    /// ```compile_fail
+    /// use mpi::traits::*;
+    /// #[derive(Equivalence, Clone, Copy)]
+    /// struct Pointer { to: &'static u64 }
+    /// ```
+    #[cfg(feature = "derive")]
+    pub use mpi_derive::Equivalence;
     pub use crate::point_to_point::{Destination, Source};
     pub use crate::request::Scope;
 }

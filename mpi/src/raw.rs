@@ -137,10 +137,20 @@ pub(crate) fn platform() -> Option<&'static dyn Platform> {
 /// Implement only for `Copy` plain data: no padding bytes, no pointers or references,
 /// and every byte pattern a value of the same type can have is valid (no niches other
 /// than `bool`, which the library checks). `equivalent_datatype().size()` must equal
-/// `size_of::<Self>()`. For your own `#[repr(C)]` structs without padding, return
-/// `DatatypeRef::opaque::<Self>()`.
+/// `size_of::<Self>()`. For your own structs, `#[derive(Equivalence)]` (feature
+/// `derive`) checks all this at compile time; by hand, for a `#[repr(C)]` struct
+/// without padding or `bool` fields, return `DatatypeRef::opaque::<Self>()`.
 pub unsafe trait Equivalence: Copy + 'static {
     fn equivalent_datatype() -> DatatypeRef;
+    /// Whether some byte patterns of `size_of::<Self>()` bytes are not values (it
+    /// holds a `bool`). Used by `#[derive(Equivalence)]`.
+    #[doc(hidden)]
+    const HAS_INVALID_BYTES: bool = false;
+    /// Whether `bytes` (exactly `size_of::<Self>()`) are a value of `Self`.
+    #[doc(hidden)]
+    fn is_valid_bytes(_bytes: &[u8]) -> bool {
+        true
+    }
 }
 
 macro_rules! primitive_equivalence {
@@ -154,13 +164,29 @@ macro_rules! primitive_equivalence {
 primitive_equivalence!(
     i8 => I8, i16 => I16, i32 => I32, i64 => I64, i128 => I128, isize => Isize,
     u8 => U8, u16 => U16, u32 => U32, u64 => U64, u128 => U128, usize => Usize,
-    f32 => F32, f64 => F64, bool => Bool,
+    f32 => F32, f64 => F64,
 );
+
+// SAFETY: bool is one byte without padding; the library checks received bytes are 0
+// or 1 (`HAS_INVALID_BYTES`, `datatype::validate`).
+unsafe impl Equivalence for bool {
+    fn equivalent_datatype() -> DatatypeRef {
+        DatatypeRef::primitive(Primitive::Bool)
+    }
+    const HAS_INVALID_BYTES: bool = true;
+    fn is_valid_bytes(bytes: &[u8]) -> bool {
+        bytes.iter().all(|&byte| byte <= 1)
+    }
+}
 
 // SAFETY: an array of plain data is plain data with no padding between elements.
 unsafe impl<T: Equivalence, const N: usize> Equivalence for [T; N] {
     fn equivalent_datatype() -> DatatypeRef {
         T::equivalent_datatype().contiguous(N)
+    }
+    const HAS_INVALID_BYTES: bool = T::HAS_INVALID_BYTES;
+    fn is_valid_bytes(bytes: &[u8]) -> bool {
+        bytes.chunks(size_of::<T>().max(1)).all(T::is_valid_bytes)
     }
 }
 

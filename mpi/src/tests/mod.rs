@@ -8,6 +8,7 @@ mod errors;
 mod in_memory {
     pub(crate) use crate::testing as harness;
     mod collectives;
+    mod derive;
     mod point_to_point;
 }
 
@@ -15,6 +16,7 @@ mod in_memory {
 mod over_vbus {
     pub(crate) use crate::testing::over_vbus as harness;
     mod collectives;
+    mod derive;
     mod point_to_point;
     #[path = "over_vbus/shared_cores.rs"]
     mod shared_cores;
