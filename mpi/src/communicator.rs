@@ -258,6 +258,15 @@ pub trait Communicator: AsCommState {
         let state = self.comm_state();
         state.check(state.split(color, key)).map(|new| SimpleCommunicator { state: Rc::new(new) })
     }
+    /// `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` (collective): the ranks that share
+    /// memory with this one — those of its VM — ordered by `key`, then by rank.
+    fn split_shared(&self, key: Key) -> SimpleCommunicator {
+        let state = self.comm_state();
+        let vm = state.topology().group_of(state.rank());
+        let color = Color::with_value(vm as i32);
+        let new = state.check(state.split(color, key)).expect("a defined color always gives a communicator");
+        SimpleCommunicator { state: Rc::new(new) }
+    }
     /// `MPI_Abort`: ends the whole job with `errorcode`.
     fn abort(&self, errorcode: i32) -> ! {
         let state = self.comm_state();

@@ -325,6 +325,9 @@ fn time_initialize_and_vm_layout() {
         let world = universe.world();
         let topology = world.state.topology();
         assert_eq!(topology.vm_groups, vec![vec![0, 1], vec![2, 3]]);
+        // Reverse order inside each VM by key.
+        let node = world.split_shared(-world.rank());
+        assert_eq!((node.size(), node.rank()), (2, 1 - world.rank() % 2));
         world.barrier();
     })
     .expect("job");
