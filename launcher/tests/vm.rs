@@ -34,6 +34,8 @@ struct Images {
     /// MPI programs (the `toro` glue: MPI over virtio-bus inside a VM).
     pi: String,
     jacobi: String,
+    /// The MPI test suite app (examples/mpi-suite).
+    suite: String,
 }
 
 fn images() -> &'static Images {
@@ -53,10 +55,11 @@ fn images() -> &'static Images {
         let kernel_only = copy(vmtest::kernel_only(), "kernel-only.elf");
         let pi = copy(vmtest::image("pi", "pi"), "pi.elf");
         let jacobi = copy(vmtest::image("jacobi", "jacobi"), "jacobi.elf");
-        for img in [&hello, &selftest, &pi, &jacobi] {
+        let suite = copy(vmtest::image("mpi-suite", "mpi-suite"), "mpi-suite.elf");
+        for img in [&hello, &selftest, &pi, &jacobi, &suite] {
             toro_image::check_file(img.as_ref()).unwrap();
         }
-        Images { hello, selftest, kernel_only, pi, jacobi }
+        Images { hello, selftest, kernel_only, pi, jacobi, suite }
     })
 }
 
@@ -333,6 +336,26 @@ fn mpi_program_across_vms() {
         for k in 0..2 {
             f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
         }
+    }
+}
+
+/// The whole MPI suite across 2 VMs × 2 ranks (`small`: messages up to 40 KB, so
+/// TCP under TCG stays quick): every collective takes the hierarchical path (inside
+/// each VM, then between the VMs' leaders, then inside each VM).
+#[test]
+fn mpi_suite_across_vms_with_hierarchical_collectives() {
+    let img = images();
+    for accel in vmtest::accels() {
+        let _one = serial();
+        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.suite, "small"]).run(2 * limit(accel));
+        f.assert_code(0);
+        f.assert_stdout_has("[rank 0] suite: 4 ranks in 2 VMs: hierarchical collectives");
+        f.assert_stdout_has("[rank 0] suite: derived struct datatype");
+        f.assert_stdout_has("[rank 0] suite: all passed");
+        for k in 0..2 {
+            f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
+        }
+        eprintln!("{accel:?}: suite across 2 VMs took {:?}", f.took);
     }
 }
 

@@ -32,7 +32,8 @@ fn mpi_suite_4_ranks_on_4_vcpus() {
         let r = run("mpi-suite", "mpi-suite", accel, 4, &plan(4, 4), 300);
         r.assert_status(status::OK);
         for check in ["send/receive forms", "tags out of order", "any source, non-overtaking", "probe and matched probe",
-                      "2000 outstanding immediate", "barrier x100", "broadcast, reduce, allreduce", "bit-identical float allreduce"] {
+                      "2000 outstanding immediate", "barrier x100", "broadcast, reduce, allreduce", "bit-identical float allreduce",
+                      "derived struct datatype"] {
             r.assert_line(&format!("suite: {check}"));
         }
         r.assert_line("[rank 0] suite: all passed");
