@@ -5,6 +5,9 @@
 //! receive buffers in 32 MiB) then a 4-byte ack; collectives = average time per
 //! call, max over ranks. One line per figure: `osu: <name> <size> <value> <unit>`.
 //! Arguments: `-- [ITERATIONS]` (default 10000; large sizes use fewer).
+//! `-- algorithms [ITERATIONS]`: every all-reduce and broadcast algorithm forced in
+//! turn (`mpi::collective::tuning`), 256 B .. 2 MiB, to place the thresholds of
+//! `mpi/src/collective/selection.rs`: `osu: <collective> <algorithm> <ranks> <size> B <us> us`.
 #![no_std]
 #![no_main]
 
@@ -92,9 +95,63 @@ fn collective(world: &SimpleCommunicator, name: &str, iterations: usize, mut f: 
     }
 }
 
+/// Average time of one call (µs), max over ranks.
+fn timed(world: &SimpleCommunicator, iterations: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..(iterations / 10).max(1) {
+        f();
+    }
+    world.barrier();
+    let start = mpi::time();
+    for _ in 0..iterations {
+        f();
+    }
+    let mine = (mpi::time() - start) * 1e6 / iterations as f64;
+    let mut worst = 0.0f64;
+    world.all_reduce_into(&mine, &mut worst, SystemOperation::max());
+    worst
+}
+
+fn algorithms(world: &SimpleCommunicator, iterations: usize) {
+    use mpi::collective::tuning::{force_all_reduce, force_broadcast, AllReduce, Broadcast};
+    let (rank, size) = (world.rank(), world.size());
+    let mut bytes = 256usize;
+    while bytes <= 2 << 20 {
+        // Fewer iterations for large messages: about the same time per size.
+        let n = (iterations * 1024 / bytes.max(1024)).max(5);
+        let x = vec![1.0f32; bytes / 4];
+        let mut y = vec![0.0f32; bytes / 4];
+        for algorithm in [AllReduce::RecursiveDoubling, AllReduce::Rabenseifner, AllReduce::Ring] {
+            force_all_reduce(Some(algorithm));
+            let us = timed(world, n, || world.all_reduce_into(&x[..], &mut y[..], SystemOperation::sum()));
+            if rank == 0 {
+                println!("osu: allreduce {algorithm:?} {size} {bytes} B {us:.2} us");
+            }
+        }
+        force_all_reduce(None);
+        let mut b = vec![rank as u8; bytes];
+        for algorithm in [Broadcast::Binomial, Broadcast::ScatterAllGather] {
+            force_broadcast(Some(algorithm));
+            let us = timed(world, n, || world.process_at_rank(0).broadcast_into(&mut b[..]));
+            if rank == 0 {
+                println!("osu: bcast {algorithm:?} {size} {bytes} B {us:.2} us");
+            }
+        }
+        force_broadcast(None);
+        bytes *= 2;
+    }
+    if rank == 0 {
+        println!("osu: done");
+    }
+}
+
 fn main() -> i32 {
     let universe = mpi::initialize().expect("MPI initialize");
     let world = universe.world();
+    if toro::rt::args().first().map(|a| a.as_str()) == Some("algorithms") {
+        let iterations = toro::rt::args().get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+        algorithms(&world, iterations);
+        return 0;
+    }
     let iterations: usize = toro::rt::args().first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let (rank, size) = (world.rank(), world.size());
     if size == 2 {

@@ -9,6 +9,11 @@ pub(crate) mod topology;
 
 pub use operation::{Operation, SystemOperation, UserOperation};
 
+/// Overrides of the algorithm choice, for measurements (see `selection`).
+pub mod tuning {
+    pub use super::selection::{force_all_reduce, force_broadcast, AllReduce, Broadcast};
+}
+
 use alloc::format;
 
 use crate::communicator::{CommState, Communicator};

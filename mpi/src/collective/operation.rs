@@ -72,11 +72,13 @@ impl SystemOperation {
 }
 
 /// Applies `f(input, inout)` element-wise on `N`-byte values, without alignment needs.
+/// `decode`/`encode` are generic (not fn pointers) so they inline and the loop
+/// vectorizes: with fn pointers a 1 MiB f32 sum took ~1.3 ms in a VM.
 fn combine<const N: usize, T: Copy>(
     input: &[u8],
     inout: &mut [u8],
-    decode: fn([u8; N]) -> T,
-    encode: fn(T) -> [u8; N],
+    decode: impl Fn([u8; N]) -> T,
+    encode: impl Fn(T) -> [u8; N],
     f: impl Fn(T, T) -> T,
 ) {
     for (a, b) in input.chunks_exact(N).zip(inout.chunks_exact_mut(N)) {
@@ -88,8 +90,7 @@ fn combine<const N: usize, T: Copy>(
 
 macro_rules! integer_reduce {
     ($t:ty, $kind:expr, $input:expr, $inout:expr) => {{
-        const N: usize = size_of::<$t>();
-        let (d, e): (fn([u8; N]) -> $t, fn($t) -> [u8; N]) = (<$t>::from_ne_bytes, <$t>::to_ne_bytes);
+        let (d, e) = (<$t>::from_ne_bytes, <$t>::to_ne_bytes);
         let truth = |v: $t| v != 0;
         match $kind {
             Kind::Max => combine($input, $inout, d, e, |a, b| a.max(b)),
@@ -110,8 +111,7 @@ macro_rules! integer_reduce {
 
 macro_rules! float_reduce {
     ($t:ty, $kind:expr, $input:expr, $inout:expr) => {{
-        const N: usize = size_of::<$t>();
-        let (d, e): (fn([u8; N]) -> $t, fn($t) -> [u8; N]) = (<$t>::from_ne_bytes, <$t>::to_ne_bytes);
+        let (d, e) = (<$t>::from_ne_bytes, <$t>::to_ne_bytes);
         match $kind {
             Kind::Max => combine($input, $inout, d, e, |a, b| if a > b { a } else { b }),
             Kind::Min => combine($input, $inout, d, e, |a, b| if a < b { a } else { b }),
@@ -124,7 +124,7 @@ macro_rules! float_reduce {
 }
 
 fn bool_reduce(kind: Kind, input: &[u8], inout: &mut [u8]) -> MpiResult<()> {
-    let (d, e): (fn([u8; 1]) -> bool, fn(bool) -> [u8; 1]) = (|b| b[0] != 0, |v| [v as u8]);
+    let (d, e) = (|b: [u8; 1]| b[0] != 0, |v: bool| [v as u8]);
     match kind {
         Kind::LogicalAnd | Kind::BitwiseAnd => combine(input, inout, d, e, |a, b| a && b),
         Kind::LogicalOr | Kind::BitwiseOr => combine(input, inout, d, e, |a, b| a || b),

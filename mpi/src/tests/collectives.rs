@@ -334,7 +334,9 @@ impl TestValue for [i32; 3] {
 #[test]
 fn large_vectors_up_to_1_mib() {
     // Sizes past the ring threshold and up to 1 MiB, on a few rank counts.
-    for &(n, count) in &[(2usize, 1usize << 18), (5, 40_000), (8, 9_000), (16, 1 << 16)] {
+    // (5, 40_000): Rabenseifner; (3, 1 << 18): the ring; (8, 9_000): Rabenseifner and
+    // scatter + all-gather broadcast.
+    for &(n, count) in &[(2usize, 1usize << 18), (3, 1 << 18), (5, 40_000), (8, 9_000), (16, 1 << 16)] {
         spawn_world_with(options(n, 16 * 1024), move |universe| {
             let world = universe.world();
             let seed = 5 + n as u64;
@@ -535,11 +537,17 @@ fn algorithm_edge_cases() {
 fn selection_thresholds() {
     use selection::{AllReduce, Broadcast};
     let short = selection::ALL_REDUCE_SHORT_MAX_BYTES;
-    assert_eq!(selection::all_reduce(short, short / 4, 4, true), AllReduce::RecursiveDoubling);
-    assert_eq!(selection::all_reduce(short + 4, short / 4 + 1, 4, true), AllReduce::Rabenseifner);
-    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 6, true), AllReduce::Ring);
-    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 6, false), AllReduce::Rabenseifner);
-    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, 8, true), AllReduce::Rabenseifner);
+    let few = selection::ALL_REDUCE_RECURSIVE_DOUBLING_MAX_RANKS;
+    let ring = selection::ALL_REDUCE_RING_MIN_BYTES_PER_RANK;
+    assert_eq!(selection::all_reduce(short, short / 4, 8, true), AllReduce::RecursiveDoubling);
+    assert_eq!(selection::all_reduce(short + 4, short / 4 + 1, 8, true), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(1 << 21, 1 << 19, few, true), AllReduce::RecursiveDoubling);
+    assert_eq!(selection::all_reduce(1 << 20, 1 << 18, few + 1, true), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(3 * ring, 3 * ring / 4, 3, true), AllReduce::Ring);
+    assert_eq!(selection::all_reduce(3 * ring - 4, 3 * ring / 4 - 1, 3, true), AllReduce::RecursiveDoubling);
+    assert_eq!(selection::all_reduce(6 * ring, 6 * ring / 4, 6, true), AllReduce::Ring);
+    assert_eq!(selection::all_reduce(6 * ring, 6 * ring / 4, 6, false), AllReduce::Rabenseifner);
+    assert_eq!(selection::all_reduce(8 * ring, 8 * ring / 4, 8, true), AllReduce::Rabenseifner);
     assert_eq!(selection::all_reduce(1 << 20, 3, 8, true), AllReduce::RecursiveDoubling);
     assert_eq!(selection::broadcast(1 << 20, 1 << 20, selection::BROADCAST_MIN_RANKS - 1), Broadcast::Binomial);
     assert_eq!(selection::broadcast(1 << 20, 1 << 20, selection::BROADCAST_MIN_RANKS), Broadcast::ScatterAllGather);
