@@ -8,6 +8,8 @@
 //! `-- algorithms [ITERATIONS]`: every all-reduce and broadcast algorithm forced in
 //! turn (`mpi::collective::tuning`), 256 B .. 2 MiB, to place the thresholds of
 //! `mpi/src/collective/selection.rs`: `osu: <collective> <algorithm> <ranks> <size> B <us> us`.
+//! `-- flat [ITERATIONS]`: the 8 B collectives with hierarchical collectives turned off
+//! (`tuning::force_flat`), to compare with the default across VMs.
 #![no_std]
 #![no_main]
 
@@ -152,7 +154,15 @@ fn main() -> i32 {
         algorithms(&world, iterations);
         return 0;
     }
-    let iterations: usize = toro::rt::args().first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let mut args = toro::rt::args();
+    if args.first().map(|a| a.as_str()) == Some("flat") {
+        mpi::collective::tuning::force_flat(true);
+        args.remove(0);
+        if world.rank() == 0 {
+            println!("osu: hierarchical collectives off");
+        }
+    }
+    let iterations: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let (rank, size) = (world.rank(), world.size());
     if size == 2 {
         for bytes in [8usize, 1024] {

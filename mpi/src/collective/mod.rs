@@ -12,6 +12,7 @@ pub use operation::{Operation, SystemOperation, UserOperation};
 /// Overrides of the algorithm choice, for measurements (see `selection`).
 pub mod tuning {
     pub use super::selection::{force_all_reduce, force_broadcast, AllReduce, Broadcast};
+    pub use super::topology::force_flat;
 }
 
 use alloc::format;

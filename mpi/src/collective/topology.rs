@@ -6,6 +6,7 @@
 //! single place that makes this choice.
 
 use alloc::collections::BTreeMap;
+use core::sync::atomic::{AtomicBool, Ordering};
 use alloc::vec::Vec;
 
 use crate::communicator::CommState;
@@ -58,11 +59,21 @@ pub(crate) enum Plan<'t> {
     Hierarchical(&'t Topology),
 }
 
+/// Set: every plan is flat (for measurements, `mpi::collective::tuning`).
+static FORCED_FLAT: AtomicBool = AtomicBool::new(false);
+
+/// Makes every collective of this process (every rank of a VM) run flat even when its
+/// ranks span VMs (`false`: back to the choice by topology). All ranks of a job must
+/// agree.
+pub fn force_flat(flat: bool) {
+    FORCED_FLAT.store(flat, Ordering::Relaxed);
+}
+
 /// Hierarchical when the ranks span VMs and at least one VM holds several of them
 /// (with one rank per VM the leaders' step alone is the flat algorithm).
 pub(crate) fn plan(comm: &CommState) -> Plan<'_> {
     let topology = comm.topology();
-    if topology.spans_vms() && topology.vm_groups.len() < comm.size() as usize {
+    if topology.spans_vms() && topology.vm_groups.len() < comm.size() as usize && !FORCED_FLAT.load(Ordering::Relaxed) {
         Plan::Hierarchical(topology)
     } else {
         Plan::Flat
