@@ -339,23 +339,30 @@ fn mpi_program_across_vms() {
     }
 }
 
-/// The whole MPI suite across 2 VMs × 2 ranks (`small`: messages up to 40 KB, so
-/// TCP under TCG stays quick): every collective takes the hierarchical path (inside
-/// each VM, then between the VMs' leaders, then inside each VM).
+/// The whole MPI suite across VMs (`small`: messages up to 40 KB, so TCP under TCG
+/// stays quick): every collective takes the hierarchical path (inside each VM, then
+/// between the VMs' leaders, then inside each VM). 2 VMs × 2 ranks in blocks, and
+/// 2 VMs × 3 ranks placed cyclically (each VM's ranks are not consecutive: rank-ordered
+/// reductions with non-commutative operations must stay flat there).
 #[test]
 fn mpi_suite_across_vms_with_hierarchical_collectives() {
     let img = images();
     for accel in vmtest::accels() {
-        let _one = serial();
-        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.suite, "small"]).run(2 * limit(accel));
-        f.assert_code(0);
-        f.assert_stdout_has("[rank 0] suite: 4 ranks in 2 VMs: hierarchical collectives");
-        f.assert_stdout_has("[rank 0] suite: derived struct datatype");
-        f.assert_stdout_has("[rank 0] suite: all passed");
-        for k in 0..2 {
-            f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
+        for (np, layout) in [("4", &["--vms", "2"][..]), ("6", &["--vms", "2", "--map-by", "cyclic"][..])] {
+            let _one = serial();
+            let mut args = vec!["-np", np];
+            args.extend_from_slice(layout);
+            args.extend_from_slice(&[&img.suite, "small"]);
+            let f = Job::new(accel, &args).run(2 * limit(accel));
+            f.assert_code(0);
+            f.assert_stdout_has(&format!("[rank 0] suite: {np} ranks in 2 VMs: hierarchical collectives"));
+            f.assert_stdout_has("[rank 0] suite: derived struct datatype");
+            f.assert_stdout_has("[rank 0] suite: all passed");
+            for k in 0..2 {
+                f.assert_stdout_has(&format!("[vm {k}] toro: exit 0"));
+            }
+            eprintln!("{accel:?} {args:?}: suite took {:?}", f.took);
         }
-        eprintln!("{accel:?}: suite across 2 VMs took {:?}", f.took);
     }
 }
 
