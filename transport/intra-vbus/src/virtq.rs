@@ -498,7 +498,7 @@ impl Virtq {
 #[inline(always)]
 pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     // SAFETY: the caller's contract; each branch reads and writes inside
-    // `src[..len]` and `dst[..len]` (overlapping halves for 9–16 and 5–8).
+    // `src[..len]` and `dst[..len]` (two overlapping 8-byte halves for 9–16).
     unsafe {
         match len {
             0 => {}
