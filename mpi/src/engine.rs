@@ -13,6 +13,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::datatype::{validate, DatatypeRef};
+pub(crate) use crate::raw::Landing;
 use crate::environment::{Environment, RankSetup};
 use crate::error::{fail, ErrorClass, ErrorMode, MpiError, MpiResult};
 use crate::router::Router;
@@ -52,15 +53,24 @@ pub(crate) struct SendHandle {
 /// Id of a posted immediate receive.
 pub(crate) type ReceiveId = u64;
 
+/// A message matched by a posted receive.
+pub(crate) enum Matched {
+    /// Already copied into the receive's `Landing`.
+    InPlace(Header),
+    /// Kept here: the receive's buffer was too small (TRUNCATE) or its datatype
+    /// needs the bytes validated first.
+    Queued(Arrived),
+}
+
 pub(crate) struct Engine {
     pub(crate) env: Box<dyn Environment>,
     router: Router,
     me: WireRank,
     world_size: u32,
     unexpected: VecDeque<Arrived>,
-    posted: VecDeque<(ReceiveId, Pattern)>,
-    /// Messages matched by posted receives, waiting for `wait`/`test` to copy them out.
-    matched: BTreeMap<ReceiveId, Arrived>,
+    posted: VecDeque<(ReceiveId, Pattern, Landing)>,
+    /// Messages matched by posted receives, waiting for `wait`/`test` to complete them.
+    matched: BTreeMap<ReceiveId, Matched>,
     acked: BTreeSet<u64>,
     /// Sends nobody waits for (acks); polled to completion by `progress`.
     background: Vec<SendHandle>,
@@ -217,17 +227,32 @@ impl Engine {
             self.acked.insert(header.cookie);
             return;
         }
+        match self.posted.iter().position(|(_, pattern, _)| pattern.matches(&header)) {
+            Some(index) => {
+                let (id, _, landing) = self.posted.remove(index).expect("index from position");
+                self.record_ack(&header);
+                let matched = if header.len <= landing.len() && datatype_is_unchecked(landing.datatype) {
+                    // The receive is still posted (its request cannot have completed
+                    // before `take_matched(id)`), so its buffer is live and ours to write.
+                    let into = &mut landing.bytes_mut()[..header.len];
+                    self.router.transports[transport].receive_payload(into);
+                    Matched::InPlace(header)
+                } else {
+                    Matched::Queued(self.receive_arrived(transport, header))
+                };
+                self.matched.insert(id, matched);
+            }
+            None => {
+                let arrived = self.receive_arrived(transport, header);
+                self.unexpected.push_back(arrived);
+            }
+        }
+    }
+
+    fn receive_arrived(&mut self, transport: usize, header: Header) -> Arrived {
         let mut payload = vec![0u8; header.len];
         self.router.transports[transport].receive_payload(&mut payload);
-        let arrived = Arrived { header, payload };
-        match self.posted.iter().position(|(_, pattern)| pattern.matches(&header)) {
-            Some(index) => {
-                let (id, _) = self.posted.remove(index).expect("index from position");
-                self.record_ack(&header);
-                self.matched.insert(id, arrived);
-            }
-            None => self.unexpected.push_back(arrived),
-        }
+        Arrived { header, payload }
     }
 
     /// Acknowledges a matched synchronous message; a failure to send the ack is
@@ -260,7 +285,7 @@ impl Engine {
             for transport in 0..self.router.transports.len() {
                 while let Some(header) = self.router.transports[transport].peek() {
                     busy = true;
-                    let mine = pattern.matches(&header) && !self.posted.iter().any(|(_, posted)| posted.matches(&header));
+                    let mine = pattern.matches(&header) && !self.posted.iter().any(|(_, posted, _)| posted.matches(&header));
                     if !mine {
                         self.take_incoming(transport, header);
                         continue;
@@ -314,20 +339,23 @@ impl Engine {
         self.receive_message(pattern)
     }
 
-    /// Posts an immediate receive; a message already queued matches at once.
-    pub(crate) fn post_receive(&mut self, pattern: Pattern) -> ReceiveId {
+    /// Posts an immediate receive into `landing`; a message already queued matches at
+    /// once. A message arriving later is copied straight into `landing` (see
+    /// `raw::Landing` for what the caller guarantees: the buffer stays live and
+    /// untouched until `take_matched(id)` has returned `Some`).
+    pub(crate) fn post_receive(&mut self, pattern: Pattern, landing: Landing) -> ReceiveId {
         let id = self.fresh_id();
         match self.take_unexpected(&pattern) {
             Some(arrived) => {
-                self.matched.insert(id, arrived);
+                self.matched.insert(id, Matched::Queued(arrived));
             }
-            None => self.posted.push_back((id, pattern)),
+            None => self.posted.push_back((id, pattern, landing)),
         }
         id
     }
 
     /// The message of a posted receive, if it has arrived.
-    pub(crate) fn take_matched(&mut self, id: ReceiveId) -> Option<Arrived> {
+    pub(crate) fn take_matched(&mut self, id: ReceiveId) -> Option<Matched> {
         if let Some(arrived) = self.matched.remove(&id) {
             return Some(arrived);
         }

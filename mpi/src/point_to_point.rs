@@ -228,9 +228,8 @@ pub trait Source: SourceTarget {
     ) -> Request<'a, B, S> {
         let comm = self.source_comm();
         let pattern = comm.check(pattern(comm, self.source_rank(), tag));
-        let id = comm.engine.borrow_mut().post_receive(pattern);
         let datatype = buffer.buffer_datatype();
-        Request::receive(comm.clone(), scope, id, buffer.bytes_mut(Token(())), datatype)
+        Request::receive(comm.clone(), scope, pattern, buffer.bytes_mut(Token(())), datatype)
     }
 }
 

@@ -206,3 +206,39 @@ loc_equivalence!(
     i16, I16, i16, I16; i8, I8, i8, I8;
 );
 
+
+/// The buffer of a posted immediate receive, as raw parts: the engine copies a
+/// matching message straight into it (one copy, no staging vector), at any
+/// progress call until the request completes.
+///
+/// Contract (crate-private): made by `request::Request::receive` from a
+/// `&'a mut [u8]` the request keeps borrowed for `'a` and never touches directly;
+/// `bytes_mut` is called only by the engine while the receive is posted and by the
+/// request once `take_matched` handed the message over, never both at once (one
+/// rank, one thread). A request completes before it is dropped and `scope` aborts
+/// on a leaked one, so the memory outlives every use.
+#[derive(Clone, Copy)]
+pub(crate) struct Landing {
+    at: *mut u8,
+    len: usize,
+    pub(crate) datatype: DatatypeRef,
+}
+
+impl Landing {
+    pub(crate) fn new(buffer: &mut [u8], datatype: DatatypeRef) -> Landing {
+        Landing { at: buffer.as_mut_ptr(), len: buffer.len(), datatype }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The buffer (see the type's contract).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: `at`/`len` came from a live `&mut [u8]` that nothing else uses
+        // while a `Landing` refers to it, and only one `bytes_mut` slice exists at a
+        // time (the type's contract).
+        unsafe { core::slice::from_raw_parts_mut(self.at, self.len) }
+    }
+}

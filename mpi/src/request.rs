@@ -12,7 +12,7 @@ use core::marker::PhantomData;
 
 use crate::communicator::CommState;
 use crate::datatype::DatatypeRef;
-use crate::engine::{deliver, ReceiveId, SendHandle};
+use crate::engine::{deliver, Landing, Matched, ReceiveId, SendHandle};
 use crate::error::MpiResult;
 use crate::point_to_point::Status;
 
@@ -61,13 +61,30 @@ where
 {
     let scope = LocalScope { outstanding: Cell::new(0), _lifetime: PhantomData };
     let result = f(&scope);
-    assert_eq!(scope.outstanding.get(), 0, "mpi::request::scope ended with a request never completed (leaked?)");
+    if scope.outstanding.get() != 0 {
+        // A leaked receive request's buffer may still be written by the engine: the
+        // program must not go on (a panic would unwind and free it), so abort.
+        let _abort = AbortOnUnwind;
+        panic!("mpi::request::scope ended with a request never completed (leaked?)");
+    }
     result
+}
+
+/// Turns the unwind that passes it into an abort (a panic while panicking aborts).
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        panic!("aborting: a leaked request's buffer may still be written");
+    }
 }
 
 enum Pending<'a> {
     Send { handle: SendHandle, _payload: &'a [u8] },
-    Receive { id: ReceiveId, destination: &'a mut [u8], datatype: DatatypeRef },
+    /// The destination is held as the raw pointer the engine also holds (it may copy
+    /// a message into it at any progress call until the request completes); the
+    /// request's `'a` keeps the `&'a mut` borrow it came from alive.
+    Receive { id: ReceiveId, landing: Landing },
 }
 
 /// An immediate operation in flight (`MPI_Request`), borrowing a `D` buffer for `'a`.
@@ -85,9 +102,22 @@ impl<'a, D: ?Sized, S: Scope<'a>> Request<'a, D, S> {
         Request { pending: Some(Pending::Send { handle, _payload: payload }), comm, scope, _buffer: PhantomData }
     }
 
-    pub(crate) fn receive(comm: Rc<CommState>, scope: S, id: ReceiveId, destination: &'a mut [u8], datatype: DatatypeRef) -> Self {
+    /// Posts an immediate receive into `destination`.
+    pub(crate) fn receive(
+        comm: Rc<CommState>,
+        scope: S,
+        pattern: crate::engine::Pattern,
+        destination: &'a mut [u8],
+        datatype: DatatypeRef,
+    ) -> Self {
+        // `destination` is mutably borrowed for 'a and from now on reached only through
+        // `landing`; the request completes (`take_matched` returns Some) before it is
+        // dropped — Drop waits for it — and `scope` aborts the program if a request is
+        // leaked, so the buffer outlives every write the engine makes.
+        let landing = Landing::new(destination, datatype);
+        let id = comm.engine.borrow_mut().post_receive(pattern, landing);
         scope.register();
-        Request { pending: Some(Pending::Receive { id, destination, datatype }), comm, scope, _buffer: PhantomData }
+        Request { pending: Some(Pending::Receive { id, landing }), comm, scope, _buffer: PhantomData }
     }
 
     /// One completion attempt: `Some` once the operation is done (the request is then
@@ -104,10 +134,14 @@ impl<'a, D: ?Sized, S: Scope<'a>> Request<'a, D, S> {
                 }
                 Ok(Status::empty())
             }
-            Pending::Receive { id, destination, datatype } => {
-                let arrived = engine.take_matched(*id)?;
-                deliver(&arrived.header, &arrived.payload, destination, *datatype).map(|header| Status::from_header(&self.comm, &header))
-            }
+            Pending::Receive { id, landing } => match engine.take_matched(*id)? {
+                Matched::InPlace(header) => Ok(Status::from_header(&self.comm, &header)),
+                Matched::Queued(arrived) => {
+                    // The engine no longer holds the buffer: the request is completing.
+                    deliver(&arrived.header, &arrived.payload, landing.bytes_mut(), landing.datatype)
+                        .map(|header| Status::from_header(&self.comm, &header))
+                }
+            },
         };
         drop(engine);
         self.pending = None;

@@ -63,7 +63,37 @@ toro_thread_trampoline:
     .global memcpy
 memcpy:
     movq %rdi, %rax
-    cmpb $0, TORO_FAST_STRINGS(%rip)
+    /* Up to 16 bytes (MPI envelopes, 8-byte reductions): a few moves, every
+       load before any store (memmove relies on it), instead of `rep movsb`,
+       whose start-up costs more than such a copy. */
+    cmpq $16, %rdx
+    ja 5f
+    cmpq $8, %rdx
+    jb 6f
+    movq (%rsi), %rcx
+    movq -8(%rsi,%rdx), %r8
+    movq %rcx, (%rdi)
+    movq %r8, -8(%rdi,%rdx)
+    ret
+6:  cmpq $4, %rdx
+    jb 7f
+    movl (%rsi), %ecx
+    movl -4(%rsi,%rdx), %r8d
+    movl %ecx, (%rdi)
+    movl %r8d, -4(%rdi,%rdx)
+    ret
+7:  testq %rdx, %rdx
+    jz 8f
+    movzbl (%rsi), %ecx
+    movzbl -1(%rsi,%rdx), %r8d
+    cmpq $3, %rdx
+    jne 9f
+    movzbl 1(%rsi), %r9d
+    movb %r9b, 1(%rdi)
+9:  movb %cl, (%rdi)
+    movb %r8b, -1(%rdi,%rdx)
+8:  ret
+5:  cmpb $0, TORO_FAST_STRINGS(%rip)
     je 1f
     movq %rdx, %rcx
     rep movsb

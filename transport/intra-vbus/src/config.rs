@@ -3,7 +3,7 @@
 use core::fmt;
 use core::mem::size_of;
 
-use crate::header::Header;
+use crate::virtq::HeaderLine;
 use crate::virtq::Desc;
 
 /// Most cores a bus connects (one VM's vCPUs).
@@ -112,7 +112,7 @@ impl Config {
     pub const fn ring_bytes(&self) -> usize {
         let q = self.queue_size as usize;
         cache_lines(q * size_of::<Desc>())
-            + cache_lines(q * size_of::<Header>())
+            + q * size_of::<HeaderLine>()
             + cache_lines(2 * (3 + q)) // avail: flags, idx, ring[q], used_event
             + cache_lines(2 * 3 + 8 * q) // used: flags, idx, ring[q] of (id, len), avail_event
             + q * self.slot_bytes()

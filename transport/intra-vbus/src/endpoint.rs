@@ -51,6 +51,12 @@ struct PendingSend {
 
 impl SendHandle {
     const COMPLETE: SendHandle = SendHandle { pending: None };
+
+    /// True if the send was complete when it started (eager or same-core): the
+    /// buffer is free at once and [`Endpoint::test`] need not be asked.
+    pub fn is_complete(&self) -> bool {
+        self.pending.is_none()
+    }
 }
 
 /// A received message, taken off its ring but not yet given back.
@@ -319,7 +325,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         // SAFETY: as in peek_from; we keep the descriptor until release.
         let header = unsafe { ring.header(id) };
         let payload = match header.protocol {
-            Protocol::Eager => ring.slot(id).cast_const(),
+            Protocol::Eager => ring.eager_payload(id, header.len as usize).cast_const(),
             // SAFETY: as above. The address was exposed by the sender
             // (`expose_provenance`) when it published the descriptor.
             Protocol::Rendezvous => {

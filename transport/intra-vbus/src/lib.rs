@@ -97,17 +97,21 @@
 //! 64 bytes, each ring (ordered core pair) takes
 //!
 //! ```text
-//! ring(Q, E) = ⌈16·Q⌉ (descriptors) + ⌈40·Q⌉ (headers) + ⌈2·(Q+3)⌉ (avail)
+//! ring(Q, E) = ⌈16·Q⌉ (descriptors) + 64·Q (header lines) + ⌈2·(Q+3)⌉ (avail)
 //!            + ⌈8·Q+6⌉ (used) + Q·⌈E⌉ (eager buffers) + 6·Q (sender's private state)
 //! bus(N)     = N·(N−1) · ring(Q, E)            ([`Config::memory_bytes`])
 //! ```
 //!
 //! | cores | rings | Q=64, E=2 KiB (default ≤ 16 cores) | Q=16, E=1 KiB (default > 16 cores) |
 //! |------:|------:|-----------------------------------:|-----------------------------------:|
-//! |     2 |     2 |                            272 KB  |                             35 KB  |
-//! |     4 |    12 |                            1.6 MB  |                            212 KB  |
-//! |     8 |    56 |                            7.6 MB  |                            987 KB  |
-//! |    64 |  4032 |                            548 MB  |                             71 MB  |
+//! |     2 |     2 |                            275 KB  |                             36 KB  |
+//! |     4 |    12 |                            1.6 MB  |                            216 KB  |
+//! |     8 |    56 |                            7.7 MB  |                            1.0 MB  |
+//! |    64 |  4032 |                            554 MB  |                             73 MB  |
+//!
+//! Each header has a cache line of its own; an eager payload of at most 24
+//! bytes travels in the rest of that line instead of the eager buffer, so a
+//! small message moves two lines from core to core (avail index, header).
 //!
 //! Every part is cache-line aligned, so what the sender writes (descriptors,
 //! headers, avail ring, eager buffers) and what the receiver writes (used

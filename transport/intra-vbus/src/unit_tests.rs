@@ -17,6 +17,8 @@ fn env(tag: i32) -> Envelope {
 fn sizes_of_shared_structures() {
     assert_eq!(size_of::<virtq::Desc>(), 16);
     assert_eq!(size_of::<Header>(), 40);
+    assert_eq!(size_of::<virtq::HeaderLine>(), 64);
+    assert_eq!(virtq::INLINE_BYTES, 24);
 }
 
 #[test]
@@ -54,8 +56,8 @@ fn config_limits() {
     assert_eq!(Config::new(0).validate(), Err(ConfigError::Cores));
     assert_eq!(Config::new(65).validate(), Err(ConfigError::Cores));
     assert!(Config::new(64).validate().is_ok());
-    assert_eq!(Config::new(64).memory_bytes(), 71_092_224);
-    assert_eq!(Config::new(8).memory_bytes(), 7_605_248);
+    assert_eq!(Config::new(64).memory_bytes(), 72_640_512);
+    assert_eq!(Config::new(8).memory_bytes(), 7_691_264);
     for q in [0u16, 1, 3, 100, 32768] {
         assert_eq!(Config { queue_size: q, ..Config::new(2) }.validate(), Err(ConfigError::QueueSize));
     }
@@ -79,5 +81,5 @@ fn print_memory_table() {
             std::println!("q={q} eager={e} cores={cores} ring={} total={}", c.ring_bytes() + c.private_ring_bytes(), c.memory_bytes());
         }
     }
-    assert_eq!(Config::new(2).ring_bytes(), 64 * 16 + 64 * 40 + 192 + 576 + 64 * 2048);
+    assert_eq!(Config::new(2).ring_bytes(), 64 * 16 + 64 * 64 + 192 + 576 + 64 * 2048);
 }
