@@ -377,7 +377,7 @@ fn mpi_suite_across_four_vms_of_two_ranks() {
     let img = images();
     let accel = Accel::Tcg;
     let _one = serial();
-    let f = Job::new(accel, &["-np", "8", "--vms", "4", img.suite.as_str(), "small"]).run(Duration::from_secs(360));
+    let f = Job::new(accel, &["-np", "8", "--vms", "4", img.suite.as_str(), "small"]).run(Duration::from_secs(480));
     f.assert_code(0);
     f.assert_stdout_has("[rank 0] suite: 8 ranks on 2 cores");
     f.assert_stdout_has("[rank 0] suite: 8 ranks in 4 VMs: hierarchical collectives");
