@@ -5,6 +5,9 @@
 //! collectives take the hierarchical path (inside each VM, then among VM leaders).
 //! Prints `suite: <check> ok` per check and `suite: all passed` on rank 0.
 //! `-- truncate` / `-- bad-rank` / `-- other-vm` run an error case that must end the job.
+//! `-- compute MS`: the last rank computes MS ms without MPI calls between two
+//! collectives while rank 0 streams it 8 MiB (data in flight to a rank that does not
+//! poll); prints `suite: compute MS ok` on rank 0.
 #![no_std]
 #![no_main]
 
@@ -328,6 +331,39 @@ fn derived_datatypes(world: &SimpleCommunicator) {
     check(world, "derived struct datatype: send/receive, broadcast, allgather, allreduce with a user op");
 }
 
+/// A rank that computes for `ms` without calling MPI while a peer (perhaps in another
+/// VM) sends to it and waits in a collective: the job must go on once it is back.
+fn compute_between_collectives(world: &SimpleCommunicator, ms: u64) -> i32 {
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let last = size - 1;
+    let n = 1 << 20; // 8 MiB of u64
+    let mut sum = 0u64;
+    world.all_reduce_into(&(rank as u64), &mut sum, SystemOperation::sum());
+    assert_eq!(sum, (size * (size - 1) / 2) as u64);
+    if rank == last && last != 0 {
+        // Busy: no MPI call, no yield, for `ms`.
+        let until = toro::rt::now_ns() + ms * 1_000_000;
+        let mut x = 1u64;
+        while toro::rt::now_ns() < until {
+            for _ in 0..1000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            }
+        }
+        core::hint::black_box(x);
+        let got = world.process_at_rank(0).receive_vec::<u64>().0;
+        assert!(got == data(0, n), "compute: the 8 MiB message arrived damaged");
+    } else if rank == 0 && last != 0 {
+        world.process_at_rank(last as i32).send(&data(0, n)[..]);
+    }
+    world.all_reduce_into(&(rank as u64 + 1), &mut sum, SystemOperation::sum());
+    assert_eq!(sum, (size * (size + 1) / 2) as u64);
+    world.barrier();
+    if rank == 0 {
+        println!("suite: compute {ms} ok");
+    }
+    0
+}
+
 fn main() -> i32 {
     let universe = mpi::initialize().expect("MPI initialize");
     let world = universe.world();
@@ -360,6 +396,10 @@ fn main() -> i32 {
                 world.process_at_rank(world.size() - 1).send(&1u8);
             }
             return 0;
+        }
+        Some("compute") => {
+            let ms: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3000);
+            return compute_between_collectives(&world, ms);
         }
         _ => {}
     }

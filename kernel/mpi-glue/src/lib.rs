@@ -179,6 +179,8 @@ pub fn rank_returned() {
         if !net.drain(50_000, 2_000_000) {
             toro_rt::println!("toro: inter-net: data to other VMs still unacknowledged after 2 s");
         }
+        // Tell the peers we are gone (a FIN on each connection), so none waits for us.
+        net.close(100_000);
     }
 }
 

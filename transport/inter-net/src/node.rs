@@ -44,7 +44,12 @@ pub struct NetConfig {
     pub socket_buffer: usize,
     /// A peer that has not connected by then is reported.
     pub connect_timeout_ms: u64,
-    /// A connection silent for this long (keep-alives unanswered) is dead.
+    /// A connection silent for this long (data or keep-alives unacknowledged) is dead.
+    /// Long on purpose: a VM answers only while one of its ranks is in a transport
+    /// call, so silence also means "computing". Dead VMs are found otherwise: one that
+    /// ends closes its connections (`Shared::close`), one that is killed or crashes is
+    /// reported by the launcher, which sees its QEMU exit. This only catches a VM that
+    /// is alive but hung, or a broken link.
     pub peer_timeout_ms: u64,
     pub keepalive_ms: u64,
     pub seed: u64,
@@ -66,7 +71,7 @@ impl NetConfig {
             eager_limit: 16 << 10,
             socket_buffer: 256 << 10,
             connect_timeout_ms: 30_000,
-            peer_timeout_ms: 1_500,
+            peer_timeout_ms: 60_000,
             keepalive_ms: 250,
             seed: 0x746f_726f,
         }
@@ -179,6 +184,10 @@ mod tests {
 /// (a virtio device issues its held-back notifies there).
 pub trait Nic: Device {
     fn flush(&mut self) {}
+    /// Whether frames handed to the device are still waiting to be sent.
+    fn transmit_pending(&mut self) -> bool {
+        false
+    }
 }
 
 impl Nic for crate::sim::SimPort {}
@@ -335,6 +344,18 @@ impl<D: Nic> Node<D> {
         self.slots.iter().flatten().filter(|slot| slot.state == ConnState::Up).all(|slot| !slot.link.has_output() && self.sockets.get::<tcp::Socket>(slot.socket).send_queue() == 0)
     }
 
+    /// This VM is ending: closes every connection (a FIN each, sent by the next
+    /// polls), so the peers learn at once that we are gone, and anything they still
+    /// had queued to us is reported as lost.
+    pub fn close(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.state == ConnState::Up {
+                self.sockets.get_mut::<tcp::Socket>(slot.socket).close();
+                slot.state = ConnState::Gone { reason: String::from("this VM closed the connection"), lost_data: false };
+            }
+        }
+    }
+
     /// Bytes of arrived chunks not yet read by their rank.
     pub fn buffered(&self) -> usize {
         self.inboxes.buffered()
@@ -458,9 +479,16 @@ impl<D: Nic> Node<D> {
             ConnState::Up => {
                 let state = socket.state();
                 if !matches!(state, tcp::State::Established) {
-                    let lost_data = slot.link.busy() || socket.send_queue() > 0;
+                    // CloseWait: the peer VM ended and closed the connection (its FIN
+                    // acknowledges everything it received, so bytes still unacknowledged
+                    // then are only our late credit grants, unless a message is still
+                    // queued or half moved, which `busy` tells). Anything else (reset,
+                    // timeout) loses whatever is unacknowledged.
+                    let ended = state == tcp::State::CloseWait;
+                    let lost_data = slot.link.busy() || (!ended && socket.send_queue() > 0);
                     socket.abort();
-                    let message = self.gone_message(slot.link.peer_vm, &format!("connection {} (peer VM dead or reset)", state));
+                    let why = if ended { String::from("the VM ended (closed its connection)") } else { format!("connection {} (peer VM dead or reset)", state) };
+                    let message = self.gone_message(slot.link.peer_vm, &why);
                     slot.state = ConnState::Gone { reason: message.clone(), lost_data };
                     if lost_data {
                         self.fail(message);
@@ -564,6 +592,24 @@ impl<D: Nic> Shared<D> {
             }
             if t - start >= limit_us {
                 return quiet;
+            }
+        }
+    }
+
+    /// The VM ends (after `drain`): closes every connection and polls until the
+    /// FINs have left the NIC (a frame still in the device dies with the VM), at most
+    /// `limit_us`. Without it a peer would only find out through the launcher or,
+    /// if it had data queued to us, `peer_timeout_ms` later.
+    pub fn close(&self, limit_us: u64) {
+        let mut node = self.node.lock();
+        let start = (node.clock)();
+        node.close();
+        let mut polls = 0;
+        loop {
+            node.poll();
+            polls += 1;
+            if (polls >= 2 && !node.device.transmit_pending()) || (node.clock)() - start >= limit_us {
+                return;
             }
         }
     }

@@ -320,6 +320,11 @@ impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
     fn flush(&mut self) {
         self.control.lock().flush();
     }
+
+    fn transmit_pending(&mut self) -> bool {
+        self.tx.reclaim();
+        self.tx.in_flight.iter().any(Option::is_some)
+    }
 }
 
 impl<H: Hal, T: Transport> TxSide<H, T> {

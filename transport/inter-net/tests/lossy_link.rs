@@ -277,3 +277,97 @@ fn many_large_sends_in_flight_through_a_shallow_switch() {
     // One round of `round()` is 1 simulated ms; a retransmission timeout is 1000.
     assert!(elapsed_ms < 8_000, "8 MiB took {} simulated ms ({} frames dropped)", elapsed_ms, segment.dropped());
 }
+
+/// A VM whose ranks compute instead of calling into the transport polls no NIC and
+/// acknowledges nothing. Its peer, with 16 MiB in flight to it, must not take 5 s of
+/// that silence for death (the default `peer_timeout_ms` is long: dead VMs are found
+/// through their FIN or the launcher); once it polls again, everything arrives.
+#[test]
+fn peer_silent_while_computing_is_not_taken_for_dead() {
+    let (_segment, mut nodes) = build(2, 1, 0, 0, |_| {});
+    let data = pattern(0, 1, 0, 16 << 20);
+    nodes[0].send(&header(0, 1, 0, data.len()), &data, false).unwrap();
+    let mut reader = Reader { current: None, next_seq: vec![0; 2] };
+    let mut rounds = 0;
+    while reader.current.is_none() {
+        round(&mut nodes);
+        read_some(&mut nodes[1], 1, &mut reader);
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    // VM 1 computes for 5 simulated seconds: only VM 0 polls.
+    let until = now_us() + 5_000_000;
+    while now_us() < until {
+        nodes[0].poll();
+        assert_eq!(nodes[0].failure(), None, "VM 0 took the silent VM 1 for dead");
+        advance(1000);
+    }
+    let mut rounds = 0;
+    while read_some(&mut nodes[1], 1, &mut reader) == 0 {
+        round(&mut nodes);
+        rounds += 1;
+        assert!(rounds < 200_000, "the transfer did not resume");
+    }
+}
+
+/// A VM that ends closes its connections: a peer still sending to it is told at once
+/// (not after `peer_timeout_ms`), naming the VM.
+#[test]
+fn peer_vm_ending_mid_transfer_is_reported_at_once() {
+    let (segment, mut nodes) = build(2, 2, 0, 0, |_| {});
+    let data = pattern(0, 2, 0, 16 << 20);
+    nodes[0].send(&header(0, 2, 0, data.len()), &data, false).unwrap();
+    let mut reader = Reader { current: None, next_seq: vec![0; 4] };
+    let mut rounds = 0;
+    while reader.current.is_none() {
+        round(&mut nodes);
+        read_some(&mut nodes[1], 2, &mut reader);
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    nodes[1].close();
+    for _ in 0..3 {
+        nodes[1].poll();
+    }
+    segment.cut(1);
+    let ended_at = now_us();
+    while nodes[0].failure().is_none() {
+        nodes[0].poll();
+        advance(1000);
+        assert!(now_us() - ended_at < 100_000, "no failure 100 ms after the peer VM ended");
+    }
+    let message = nodes[0].failure().unwrap().to_string();
+    assert!(message.contains("lost VM 1 (ranks 2-3)") && message.contains("ended"), "{}", message);
+}
+
+/// A VM that ends once its messages are all exchanged is no error for its peers; only
+/// a later send to it is refused, naming it.
+#[test]
+fn peer_vm_ending_after_the_exchange_is_no_error() {
+    let (segment, mut nodes) = build(2, 1, 0, 0, |_| {});
+    let data = pattern(0, 1, 0, 300_000);
+    nodes[0].send(&header(0, 1, 0, data.len()), &data, false).unwrap();
+    let mut reader = Reader { current: None, next_seq: vec![0; 2] };
+    let (mut rounds, mut received) = (0, 0);
+    loop {
+        received += read_some(&mut nodes[1], 1, &mut reader);
+        if received == 1 && nodes[1].quiet() && nodes[0].flushed() {
+            break;
+        }
+        round(&mut nodes);
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    nodes[1].close();
+    for _ in 0..3 {
+        nodes[1].poll();
+    }
+    segment.cut(1);
+    for _ in 0..3000 {
+        nodes[0].poll();
+        assert_eq!(nodes[0].failure(), None);
+        advance(1000);
+    }
+    let error = nodes[0].send(&header(0, 1, 1, 1), &[1], false).unwrap_err();
+    assert!(error.contains("lost VM 1") && error.contains("ended"), "{}", error);
+}

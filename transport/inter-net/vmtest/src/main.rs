@@ -231,6 +231,7 @@ fn main() -> i32 {
     while toro_rt::now_ns() < until {
         net.poll();
     }
+    net.close(100_000);
     0
 }
 
@@ -339,6 +340,8 @@ fn big_message(t: &mut Endpoint, net: &Arc<VmNet<IdentityHal>>, me: u32, peer: u
             net.poll();
         }
         println!("rank 1 exits in the middle of the big message");
+        // As the glue ends a VM: close the connections (the peers learn at once).
+        net.close(100_000);
         toro_rt::exit(0);
     }
     let h = receive(t, &mut buffer);
