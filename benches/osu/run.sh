@@ -17,7 +17,8 @@
 # iterations, window 64); collectives -i 100 -x 10 at np=2, and at np=4/8 once,
 # -i 50 -x 5, each benchmark stopped after OSU_TIMEOUT_NP4 (20 s) keeping the
 # sizes it finished: 4 and 8 ranks on 2 cores are oversubscribed, and MPICH's
-# spinning ranks then take tens of ms per call.
+# spinning ranks then take tens of ms per call. Toro across 2 VMs is stopped after
+# OSU_TIMEOUT_2VM (60 s) per benchmark likewise (its bandwidth is tens of MB/s).
 # --quick: sizes up to 64 KiB, -i 100 -x 10, one round. --report-only: no
 # runs, rebuild runs.tsv and the report from DIR/raw (e.g. after an interrupted run).
 # OSU_RUNS=REGEX keeps only the runs whose id matches (e.g. 'toro|shm-np2').
@@ -50,6 +51,8 @@ benches="latency bw bibw barrier bcast reduce allreduce gather scatter allgather
 [ -n "$only" ] && benches="${only//,/ }"
 timeout_np2=${OSU_TIMEOUT:-600}
 timeout_np4=${OSU_TIMEOUT_NP4:-20}
+# Across VMs Toro moves tens of MB/s (issue 6): osu_latency alone would take over 10 minutes.
+timeout_2vm=${OSU_TIMEOUT_2VM:-60}
 reps=${OSU_REPS:-3}
 runs_re=${OSU_RUNS:-.}
 accel=${TORO_ACCEL:-auto}
@@ -121,6 +124,7 @@ for bench in $benches; do
         [ "$np" = 2 ] || [ "$rep" = 1 ] || continue
         timeout_s=$timeout_np2
         [ "$np" = 2 ] || timeout_s=$timeout_np4
+        [ "$id" = toro-2vm ] && timeout_s=$timeout_2vm
         if [ "$quick" = 1 ]; then
             args="-m 65536 -i 100 -x 10"
         else
