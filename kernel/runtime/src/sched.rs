@@ -202,11 +202,6 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
 }
 
 fn idle(me: &Core, core: usize) {
-    // Idle time first goes to touching the rest of this core's heap (16
-    // pages at a time, so a wake-up waits at most that long).
-    if crate::start::pretouch_step(core, 16) {
-        return;
-    }
     let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
     let start = crate::time::now_ns();
     while crate::time::now_ns() - start < budget {
@@ -214,6 +209,13 @@ fn idle(me: &Core, core: usize) {
             return;
         }
         core::hint::spin_loop();
+    }
+    // Idle time past the spin budget goes to touching the rest of this
+    // core's heap, 4 pages at a time (≈ 70 µs under PVM). Touching first
+    // made a rank that waits a few µs for its peer pay up to 16 page
+    // touches (≈ 0.3 ms) per wait for the first seconds of a job.
+    if crate::start::pretouch_step(core, 4) {
+        return;
     }
     // Threads blocked on this core's wait lists are made to look again
     // rather than slept on: a transport's wake-up that raced their blocking
