@@ -278,6 +278,22 @@ fn many_large_sends_in_flight_through_a_shallow_switch() {
     assert!(elapsed_ms < 8_000, "8 MiB took {} simulated ms ({} frames dropped)", elapsed_ms, segment.dropped());
 }
 
+/// Rank 0 (VM 0) sends 16 MiB to `rank`, the first rank of VM 1; returns once VM 1
+/// has begun to receive it.
+fn start_16_mib_to(nodes: &mut [Node<Dev>], rank: u32) -> Reader {
+    let data = pattern(0, rank, 0, 16 << 20);
+    nodes[0].send(&header(0, rank, 0, data.len()), &data, false).unwrap();
+    let mut reader = Reader { current: None, next_seq: vec![0; 2 * rank as usize] };
+    let mut rounds = 0;
+    while reader.current.is_none() {
+        round(nodes);
+        read_some(&mut nodes[1], rank, &mut reader);
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    reader
+}
+
 /// A VM whose ranks compute instead of calling into the transport polls no NIC and
 /// acknowledges nothing. Its peer, with 16 MiB in flight to it, must not take 5 s of
 /// that silence for death (the default `peer_timeout_ms` is long: dead VMs are found
@@ -285,16 +301,7 @@ fn many_large_sends_in_flight_through_a_shallow_switch() {
 #[test]
 fn peer_silent_while_computing_is_not_taken_for_dead() {
     let (_segment, mut nodes) = build(2, 1, 0, 0, |_| {});
-    let data = pattern(0, 1, 0, 16 << 20);
-    nodes[0].send(&header(0, 1, 0, data.len()), &data, false).unwrap();
-    let mut reader = Reader { current: None, next_seq: vec![0; 2] };
-    let mut rounds = 0;
-    while reader.current.is_none() {
-        round(&mut nodes);
-        read_some(&mut nodes[1], 1, &mut reader);
-        rounds += 1;
-        assert!(rounds < 10_000);
-    }
+    let mut reader = start_16_mib_to(&mut nodes, 1);
     // VM 1 computes for 5 simulated seconds: only VM 0 polls.
     let until = now_us() + 5_000_000;
     while now_us() < until {
@@ -315,16 +322,7 @@ fn peer_silent_while_computing_is_not_taken_for_dead() {
 #[test]
 fn peer_vm_ending_mid_transfer_is_reported_at_once() {
     let (segment, mut nodes) = build(2, 2, 0, 0, |_| {});
-    let data = pattern(0, 2, 0, 16 << 20);
-    nodes[0].send(&header(0, 2, 0, data.len()), &data, false).unwrap();
-    let mut reader = Reader { current: None, next_seq: vec![0; 4] };
-    let mut rounds = 0;
-    while reader.current.is_none() {
-        round(&mut nodes);
-        read_some(&mut nodes[1], 2, &mut reader);
-        rounds += 1;
-        assert!(rounds < 10_000);
-    }
+    start_16_mib_to(&mut nodes, 2);
     nodes[1].close();
     for _ in 0..3 {
         nodes[1].poll();
