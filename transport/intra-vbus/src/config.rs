@@ -119,7 +119,7 @@ impl Config {
     }
 
     /// Sender-private bookkeeping per ring, kept in the sending [`Endpoint`](crate::Endpoint):
-    /// a free list (2 B) and a generation counter (4 B) per descriptor.
+    /// in-flight and rendezvous flags (1 B each) and a generation counter (4 B) per descriptor.
     pub const fn private_ring_bytes(&self) -> usize {
         6 * self.queue_size as usize
     }

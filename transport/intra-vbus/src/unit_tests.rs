@@ -18,7 +18,7 @@ fn sizes_of_shared_structures() {
     assert_eq!(size_of::<virtq::Desc>(), 16);
     assert_eq!(size_of::<Header>(), 40);
     assert_eq!(size_of::<virtq::HeaderLine>(), 64);
-    assert_eq!(virtq::INLINE_BYTES, 24);
+    assert_eq!(virtq::INLINE_BYTES, 20);
 }
 
 #[test]

@@ -7,11 +7,30 @@
 //! ring position is `idx % queue_size` (a power of two, so wrap-around at
 //! 65,536 is seamless).
 //!
+//! The driver makes descriptors available in ring order, as VIRTIO_F_IN_ORDER
+//! asks of a driver (§2.7.13.1 note): the entry at available position `p`
+//! is always descriptor `p % queue_size`, and a descriptor is reused only
+//! once it came back. The device may still give descriptors back in any
+//! order (the MPI layer holds one message while it passes others on), so
+//! IN_ORDER as a whole is not claimed; the driver simply waits for the next
+//! descriptor in ring order.
+//!
+//! Because the device knows which descriptor comes next, it does not read the
+//! available ring on the data path: each header line ends with a *stamp*,
+//! the available position of the message it holds plus one, which the driver
+//! stores last. A polling device watches one cache line, the next header, and
+//! finds header, stamp and up to [`INLINE_BYTES`] of payload in it: one line
+//! transfer per small message instead of three dependent ones (available
+//! index, available entry, header). The available ring and index are still
+//! written as the spec lays them out (the device checks the entry in debug
+//! builds); they are simply not on the receiver's critical path.
+//!
 //! Ordering (Rust/C11 memory model, not only x86-TSO):
-//! - the driver writes descriptor, header and eager bytes, then stores
-//!   `avail.idx` with Release; the device loads it with Acquire before reading
-//!   them. The device reads them, then stores `used.idx` with Release; the
-//!   driver loads it with Acquire before reusing the descriptor.
+//! - the driver writes descriptor, header, eager bytes and the available
+//!   entry, then stores the stamp with Release, then `avail.idx` with
+//!   Release; the device loads the stamp with Acquire before reading them.
+//!   The device reads them, then stores `used.idx` with Release; the driver
+//!   loads it with Acquire before reusing the descriptor.
 //! - notification suppression is the spec's event index (VIRTIO_F_EVENT_IDX,
 //!   §2.7.7/§2.7.10): the device asks for a notification by writing
 //!   `avail_event` = the avail index it waits for, the driver by writing
@@ -78,18 +97,36 @@ pub(crate) struct Desc {
     pub(crate) next: u16,
 }
 
-/// Payload bytes that travel in the header's own cache line (see [`HeaderLine`]).
-pub(crate) const INLINE_BYTES: usize = 64 - core::mem::size_of::<Header>();
+/// Payload bytes that travel in the header's own cache line (see [`HeaderLine`]):
+/// what is left of 64 bytes after the 40-byte header and the 2-byte stamp,
+/// rounded down to keep the stamp aligned.
+pub(crate) const INLINE_BYTES: usize = 20;
 
-/// One descriptor's header, alone in its cache line, with the rest of the line
-/// carrying eager payloads of at most [`INLINE_BYTES`]: a small message then
-/// costs the receiver two line transfers (avail index, this line) instead of
-/// three or four (a header straddling two lines, and the eager slot).
+/// One descriptor's header, alone in its cache line, with eager payloads of at
+/// most [`INLINE_BYTES`] and the stamp that publishes them (see the module
+/// docs): a small message costs the receiver one line transfer.
 #[repr(C, align(64))]
-#[derive(Clone, Copy)]
 pub(crate) struct HeaderLine {
-    pub(crate) header: Header,
-    pub(crate) inline: [u8; INLINE_BYTES],
+    header: SharedCell<Header>,
+    inline: SharedCell<[u8; INLINE_BYTES]>,
+    /// Available position of the message in this line, plus one (0: never used).
+    stamp: AtomicU16,
+}
+
+impl HeaderLine {
+    fn new() -> Self {
+        HeaderLine {
+            header: SharedCell::new(Header::EMPTY),
+            inline: SharedCell::new([0; INLINE_BYTES]),
+            stamp: AtomicU16::new(0),
+        }
+    }
+}
+
+/// The stamp of the message at available position `p`.
+#[inline(always)]
+fn stamp_of(p: u16) -> u16 {
+    p.wrapping_add(1)
 }
 
 #[repr(C, align(64))]
@@ -161,8 +198,8 @@ pub(crate) struct Published {
 /// Driver-side bookkeeping, private to the sending core.
 #[derive(Debug)]
 pub(crate) struct DriverState {
-    /// Descriptors not in flight (a stack: the most recently returned buffer is reused first).
-    free: Vec<u16>,
+    /// Per descriptor: made available and not yet seen back in the used ring.
+    in_flight: Vec<bool>,
     /// Per descriptor: how many times it came back. A send is complete when
     /// its descriptor's generation moved on.
     generation: Vec<u32>,
@@ -176,7 +213,7 @@ pub(crate) struct DriverState {
 impl DriverState {
     pub(crate) fn new(queue_size: u16) -> Self {
         DriverState {
-            free: (0..queue_size).rev().collect(),
+            in_flight: alloc::vec![false; queue_size as usize],
             generation: alloc::vec![0; queue_size as usize],
             next_avail: 0,
             last_used: 0,
@@ -186,10 +223,17 @@ impl DriverState {
     }
 
     /// Whether anyone can be waiting for this ring's used entries: a
-    /// rendezvous send to complete, or a free descriptor (ring full).
-    /// Returned eager descriptors alone wake nobody.
+    /// rendezvous send to complete, or the next descriptor in ring order
+    /// (ring full). Returned eager descriptors alone wake nobody.
     pub(crate) fn watch_used(&self) -> bool {
-        self.rendezvous_in_flight > 0 || self.free.is_empty()
+        self.rendezvous_in_flight > 0 || self.next_in_flight()
+    }
+
+    /// The descriptor the next publish uses is still in flight (as far as
+    /// this side has reclaimed).
+    fn next_in_flight(&self) -> bool {
+        let size = self.in_flight.len();
+        size != 0 && self.in_flight[self.next_avail as usize & (size - 1)]
     }
 
     pub(crate) fn generation(&self, id: u16) -> u32 {
@@ -208,7 +252,7 @@ pub(crate) struct DeviceState {
 pub(crate) struct Virtq {
     size: u16,
     desc: Box<[SharedCell<Desc>]>,
-    headers: Box<[SharedCell<HeaderLine>]>,
+    headers: Box<[HeaderLine]>,
     avail: Words,
     used: Words,
     eager: EagerBuffers,
@@ -229,9 +273,7 @@ impl Virtq {
         Virtq {
             size,
             desc: (0..q).map(|_| SharedCell::new(Desc::default())).collect(),
-            headers: (0..q)
-                .map(|_| SharedCell::new(HeaderLine { header: Header::EMPTY, inline: [0; INLINE_BYTES] }))
-                .collect(),
+            headers: (0..q).map(|_| HeaderLine::new()).collect(),
             // Both sides start polling: event indices parked.
             avail: Words::new(RING + q + 1, |i| if i == RING + q { PARKED } else { 0 }),
             used: Words::new(RING + USED_ELEM_WORDS * q + 1, |i| {
@@ -264,26 +306,25 @@ impl Virtq {
     #[inline(always)]
     pub(crate) fn eager_payload(&self, id: u16, len: usize) -> *mut u8 {
         if len <= INLINE_BYTES {
-            let line = self.headers[id as usize].with(|p| p as *mut HeaderLine);
-            // `wrapping_add` keeps this safe; the bytes are inside the line.
-            line.cast::<u8>().wrapping_add(core::mem::offset_of!(HeaderLine, inline))
+            self.headers[id as usize].inline.with_mut(|p| p.cast::<u8>())
         } else {
             self.slot(id)
         }
     }
 
-    /// Hints the CPU to fetch descriptor `id`'s header line and the first line
-    /// of its eager buffer for writing, so that the next publish, which will
-    /// use them, does not stall on taking them back from the receiver's cache.
+    /// Hints the CPU to fetch the first line of descriptor `id`'s eager buffer
+    /// for writing, so that the next publish, if its payload goes there, does
+    /// not stall on taking the line back from the receiver's cache. Not the
+    /// header line: a polling receiver is watching it, and taking it early
+    /// would only bounce it between the cores.
     #[inline(always)]
     fn prefetch_for_write(&self, id: u16) {
         #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
         {
-            let line = self.headers[id as usize].with(|p| p as *const u8);
             // SAFETY: `prefetchw` only hints the cache; it never faults and
             // changes no memory (a no-op on CPUs without it).
             unsafe {
-                core::arch::asm!("prefetchw [{0}]", "prefetchw [{1}]", in(reg) line, in(reg) self.slot(id),
+                core::arch::asm!("prefetchw [{0}]", in(reg) self.slot(id),
                     options(nostack, readonly, preserves_flags));
             }
         }
@@ -315,12 +356,17 @@ impl Virtq {
         header: &Header,
         payload: &[u8],
     ) -> Option<Published> {
-        if st.free.is_empty() {
+        if st.next_in_flight() {
             // SAFETY: forwarded from our caller.
             unsafe { self.reclaim(st) };
+            if st.next_in_flight() {
+                return None;
+            }
         }
-        let id = st.free.pop()?;
-        let i = id as usize;
+        let old = st.next_avail;
+        let i = self.pos(old);
+        let id = i as u16;
+        st.in_flight[i] = true;
         let rendezvous = header.protocol == crate::Protocol::Rendezvous;
         st.rendezvous[i] = rendezvous;
         st.rendezvous_in_flight += rendezvous as usize;
@@ -328,9 +374,9 @@ impl Virtq {
             crate::Protocol::Eager => {
                 assert!(payload.len() <= self.slot_bytes, "eager payload larger than its slot");
                 let slot = self.eager_payload(id, payload.len());
-                // SAFETY: descriptor `id` came off the free list: the device
-                // gave it back (its used entry was Acquire-loaded in reclaim)
-                // and no longer reads its slot or header line, so we own them;
+                // SAFETY: descriptor `id` is not in flight: the device gave it
+                // back (its used entry was Acquire-loaded in reclaim) and no
+                // longer reads its slot or header line, so we own them;
                 // `payload` is a live shared slice, so it cannot be this memory.
                 unsafe { copy_small(payload.as_ptr(), slot, payload.len()) };
                 Desc { addr: slot as u64, len: payload.len() as u32, flags: 0, next: 0 }
@@ -343,21 +389,18 @@ impl Virtq {
             },
         };
         // SAFETY: descriptor `id` is ours until published (see above): the
-        // device reads these cells only after acquiring an idx covering it.
+        // device reads these cells only after acquiring the stamp below.
         self.desc[i].with_mut(|p| unsafe { p.write(desc) });
-        // SAFETY: as above. Only the header field is written: the inline
-        // bytes may hold the payload copied just now.
-        self.headers[i].with_mut(|p| unsafe { core::ptr::addr_of_mut!((*p).header).write(*header) });
-        let old = st.next_avail;
-        self.avail.at(RING + self.pos(old)).store(id, Ordering::Relaxed);
+        // SAFETY: as above.
+        self.headers[i].header.with_mut(|p| unsafe { p.write(*header) });
+        self.avail.at(RING + i).store(id, Ordering::Relaxed);
+        self.headers[i].stamp.store(stamp_of(old), Ordering::Release);
         st.next_avail = old.wrapping_add(1);
         self.avail.at(IDX).store(st.next_avail, Ordering::Release);
         // Store-buffering pair with the device's `arm_device`.
         fence(Ordering::SeqCst);
         let event = self.avail_event().load(Ordering::Relaxed);
-        if let Some(&next) = st.free.last() {
-            self.prefetch_for_write(next);
-        }
+        self.prefetch_for_write(self.pos(st.next_avail) as u16);
         Some(Published {
             id,
             generation: st.generation[i],
@@ -377,9 +420,10 @@ impl Virtq {
             let id = self.used.at(word).load(Ordering::Relaxed);
             assert!(id < self.size, "corrupt used ring");
             let i = id as usize;
+            assert!(st.in_flight[i], "descriptor returned twice");
+            st.in_flight[i] = false;
             st.generation[i] = st.generation[i].wrapping_add(1);
             st.rendezvous_in_flight -= st.rendezvous[i] as usize;
-            st.free.push(id);
             st.last_used = st.last_used.wrapping_add(1);
             if st.last_used.is_multiple_of(REPARK_EVERY) {
                 self.used_event().store(st.last_used.wrapping_add(PARKED), Ordering::Relaxed);
@@ -412,15 +456,16 @@ impl Virtq {
 
     // ----- device side -------------------------------------------------
 
-    /// The next offered descriptor, left in the ring.
+    /// The next offered descriptor, left in the ring: in ring order, published
+    /// once its header line carries the stamp of this position.
+    #[inline(always)]
     pub(crate) fn peek(&self, st: &DeviceState) -> Option<u16> {
-        let avail_idx = self.avail.at(IDX).load(Ordering::Acquire);
-        if avail_idx == st.last_avail {
+        let i = self.pos(st.last_avail);
+        if self.headers[i].stamp.load(Ordering::Acquire) != stamp_of(st.last_avail) {
             return None;
         }
-        let id = self.avail.at(RING + self.pos(st.last_avail)).load(Ordering::Relaxed);
-        assert!(id < self.size, "corrupt available ring");
-        Some(id)
+        debug_assert_eq!(self.avail.at(RING + i).load(Ordering::Relaxed), i as u16, "available ring out of order");
+        Some(i as u16)
     }
 
     /// Moves past the descriptor `peek` returned: it is now the device's until
@@ -436,10 +481,10 @@ impl Virtq {
     /// The caller is this ring's only device and holds descriptor `id` (from
     /// `peek`, not yet given back).
     pub(crate) unsafe fn header(&self, id: u16) -> Header {
-        // SAFETY: the driver wrote it before the Release store of the avail
-        // idx we Acquire-loaded in peek, and rewrites it only after we give
-        // the descriptor back.
-        self.headers[id as usize].with(|p| unsafe { core::ptr::addr_of!((*p).header).read() })
+        // SAFETY: the driver wrote it before the Release store of the stamp
+        // we Acquire-loaded in peek, and rewrites it only after we give the
+        // descriptor back.
+        self.headers[id as usize].header.with(|p| unsafe { p.read() })
     }
 
     /// # Safety
