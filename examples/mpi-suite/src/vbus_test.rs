@@ -1,7 +1,9 @@
 //! intra-vbus in a VM, without the MPI layer: one thread per core, each with
 //! its core's endpoint. Checks, each with a line `vbus: <check> ok`:
 //! all pairs exchanging messages of mixed sizes (eager and rendezvous) with
-//! checksums; MESSAGES small messages core 0 → core 1; one BIG MiB message.
+//! checksums; MESSAGES small messages core 0 → core 1; an 8-byte ping-pong between
+//! cores 0 and 1 beside a bare cache-line ping-pong (one-way ns, best batch); one BIG
+//! MiB message.
 //! Arguments: `-- [MESSAGES [BIG_MIB]]` (defaults 1000000 and 16).
 #![no_std]
 #![no_main]
@@ -84,6 +86,75 @@ fn all_pairs(mut ep: Ep, rounds: usize) -> (Ep, u64) {
     (ep, checksum)
 }
 
+/// Round trips per batch of the ping-pong figures.
+const PING_BATCH: u64 = 1000;
+
+/// One-way ns of an 8-byte message between cores 0 and 1, best of `batches`.
+fn ping_pong_bus(e0: Ep, e1: Ep, batches: u64) -> ((Ep, Ep), u64) {
+    let env = Envelope { src_rank: 0, dst_rank: 1, tag: 0, comm: 0, kind: 0 };
+    let echo = toro::rt::spawn_on(1, move || {
+        let mut e1 = e1;
+        let mut buf = [0u8; 8];
+        for _ in 0..batches * PING_BATCH {
+            let m = e1.recv();
+            e1.receive_into(m, &mut buf).unwrap_or_else(|_| panic!("8-byte buffer"));
+            e1.send(0, env, &buf).expect("send");
+        }
+        e1
+    });
+    let ping = toro::rt::spawn_on(0, move || {
+        let mut e0 = e0;
+        let mut buf = [0u8; 8];
+        let mut best = u64::MAX;
+        for _ in 0..batches {
+            let start = toro::rt::now_ns();
+            for i in 0..PING_BATCH {
+                e0.send(1, env, &i.to_le_bytes()).expect("send");
+                let m = e0.recv();
+                e0.receive_into(m, &mut buf).unwrap_or_else(|_| panic!("8-byte buffer"));
+            }
+            best = best.min(toro::rt::now_ns() - start);
+        }
+        (e0, best / (2 * PING_BATCH))
+    });
+    let (e0, ns) = ping.join();
+    ((e0, echo.join()), ns)
+}
+
+/// One-way ns of a cache line passed between cores 0 and 1, best of `batches`.
+fn ping_pong_cache_line(batches: u64) -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    #[repr(align(64))]
+    struct Line(AtomicU64);
+    let line: &'static Line = Box::leak(Box::new(Line(AtomicU64::new(0))));
+    let rounds = batches * PING_BATCH;
+    let echo = toro::rt::spawn_on(1, move || {
+        for i in 0..rounds {
+            while line.0.load(Ordering::Acquire) != 2 * i + 1 {
+                core::hint::spin_loop();
+            }
+            line.0.store(2 * i + 2, Ordering::Release);
+        }
+    });
+    let ping = toro::rt::spawn_on(0, move || {
+        let mut best = u64::MAX;
+        for b in 0..batches {
+            let start = toro::rt::now_ns();
+            for k in 0..PING_BATCH {
+                let i = b * PING_BATCH + k;
+                line.0.store(2 * i + 1, Ordering::Release);
+                while line.0.load(Ordering::Acquire) != 2 * i + 2 {
+                    core::hint::spin_loop();
+                }
+            }
+            best = best.min(toro::rt::now_ns() - start);
+        }
+        best / (2 * PING_BATCH)
+    });
+    echo.join();
+    ping.join()
+}
+
 fn main() -> i32 {
     let args = toro::rt::args();
     let messages: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
@@ -138,7 +209,7 @@ fn main() -> i32 {
         }
         e0
     });
-    let (mut e0, mut e1) = (sender.join(), receiver.join());
+    let (e0, e1) = (sender.join(), receiver.join());
     let ns = toro::rt::now_ns() - start;
     println!(
         "vbus: {messages} messages of 8 B core 0 -> core 1 in order, {} ms, {} ns per message ok",
@@ -146,7 +217,14 @@ fn main() -> i32 {
         ns / messages.max(1) as u64
     );
 
-    // 3. One big message (rendezvous: one copy into the receiver's buffer).
+    // 3. Ping-pong 8 B between cores 0 and 1: the bus's one-way latency in this VM, beside
+    //    two threads passing one cache line (the floor), best batch of 1,000 round trips.
+    let ((e0_back, e1_back), bus_ns) = ping_pong_bus(e0, e1, 20);
+    let line_ns = ping_pong_cache_line(20);
+    println!("vbus: ping-pong 8 B one-way {bus_ns} ns, cache line one-way {line_ns} ns (best batch of 1000) ok");
+    let (mut e0, mut e1) = (e0_back, e1_back);
+
+    // 4. One big message (rendezvous: one copy into the receiver's buffer).
     let len = big_mib << 20;
     let start = toro::rt::now_ns();
     let receiver = toro::rt::spawn_on(1, move || {

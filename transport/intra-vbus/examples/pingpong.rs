@@ -10,7 +10,7 @@
 //! every send (as an application producing data does; the time spent writing
 //! is not counted); the threshold is chosen on those.
 //!
-//! cargo run -p intra-vbus --release --example pingpong [-- --scan]
+//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -208,6 +208,13 @@ fn config(eager_max: usize) -> Config {
 fn main() {
     let scan = std::env::args().any(|a| a == "--scan");
     let default = config(DEFAULT_EAGER_MAX);
+    if std::env::args().any(|a| a == "--latency") {
+        // 8 B only, for profiling the small-message path.
+        let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
+        let bus = (0..20).map(|_| latency_run(default, 8, false)).fold(f64::INFINITY, f64::min);
+        println!("8 B one-way {:.0} ns, cache line {line:.0} ns (best of 20 and {RUNS} runs)", bus * 1e3);
+        return;
+    }
     let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
     println!("cache-line ping-pong one-way: {line:.0} ns (best of {RUNS} runs everywhere)");
     println!("bus, eager_max = {} B, queue_size = {}", default.eager_max, default.queue_size);
