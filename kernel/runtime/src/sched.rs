@@ -1,14 +1,16 @@
 //! Cooperative threads: each has its own stack slot (guard page below),
 //! each core has a run queue and a scheduler context on its boot stack.
 //! A thread runs until it yields, blocks, migrates or ends; an idle core
-//! spins for the configured budget, then halts until a wake-up IPI.
+//! spins for the configured budget, then halts until a wake-up IPI (or, when
+//! its threads wait with deadlines, until the earliest deadline or a device
+//! interrupt: see `waiters`).
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
@@ -16,6 +18,7 @@ use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
 use crate::arch::{self, SLOT_RESERVED};
 use crate::runq::RunQueue;
 use crate::state::ThreadState;
+use crate::waiters::Waiting;
 
 pub const NO_RANK: u32 = u32::MAX;
 
@@ -88,6 +91,29 @@ unsafe impl Sync for Core {}
 static CORES: Once<Vec<Core>> = Once::new();
 static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static SPIN_NS: AtomicUsize = AtomicUsize::new(0);
+static HALTS: AtomicU64 = AtomicU64::new(0);
+static TIMED_HALTS: AtomicU64 = AtomicU64::new(0);
+static IPIS: AtomicU64 = AtomicU64::new(0);
+
+/// Traps the scheduler made since boot (each costs VM exits under PVM: the
+/// trap itself, the halt, the interrupt's acknowledgement, the timer's arming).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapCounts {
+    /// Halts until an IPI (no waiters).
+    pub halts: u64,
+    /// Halts with the APIC timer armed (waiters with deadlines).
+    pub timed_halts: u64,
+    /// Wake-up IPIs sent.
+    pub ipis: u64,
+}
+
+pub fn trap_counts() -> TrapCounts {
+    TrapCounts {
+        halts: HALTS.load(Ordering::Relaxed),
+        timed_halts: TIMED_HALTS.load(Ordering::Relaxed),
+        ipis: IPIS.load(Ordering::Relaxed),
+    }
+}
 
 fn cores() -> &'static [Core] {
     CORES.get().expect("scheduler not initialised")
@@ -202,13 +228,17 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
 }
 
 fn idle(me: &Core, core: usize) {
-    let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
-    let start = crate::time::now_ns();
-    while crate::time::now_ns() - start < budget {
-        if !me.run_queue.is_empty() {
-            return;
+    // Waiters with deadlines spun before they blocked (and may be waiting
+    // for an interrupt, which only a halt lets in): no second spin for them.
+    if !matches!(crate::waiters::waiting(core), Waiting::Until(_)) {
+        let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
+        let start = crate::time::now_ns();
+        while crate::time::now_ns() - start < budget {
+            if !me.run_queue.is_empty() {
+                return;
+            }
+            core::hint::spin_loop();
         }
-        core::hint::spin_loop();
     }
     // Idle time past the spin budget goes to touching the rest of this
     // core's heap, 4 pages at a time (≈ 70 µs under PVM). Touching first
@@ -217,24 +247,41 @@ fn idle(me: &Core, core: usize) {
     if crate::start::pretouch_step(core, 4) {
         return;
     }
-    // Threads blocked on this core's wait lists are made to look again
-    // rather than slept on: a transport's wake-up that raced their blocking
-    // must not leave them (and the VM) stuck with the core halted.
-    if crate::waiters::has_waiters(core) {
-        crate::waiters::wake_all(core);
-        return;
+    match crate::waiters::waiting(core) {
+        // Threads blocked on this core's wait lists without a deadline are
+        // made to look again rather than slept on: a transport's wake-up
+        // that raced their blocking must not leave them (and the VM) stuck
+        // with the core halted.
+        Waiting::Polling => crate::waiters::wake_all(core),
+        // Every waiter gave a deadline: halt until the earliest (or an IPI,
+        // or a device interrupt), then let them all look again.
+        Waiting::Until(deadline) => {
+            if me.run_queue.announce_halt() {
+                let now = crate::time::now_ns();
+                if deadline > now {
+                    TIMED_HALTS.fetch_add(1, Ordering::Relaxed);
+                    arch::halt(crate::time::timer_ticks(deadline - now));
+                }
+            }
+            me.run_queue.end_halt();
+            crate::waiters::wake_all(core);
+        }
+        // A push after the announcement sends the IPI; an IPI that arrives
+        // before the halt trap stays pending (ring 3 runs with interrupts
+        // masked) and ends the halt at once.
+        Waiting::Nobody => {
+            if me.run_queue.announce_halt() {
+                HALTS.fetch_add(1, Ordering::Relaxed);
+                arch::halt(0);
+            }
+            me.run_queue.end_halt();
+        }
     }
-    // A push after the announcement sends the IPI; an IPI that arrives
-    // before the halt trap stays pending (ring 3 runs with interrupts
-    // masked) and ends the halt at once.
-    if me.run_queue.announce_halt() {
-        arch::halt();
-    }
-    me.run_queue.end_halt();
 }
 
 fn push(core: usize, t: Arc<Thread>) {
     if cores()[core].run_queue.push(t) && core != current_core() {
+        IPIS.fetch_add(1, Ordering::Relaxed);
         arch::send_ipi(core);
     }
 }

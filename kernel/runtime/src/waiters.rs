@@ -2,8 +2,15 @@
 //! (intra-vbus `Notify`) becomes on top of the scheduler.
 //!
 //! - [`wait`]`(core)` blocks the calling thread until [`notify`]`(core)`; the
-//!   other threads of its core run meanwhile, and a core with nothing left to
-//!   run spins, then halts until an IPI (the scheduler's idle loop).
+//!   other threads of its core run meanwhile. A core whose threads wait this
+//!   way never halts: with nothing else to run it spins, then makes them look
+//!   again ([`wake_all`]), and so on (the scheduler's idle loop).
+//! - [`wait_until`]`(core, deadline)` blocks the same way, and lets the core
+//!   halt: a core with nothing to run whose waiters all gave a deadline halts
+//!   until the earliest one (the APIC timer), an IPI or a device interrupt
+//!   (`route_irq`), then wakes all of them to look again. For a waiter that
+//!   learns of its event through an interrupt or a notify, and must look on
+//!   its own no later than the deadline (a network stack's timers).
 //! - [`notify`]`(core)` makes every thread waiting on `core` runnable; the
 //!   scheduler sends the wake-up IPI only if that core announced it halts.
 //!   A notify that finds nobody waiting leaves a token: the next `wait` on
@@ -25,7 +32,8 @@ use crate::sched::{self, Thread};
 struct WaitList {
     /// A notify arrived while nobody waited.
     token: bool,
-    threads: Vec<Arc<Thread>>,
+    /// Each waiting thread, with its deadline (`now_ns` clock) if it gave one.
+    threads: Vec<(Arc<Thread>, Option<u64>)>,
 }
 
 static LISTS: Once<Vec<Mutex<WaitList>>> = Once::new();
@@ -45,6 +53,17 @@ fn list(core: usize) -> &'static Mutex<WaitList> {
 /// Blocks the calling thread until `notify(core)` (or returns at once if a
 /// notify for `core` is pending). May return spuriously.
 pub fn wait(core: usize) {
+    wait_inner(core, None);
+}
+
+/// Blocks the calling thread until `notify(core)`, or about `deadline_ns`
+/// (`now_ns` clock) at the latest; the core may halt meanwhile (see the
+/// module docs). May return spuriously.
+pub fn wait_until(core: usize, deadline_ns: u64) {
+    wait_inner(core, Some(deadline_ns));
+}
+
+fn wait_inner(core: usize, deadline: Option<u64>) {
     {
         let mut l = list(core).lock();
         if l.token {
@@ -52,8 +71,9 @@ pub fn wait(core: usize) {
             return;
         }
         let me = sched::current_arc();
-        if !l.threads.iter().any(|t| Arc::ptr_eq(t, &me)) {
-            l.threads.push(me);
+        match l.threads.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &me)) {
+            Some(entry) => entry.1 = deadline,
+            None => l.threads.push((me, deadline)),
         }
     }
     // A notify between the unlock and here finds us in the list and leaves
@@ -75,7 +95,7 @@ fn wake_waiters(core: usize, token: bool) {
     for _ in 0..n {
         let t = list(core).lock().threads.pop();
         match t {
-            Some(t) => sched::wake(&t),
+            Some((t, _)) => sched::wake(&t),
             None => break,
         }
     }
@@ -94,4 +114,26 @@ pub fn wake_all(core: usize) {
 /// Whether any thread waits on `core` now.
 pub fn has_waiters(core: usize) -> bool {
     !list(core).lock().threads.is_empty()
+}
+
+/// What the threads waiting on a core allow its idle loop to do.
+pub(crate) enum Waiting {
+    /// No thread waits: halt until an IPI.
+    Nobody,
+    /// Some thread waits without a deadline: keep making the waiters look.
+    Polling,
+    /// Every waiter gave a deadline: halt until the earliest.
+    Until(u64),
+}
+
+pub(crate) fn waiting(core: usize) -> Waiting {
+    let l = list(core).lock();
+    let mut earliest = None::<u64>;
+    for (_, deadline) in &l.threads {
+        match deadline {
+            None => return Waiting::Polling,
+            Some(d) => earliest = Some(earliest.map_or(*d, |e| e.min(*d))),
+        }
+    }
+    earliest.map_or(Waiting::Nobody, Waiting::Until)
 }
