@@ -8,9 +8,12 @@
 //! the end (`Nic::flush`) each queue that got buffers is notified once — after a full
 //! fence, and only if the device's used-ring flags do not suppress it right then (see
 //! `Control::flush` for the missed-notify race this closes). VIRTIO_F_EVENT_IDX is not
-//! negotiated. Interrupts are disabled on both queues (a flag in ring memory) and never
-//! acknowledged; completions are found by reading the used rings. Every register
-//! access is counted (`exits`).
+//! negotiated. Completions are found by reading the used rings. Interrupts are
+//! disabled on both queues (a flag in ring memory), except the receive queue's while
+//! `Nic::arm_receive` asks for them (ranks of the VM are about to halt: see
+//! `node::Shared::prepare_wait`); they are never acknowledged (the glue routes the
+//! line edge-triggered, and virtio-mmio raises it at every notification). Every
+//! register access is counted (`exits`).
 //!
 //! What the glue calls (once per VM, before the ranks initialize MPI):
 //! ```ignore
@@ -28,7 +31,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -55,6 +58,13 @@ const BUFFER_LEN: usize = 2048;
 const PAGE: usize = 4096;
 
 static NOTIFIES: AtomicU64 = AtomicU64::new(0);
+/// MMIO address of the network device `probe_mmio` found (0: none yet).
+static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// The virtio-mmio address of the network device (to route its interrupt).
+pub fn device_address() -> Option<usize> {
+    Some(DEVICE_ADDRESS.load(Ordering::Relaxed)).filter(|a| *a != 0)
+}
 static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Register accesses (each a VM exit under PVM) since boot.
@@ -114,6 +124,8 @@ struct Control<T: Transport> {
     added: u64,
     /// Address of each queue's used ring (the device area), as set up; identity mapped.
     used_rings: [usize; 2],
+    /// Address of each queue's available ring (the driver area), as set up; identity mapped.
+    avail_rings: [usize; 2],
 }
 
 /// VIRTQ_USED_F_NO_NOTIFY: the device does not want to be notified (it is busy with
@@ -163,6 +175,21 @@ impl<T: Transport> Control<T> {
                 self.inner.notify(queue);
             }
         }
+    }
+}
+
+impl<T: Transport> Control<T> {
+    /// Asks the device for used-buffer notifications (interrupts) on `queue`, or not:
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT in the available ring's flags (memory, no VM exit).
+    fn set_interrupts(&self, queue: u16, enabled: bool) {
+        let Some(&avail) = self.avail_rings.get(queue as usize).filter(|a| **a != 0) else { return };
+        // SAFETY: `avail` is the address of this queue's available ring (DMA memory,
+        // identity mapped, kept allocated by `virtio-drivers` as long as the device
+        // exists, which `Control` does not outlive); its first field is the 16-bit flags
+        // word, 2-aligned, which `virtio-drivers` writes only in `enable_interrupts` /
+        // `disable_interrupts` (called once, in `VirtioNet::new`).
+        let flags = unsafe { &*(avail as *const core::sync::atomic::AtomicU16) };
+        flags.store(if enabled { 0 } else { 1 }, Ordering::SeqCst);
     }
 }
 
@@ -228,6 +255,9 @@ impl<T: Transport> Transport for Counting<T> {
             // Identity mapped (the Hal's contract here): the device address is the pointer.
             *slot = device_area as usize;
         }
+        if let Some(slot) = control.avail_rings.get_mut(queue as usize) {
+            *slot = driver_area as usize;
+        }
         control.inner.queue_set(queue, size, descriptors, driver_area, device_area)
     }
     fn queue_unset(&mut self, queue: u16) {
@@ -290,7 +320,7 @@ pub enum StartError {
 
 impl<H: Hal, T: Transport> VirtioNet<H, T> {
     pub fn new(transport: T) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
-        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2] }));
+        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2], avail_rings: [0; 2] }));
         let mut raw = Raw::<H, T>::new(Counting { control: control.clone() })?;
         raw.disable_interrupts();
         control.lock().batching = true;
@@ -324,6 +354,20 @@ impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
     fn transmit_pending(&mut self) -> bool {
         self.tx.reclaim();
         self.tx.in_flight.iter().any(Option::is_some)
+    }
+
+    /// Enables the receive queue's interrupt, then looks at its used ring: false if a
+    /// frame is already there (it came before the device could see the flag, so it
+    /// raised no interrupt). The device does the mirror image (publishes the used
+    /// index, full barrier, reads the flags), so one of the two sees the other.
+    fn arm_receive(&mut self) -> bool {
+        self.control.lock().set_interrupts(QUEUE_RECEIVE, true);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.tx.raw.poll_receive().is_none()
+    }
+
+    fn disarm_receive(&mut self) {
+        self.control.lock().set_interrupts(QUEUE_RECEIVE, false);
     }
 }
 
@@ -443,6 +487,7 @@ pub unsafe fn probe_mmio() -> Option<MmioTransport<'static>> {
             continue;
         }
         let header = NonNull::new(address as *mut VirtIOHeader)?;
+        DEVICE_ADDRESS.store(address, Ordering::Relaxed);
         // SAFETY: as above; the slot holds the network device, which only we drive.
         return unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE) }.ok();
     }
@@ -527,7 +572,7 @@ mod tests {
         let rx_flags = Box::new(core::sync::atomic::AtomicU16::new(0));
         let tx_flags = Box::new(core::sync::atomic::AtomicU16::new(USED_F_NO_NOTIFY));
         let used_rings = [&*rx_flags as *const _ as usize, &*tx_flags as *const _ as usize];
-        let mut control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings };
+        let mut control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings, avail_rings: [0; 2] };
         // Nothing added: no exit.
         control.flush();
         assert!(control.inner.notified.is_empty());
