@@ -25,12 +25,15 @@ pub mod trap {
     pub const EXIT: u64 = 2;
     /// Write `rsi` bytes at `rdi` to the console, atomically with respect to other cores.
     pub const CONSOLE_WRITE: u64 = 3;
-    /// Route IOAPIC input `rdi` (a GSI, 0..=23) to every core as
-    /// [`crate::DEVICE_VECTOR`], edge-triggered: a device interrupt then ends any
-    /// core's halt (and is acknowledged like the wake-up IPI). For a device
-    /// whose line rises on each event it should be signalled for (virtio-mmio
-    /// raises its line at every used-buffer notification).
+    /// Route IOAPIC input `rdi` (a GSI, 0..=23) to core `rsi` ([`ALL_CORES`]:
+    /// every core) as [`crate::DEVICE_VECTOR`], edge-triggered: a device
+    /// interrupt then ends the core's halt (and is acknowledged like the
+    /// wake-up IPI). For a device whose line rises on each event it should be
+    /// signalled for (virtio-mmio raises its line at every used-buffer
+    /// notification). May be called again to move the interrupt.
     pub const ROUTE_IRQ: u64 = 4;
+    /// `ROUTE_IRQ`'s destination meaning every core.
+    pub const ALL_CORES: u64 = u64::MAX;
     /// Returned in `rax` by the kernel for an unknown trap or bad arguments.
     pub const ERROR: u64 = u64::MAX;
 }

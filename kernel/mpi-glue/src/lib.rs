@@ -154,7 +154,8 @@ fn job() -> &'static Job {
             (Some(_), Some("spin")) => false,
             (Some(inter), None | Some("halt")) => {
                 inter.set_waker(wake_rank);
-                inter_net::vm::device_address().is_some_and(toro_rt::virtio::route_interrupt)
+                let core = setting("netirq").and_then(|v| v.parse::<usize>().ok());
+                inter_net::vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, core))
             }
             (Some(_), Some(other)) => fatal(&format!("netwait={other}: expected halt or spin")),
         };
@@ -236,8 +237,8 @@ pub fn rank_returned() {
             let nic = inter_net::vm::exits();
             let node = net.node.lock().stats();
             toro_rt::println!(
-                "toro: vm {} stats: {} halts, {} timed halts, {} IPIs sent, {} NIC notifies, {} other NIC register accesses; {} messages sent, {} received, {} frames sent, {} received",
-                job.plan.vm, traps.halts, traps.timed_halts, traps.ipis, nic.notifies, nic.other,
+                "toro: vm {} stats: {} halts, {} timed halts ({} timer armings), {} IPIs sent, {} NIC notifies, {} other NIC register accesses; {} messages sent, {} received, {} frames sent, {} received",
+                job.plan.vm, traps.halts, traps.timed_halts, traps.timer_arms, traps.ipis, nic.notifies, nic.other,
                 node.messages_sent, node.messages_received, node.frames_sent, node.frames_received
             );
         }

@@ -182,15 +182,15 @@ fn ioapic_write(register: u32, value: u32) {
     }
 }
 
-/// Routes IOAPIC input `pin` to every CPU (physical destination 0xFF, the
-/// broadcast) as `vector`: fixed delivery, active high, edge-triggered,
-/// unmasked. Four register writes (VM exits); done once per device.
-pub fn route_to_all(pin: u8, vector: u8) {
+/// Routes IOAPIC input `pin` to the CPU with APIC id `destination` (0xFF:
+/// every CPU) as `vector`: fixed delivery, physical destination, active high,
+/// edge-triggered, unmasked. Four register writes (VM exits).
+pub fn route(pin: u8, vector: u8, destination: u8) {
     while IOAPIC_BUSY.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         core::hint::spin_loop();
     }
     let entry = REDIRECTION_TABLE + 2 * pin as u32;
-    ioapic_write(entry + 1, 0xFF << 24);
+    ioapic_write(entry + 1, (destination as u32) << 24);
     ioapic_write(entry, vector as u32);
     IOAPIC_BUSY.store(false, Ordering::Release);
 }

@@ -249,10 +249,16 @@ extern "C" fn trap_dispatch(number: u64, a0: u64, a1: u64, _a2: u64) -> u64 {
         }
         trap::EXIT => exit(a0.min(127) as u8),
         trap::ROUTE_IRQ => {
-            if a0 >= apic::IOAPIC_PINS {
+            let boot = BOOT.get();
+            let destination = match a1 {
+                trap::ALL_CORES => 0xFF,
+                core if core < boot.cpu_count as u64 => boot.apic_ids[core as usize],
+                _ => return trap::ERROR,
+            };
+            if a0 >= apic::IOAPIC_PINS || destination > 0xFF {
                 return trap::ERROR;
             }
-            apic::route_to_all(a0 as u8, DEVICE_VECTOR);
+            apic::route(a0 as u8, DEVICE_VECTOR, destination as u8);
             0
         }
         trap::CONSOLE_WRITE => {

@@ -217,9 +217,10 @@ pub fn halt(timer_ticks: u32) {
     trap(trap::HALT, timer_ticks as u64, 0);
 }
 
-/// Routes IOAPIC input `gsi` to every core (see `trap::ROUTE_IRQ`).
-pub fn route_irq(gsi: u32) -> bool {
-    trap(trap::ROUTE_IRQ, gsi as u64, 0) != trap::ERROR
+/// Routes IOAPIC input `gsi` to `core`, or every core (see `trap::ROUTE_IRQ`).
+pub fn route_irq(gsi: u32, core: Option<usize>) -> bool {
+    let destination = core.map_or(trap::ALL_CORES, |c| c as u64);
+    trap(trap::ROUTE_IRQ, gsi as u64, destination) != trap::ERROR
 }
 
 pub fn send_ipi(core: usize) {

@@ -83,6 +83,12 @@ struct Core {
     after: UnsafeCell<After>,
     idle: Arc<Thread>,
     switches: AtomicUsize,
+    /// The APIC timer this core armed last: when it fires (`now_ns` clock), and a
+    /// time before which it surely has not fired yet (the timer's rate is measured,
+    /// not exact). A halt with a later deadline leaves it running instead of
+    /// arming it again (each arming is a VM exit under PVM).
+    timer_fires_at: AtomicU64,
+    timer_pending_until: AtomicU64,
 }
 
 // SAFETY: scheduler_context and after are used only on the core itself.
@@ -93,6 +99,7 @@ static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static SPIN_NS: AtomicUsize = AtomicUsize::new(0);
 static HALTS: AtomicU64 = AtomicU64::new(0);
 static TIMED_HALTS: AtomicU64 = AtomicU64::new(0);
+static TIMER_ARMS: AtomicU64 = AtomicU64::new(0);
 static IPIS: AtomicU64 = AtomicU64::new(0);
 
 /// Traps the scheduler made since boot (each costs VM exits under PVM: the
@@ -101,8 +108,10 @@ static IPIS: AtomicU64 = AtomicU64::new(0);
 pub struct TrapCounts {
     /// Halts until an IPI (no waiters).
     pub halts: u64,
-    /// Halts with the APIC timer armed (waiters with deadlines).
+    /// Halts bounded by the APIC timer (waiters with deadlines).
     pub timed_halts: u64,
+    /// Times the timer was armed for them (the others left an earlier arming running).
+    pub timer_arms: u64,
     /// Wake-up IPIs sent.
     pub ipis: u64,
 }
@@ -111,6 +120,7 @@ pub fn trap_counts() -> TrapCounts {
     TrapCounts {
         halts: HALTS.load(Ordering::Relaxed),
         timed_halts: TIMED_HALTS.load(Ordering::Relaxed),
+        timer_arms: TIMER_ARMS.load(Ordering::Relaxed),
         ipis: IPIS.load(Ordering::Relaxed),
     }
 }
@@ -174,6 +184,8 @@ pub(crate) fn init(core_count: usize, total_slots: usize, spin_ns: u64) {
                 after: UnsafeCell::new(After::Yield),
                 idle: Thread::new(c, c, NO_RANK, None, None),
                 switches: AtomicUsize::new(0),
+                timer_fires_at: AtomicU64::new(0),
+                timer_pending_until: AtomicU64::new(0),
             })
             .collect()
     });
@@ -260,7 +272,7 @@ fn idle(me: &Core, core: usize) {
                 let now = crate::time::now_ns();
                 if deadline > now {
                     TIMED_HALTS.fetch_add(1, Ordering::Relaxed);
-                    arch::halt(crate::time::timer_ticks(deadline - now));
+                    arch::halt(timer_for(me, now, deadline));
                 }
             }
             me.run_queue.end_halt();
@@ -277,6 +289,19 @@ fn idle(me: &Core, core: usize) {
             me.run_queue.end_halt();
         }
     }
+}
+
+/// The ticks to arm the APIC timer with for a halt until `deadline`, or 0 when
+/// the timer armed earlier fires before `deadline` and has not fired yet.
+fn timer_for(me: &Core, now: u64, deadline: u64) -> u32 {
+    if me.timer_pending_until.load(Ordering::Relaxed) > now && me.timer_fires_at.load(Ordering::Relaxed) <= deadline {
+        return 0;
+    }
+    let ns = deadline - now;
+    me.timer_fires_at.store(deadline, Ordering::Relaxed);
+    me.timer_pending_until.store(now + ns - ns / 16, Ordering::Relaxed);
+    TIMER_ARMS.fetch_add(1, Ordering::Relaxed);
+    crate::time::timer_ticks(ns)
 }
 
 fn push(core: usize, t: Arc<Thread>) {
