@@ -193,10 +193,6 @@ impl<M: Machine> RankWaiter<M> {
                 Some(source) => {
                     if let Some(deadline) = source.arm() {
                         machine.wait_until(self.core, deadline);
-                        // Woken (an interrupt ends the halt of every idle core, often
-                        // just before a rank of this VM sends us what we wait for):
-                        // spin the budget again before the next block.
-                        self.idle_since.set(0);
                     }
                     source.disarm();
                 }
