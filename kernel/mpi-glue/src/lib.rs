@@ -124,6 +124,8 @@ struct Job {
     inter: Option<Arc<InterNet>>,
     /// Ranks may block on the network (its receive interrupt is routed to the cores).
     net_blocks: bool,
+    /// A waiting rank spins this long before it blocks (`mpispin=`).
+    spin_ns: u64,
 }
 
 /// A rank blocked on the network looks again after this long at the latest, even
@@ -154,12 +156,13 @@ fn job() -> &'static Job {
             (Some(_), Some("spin")) => false,
             (Some(inter), None | Some("halt")) => {
                 inter.set_waker(wake_rank);
+                inter.set_idler(idle_on_network);
                 let core = setting("netirq").and_then(|v| v.parse::<usize>().ok());
                 inter_net::vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, core))
             }
             (Some(_), Some(other)) => fatal(&format!("netwait={other}: expected halt or spin")),
         };
-        Job { plan, net: Arc::new(net), inter, net_blocks }
+        Job { plan, net: Arc::new(net), inter, net_blocks, spin_ns }
     })
 }
 
@@ -171,6 +174,24 @@ fn setting(key: &str) -> Option<String> {
         Some(value) => Some(String::from(value)),
         None => toro_rt::env_var(&format!("TORO_{}", key.to_ascii_uppercase())),
     }
+}
+
+/// A rank reading a message whose rest has not arrived for `idle_us`: spins (yielding
+/// to its core's other ranks) for the spin budget, then blocks on the network alone
+/// (a message it is reading has to arrive before it can do anything else).
+fn idle_on_network(rank: u32, idle_us: u64) {
+    let Some(job) = JOB.get() else { return };
+    let (Some(net), Some(core)) = (&job.inter, job.plan.core_of.get(rank as usize).copied().flatten()) else { return };
+    if !job.net_blocks || idle_us.saturating_mul(1000) < job.spin_ns {
+        toro_rt::yield_now();
+        core::hint::spin_loop();
+        return;
+    }
+    let wait = NetWait { net: net.clone(), rank };
+    if let Some(deadline) = wait.arm() {
+        toro_rt::waiters::wait_until(core, deadline);
+    }
+    wait.disarm();
 }
 
 /// The network's waker: a poll found something for `rank`, blocked on its core.

@@ -672,23 +672,34 @@ impl<D: Nic> Node<D> {
 
 /// Wakes a blocked local rank (see `Shared::set_waker`).
 pub type Waker = fn(rank: u32);
+/// Called while a local rank waits for the rest of a message that is arriving, with
+/// the µs since the last chunk came in (see `Shared::set_idler`).
+pub type Idler = fn(rank: u32, idle_us: u64);
 
 /// A node shared by the ranks of one VM.
 pub struct Shared<D: Nic> {
     pub node: spin::Mutex<Node<D>>,
     fatal: Fatal,
     waker: spin::Mutex<Option<Waker>>,
+    idler: spin::Mutex<Option<Idler>>,
 }
 
 impl<D: Nic> Shared<D> {
     pub fn new(node: Node<D>, fatal: Fatal) -> Arc<Shared<D>> {
-        Arc::new(Shared { node: spin::Mutex::new(node), fatal, waker: spin::Mutex::new(None) })
+        Arc::new(Shared { node: spin::Mutex::new(node), fatal, waker: spin::Mutex::new(None), idler: spin::Mutex::new(None) })
     }
 
     /// How ranks blocked in `prepare_wait` are woken when a poll (by any rank) finds
     /// something for them. Without a waker, ranks must not block.
     pub fn set_waker(&self, waker: Waker) {
         *self.waker.lock() = Some(waker);
+    }
+
+    /// What a rank does between polls while the rest of a message it is reading
+    /// has not arrived (`NetEndpoint::receive_payload`): spin, yield, or block
+    /// through `prepare_wait`. Without an idler it spins.
+    pub fn set_idler(&self, idler: Idler) {
+        *self.idler.lock() = Some(idler);
     }
 
     /// Runs `f` on the node, then wakes the blocked ranks it found something for,
@@ -847,17 +858,30 @@ impl<D: Nic + Send> Transport for NetEndpoint<D> {
 
     fn receive_payload(&mut self, into: &mut [u8]) {
         let rank = self.rank;
+        let idler = *self.shared.idler.lock();
+        let mut last = (0, 0);
         loop {
-            let outcome = self.shared.with_node(|node| match node.read(rank, into) {
-                Ok(false) => {
-                    node.poll();
-                    node.read(rank, into)
-                }
-                other => other,
+            let (outcome, read, now_us) = self.shared.with_node(|node| {
+                let outcome = match node.read(rank, into) {
+                    Ok(false) => {
+                        node.poll();
+                        node.read(rank, into)
+                    }
+                    other => other,
+                };
+                (outcome, node.inboxes.bytes_read, (node.clock)())
             });
             match outcome {
                 Ok(true) => return,
-                Ok(false) => core::hint::spin_loop(),
+                Ok(false) => {
+                    if read != last.0 || last.1 == 0 {
+                        last = (read, now_us);
+                    }
+                    match idler {
+                        Some(idle) => idle(rank, now_us.saturating_sub(last.1)),
+                        None => core::hint::spin_loop(),
+                    }
+                }
                 Err(message) => (self.shared.fatal)(&message),
             }
         }

@@ -79,11 +79,13 @@ pub struct Inboxes {
     to_grant: BTreeMap<(u32, u32), usize>,
     /// Local ranks a chunk arrived for since the node last took this list (each once).
     pub(crate) touched: Vec<u32>,
+    /// Payload bytes copied out by `read_into` so far (progress of receptions).
+    pub(crate) bytes_read: u64,
 }
 
 impl Inboxes {
     pub fn new(local_ranks: impl Iterator<Item = u32>) -> Inboxes {
-        Inboxes { by_rank: local_ranks.map(|r| (r, VecDeque::new())).collect(), to_grant: BTreeMap::new(), touched: Vec::new() }
+        Inboxes { by_rank: local_ranks.map(|r| (r, VecDeque::new())).collect(), to_grant: BTreeMap::new(), touched: Vec::new(), bytes_read: 0 }
     }
 
     /// Header of `rank`'s next message, if its first chunk arrived.
@@ -108,6 +110,7 @@ impl Inboxes {
             let end = (message.read + chunk.bytes.len()).min(into.len());
             into[start..end].copy_from_slice(&chunk.bytes[..end - start]);
             message.read += chunk.bytes.len();
+            self.bytes_read += chunk.bytes.len() as u64;
             granted += chunk.wire;
         }
         let source = message.header.source;
