@@ -240,17 +240,31 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
 }
 
 fn idle(me: &Core, core: usize) {
-    // Waiters with deadlines spun before they blocked (and may be waiting
-    // for an interrupt, which only a halt lets in): no second spin for them.
-    if !matches!(crate::waiters::waiting(core), Waiting::Until(_)) {
-        let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
-        let start = crate::time::now_ns();
-        while crate::time::now_ns() - start < budget {
-            if !me.run_queue.is_empty() {
-                return;
+    // Every waiter gave a deadline: they spun before they blocked, and may be
+    // waiting for a device interrupt, which only a halt lets in. Halt at once
+    // until the earliest deadline (or an IPI, or a device interrupt), then let
+    // them all look again. No spinning, and no page touching either: it would
+    // hold the interrupt back (≈ 70 µs a step) and burn the host CPU the
+    // waiting is meant to give back.
+    if let Waiting::Until(deadline) = crate::waiters::waiting(core) {
+        if me.run_queue.announce_halt() {
+            let now = crate::time::now_ns();
+            if deadline > now {
+                TIMED_HALTS.fetch_add(1, Ordering::Relaxed);
+                arch::halt(timer_for(me, now, deadline));
             }
-            core::hint::spin_loop();
         }
+        me.run_queue.end_halt();
+        crate::waiters::wake_all(core);
+        return;
+    }
+    let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
+    let start = crate::time::now_ns();
+    while crate::time::now_ns() - start < budget {
+        if !me.run_queue.is_empty() {
+            return;
+        }
+        core::hint::spin_loop();
     }
     // Idle time past the spin budget goes to touching the rest of this
     // core's heap, 4 pages at a time (≈ 70 µs under PVM). Touching first
@@ -259,36 +273,22 @@ fn idle(me: &Core, core: usize) {
     if crate::start::pretouch_step(core, 4) {
         return;
     }
-    match crate::waiters::waiting(core) {
-        // Threads blocked on this core's wait lists without a deadline are
-        // made to look again rather than slept on: a transport's wake-up
-        // that raced their blocking must not leave them (and the VM) stuck
-        // with the core halted.
-        Waiting::Polling => crate::waiters::wake_all(core),
-        // Every waiter gave a deadline: halt until the earliest (or an IPI,
-        // or a device interrupt), then let them all look again.
-        Waiting::Until(deadline) => {
-            if me.run_queue.announce_halt() {
-                let now = crate::time::now_ns();
-                if deadline > now {
-                    TIMED_HALTS.fetch_add(1, Ordering::Relaxed);
-                    arch::halt(timer_for(me, now, deadline));
-                }
-            }
-            me.run_queue.end_halt();
-            crate::waiters::wake_all(core);
-        }
-        // A push after the announcement sends the IPI; an IPI that arrives
-        // before the halt trap stays pending (ring 3 runs with interrupts
-        // masked) and ends the halt at once.
-        Waiting::Nobody => {
-            if me.run_queue.announce_halt() {
-                HALTS.fetch_add(1, Ordering::Relaxed);
-                arch::halt(0);
-            }
-            me.run_queue.end_halt();
-        }
+    // Threads blocked on this core's wait lists without a deadline are made
+    // to look again rather than slept on: a transport's wake-up that raced
+    // their blocking must not leave them (and the VM) stuck with the core
+    // halted.
+    if crate::waiters::has_waiters(core) {
+        crate::waiters::wake_all(core);
+        return;
     }
+    // A push after the announcement sends the IPI; an IPI that arrives
+    // before the halt trap stays pending (ring 3 runs with interrupts
+    // masked) and ends the halt at once.
+    if me.run_queue.announce_halt() {
+        HALTS.fetch_add(1, Ordering::Relaxed);
+        arch::halt(0);
+    }
+    me.run_queue.end_halt();
 }
 
 /// The ticks to arm the APIC timer with for a halt until `deadline`, or 0 when
