@@ -329,7 +329,11 @@ fn is_idle_thread(t: &Thread) -> bool {
 /// Lets the other threads of this core run.
 pub fn yield_now() {
     let t = current();
-    if is_idle_thread(t) || cores()[t.core()].run_queue.is_empty() {
+    if is_idle_thread(t) {
+        return;
+    }
+    crate::waiters::wake_expired(t.core());
+    if cores()[t.core()].run_queue.is_empty() {
         return;
     }
     switch_to_scheduler(After::Yield);

@@ -24,6 +24,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
@@ -37,12 +38,20 @@ struct WaitList {
 }
 
 static LISTS: Once<Vec<Mutex<WaitList>>> = Once::new();
+/// Per core: no later than the earliest deadline of its waiters (`u64::MAX`:
+/// none), for the scheduler to honour deadlines on a core that never idles.
+static EARLIEST: Once<Vec<AtomicU64>> = Once::new();
 
 /// Called once at boot, with the scheduler: the lists are allocated then,
 /// not by whichever idle core first looks at them (which would show up as
 /// an unexplained allocation in the middle of an application's run).
 pub(crate) fn init(cores: usize) {
     LISTS.call_once(|| (0..cores).map(|_| Mutex::new(WaitList { token: false, threads: Vec::with_capacity(8) })).collect());
+    EARLIEST.call_once(|| (0..cores).map(|_| AtomicU64::new(u64::MAX)).collect());
+}
+
+fn earliest(core: usize) -> &'static AtomicU64 {
+    &EARLIEST.get().expect("waiters used before the scheduler started")[core]
 }
 
 fn list(core: usize) -> &'static Mutex<WaitList> {
@@ -75,6 +84,9 @@ fn wait_inner(core: usize, deadline: Option<u64>) {
             Some(entry) => entry.1 = deadline,
             None => l.threads.push((me, deadline)),
         }
+        if let Some(deadline) = deadline {
+            earliest(core).fetch_min(deadline, Ordering::Relaxed);
+        }
     }
     // A notify between the unlock and here finds us in the list and leaves
     // a wake-up token in our thread state: `block` then returns at once.
@@ -93,7 +105,14 @@ fn wake_waiters(core: usize, token: bool) {
     // of µs under PVM), which must not hold up other cores on this list.
     // Threads that register meanwhile are woken too or wait for the next notify.
     for _ in 0..n {
-        let t = list(core).lock().threads.pop();
+        let t = {
+            let mut l = list(core).lock();
+            let t = l.threads.pop();
+            if l.threads.is_empty() {
+                earliest(core).store(u64::MAX, Ordering::Relaxed);
+            }
+            t
+        };
         match t {
             Some((t, _)) => sched::wake(&t),
             None => break,
@@ -114,6 +133,16 @@ pub fn wake_all(core: usize) {
 /// Whether any thread waits on `core` now.
 pub fn has_waiters(core: usize) -> bool {
     !list(core).lock().threads.is_empty()
+}
+
+/// Wakes `core`'s waiters if one of their deadlines has passed: `yield_now`
+/// calls this, for a core that keeps running other threads (its idle loop,
+/// which halts until the deadline, never runs then).
+pub(crate) fn wake_expired(core: usize) {
+    let due = earliest(core).load(Ordering::Relaxed);
+    if due != u64::MAX && crate::time::now_ns() >= due {
+        wake_all(core);
+    }
 }
 
 /// What the threads waiting on a core allow its idle loop to do.
