@@ -594,4 +594,18 @@ mod tests {
         assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT, QUEUE_RECEIVE]);
         assert_eq!((control.pending, control.added), (0, 0));
     }
+
+    #[test]
+    fn receive_interrupts_are_a_flag_in_the_available_ring() {
+        // The available rings' flags words (their first field); VIRTQ_AVAIL_F_NO_INTERRUPT set.
+        let rx_flags = Box::new(core::sync::atomic::AtomicU16::new(1));
+        let tx_flags = Box::new(core::sync::atomic::AtomicU16::new(1));
+        let avail_rings = [&*rx_flags as *const _ as usize, &*tx_flags as *const _ as usize];
+        let control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings: [0; 2], avail_rings };
+        control.set_interrupts(QUEUE_RECEIVE, true);
+        assert_eq!((rx_flags.load(Ordering::SeqCst), tx_flags.load(Ordering::SeqCst)), (0, 1));
+        control.set_interrupts(QUEUE_RECEIVE, false);
+        assert_eq!(rx_flags.load(Ordering::SeqCst), 1);
+        assert!(control.inner.notified.is_empty(), "no register access");
+    }
 }
