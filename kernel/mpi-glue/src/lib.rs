@@ -38,8 +38,9 @@
 //!   ranks are all blocked that way halts at once with the APIC timer armed
 //!   for that deadline. `netwait=spin` (or a machine that names no interrupt
 //!   for the NIC) keeps the old way: waiting ranks spin, polling the NIC.
-//! - Tuning keys (`mpispin=`, `netwait=`) are read from the kernel command
-//!   line, else from the environment as `TORO_MPISPIN`, `TORO_NETWAIT`
+//! - Tuning keys (`mpispin=`, `netwait=`, `netirq=CORE`: the NIC's interrupt
+//!   to that core only) are read from the kernel command line, else from the
+//!   environment as `TORO_MPISPIN`, `TORO_NETWAIT`, `TORO_NETIRQ`
 //!   (`toro-mpirun -x TORO_NETWAIT=spin`); `TORO_STATS=1` prints each VM's
 //!   traps, NIC register accesses and messages when it ends (jobs spanning VMs).
 //! - Errors are fatal by default: `toro: rank R: MPI error MPI_ERR_CLASS: ...`
