@@ -40,6 +40,7 @@ use core::cell::Cell;
 use intra_vbus::{Bus, Config, ConfigError, CoreId, Endpoint, Envelope, Incoming, Notify, SendError, SendHandle};
 use spin::Mutex;
 
+use crate::collective::shm::Arena;
 use crate::transport::{Header, MessageKind, SendTicket, Transport, TransportError, WireRank};
 
 /// What the adapter needs from the machine besides the bus's `Notify`.
@@ -66,6 +67,8 @@ struct CoreNet<M: Machine> {
 pub struct VbusNet<M: Machine> {
     /// Field order matters: the endpoints (which borrow the bus) drop first.
     cores: Vec<Mutex<CoreNet<M>>>,
+    /// Shared memory of small collectives, by (collective context, world ranks).
+    arenas: Mutex<BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>>,
     bus: *mut Bus<M>,
     spin_ns: u64,
 }
@@ -88,7 +91,7 @@ impl<M: Machine> VbusNet<M> {
                 Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new() })
             })
             .collect();
-        Ok(VbusNet { cores, bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
+        Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
     }
 
     fn bus(&self) -> &Bus<M> {
@@ -104,6 +107,13 @@ impl<M: Machine> VbusNet<M> {
     /// Number of cores of the bus.
     pub fn cores(&self) -> usize {
         self.cores.len()
+    }
+
+    /// The collective arena of communicator context `context` with members `group`
+    /// (world ranks, all in this VM): created by the first member that asks, then the
+    /// same for every member (`Environment::collective_arena`).
+    pub fn collective_arena(&self, context: u32, group: &[WireRank]) -> Arc<Arena> {
+        self.arenas.lock().entry((context, group.to_vec())).or_insert_with(|| Arc::new(Arena::new(group.len()))).clone()
     }
 }
 
@@ -141,6 +151,11 @@ impl<M: Machine> RankWaiter<M> {
     /// found nothing done); returns at once if none is ready. Never blocks.
     pub fn yield_now(&self) {
         self.net.machine().yield_now();
+    }
+
+    /// The bus of this rank's VM.
+    pub fn net(&self) -> &Arc<VbusNet<M>> {
+        &self.net
     }
 
     /// Waits a little for something to happen (see the module docs); always returns.
