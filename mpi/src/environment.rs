@@ -49,9 +49,16 @@ pub trait Environment {
     fn collective_arena(&self, _context: u32, _group: &[u32]) -> Option<Arc<Arena>> {
         None
     }
-    /// Wakes world rank `world_rank` (in this VM) if it blocks in `relax`; a wake-up
-    /// that finds it running makes its next `relax` return at once.
+    /// Wakes world rank `world_rank` (in this VM) if it blocks in `block`; a wake-up
+    /// that finds it running makes its next `block` return at once.
     fn wake(&self, _world_rank: u32) {}
+    /// Blocks until `wake` is called for this rank or a message may have arrived; may
+    /// return early. The caller has announced that it sleeps and re-checked its
+    /// condition just before: nothing may run on this core in between (no yield
+    /// before the rank is registered as waiting). Default: `relax`.
+    fn block(&self) {
+        self.relax()
+    }
     /// Ends the whole job with a non-zero `status` after printing `message`.
     fn abort(&self, status: i32, message: &str) -> !;
 }

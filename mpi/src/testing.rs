@@ -227,6 +227,12 @@ impl Environment for ThreadEnvironment {
         let doorbell = &self.fabric.doorbells[self.rank as usize];
         self.seen.set(doorbell.wait_after(self.seen.get(), Duration::from_millis(5)));
     }
+    fn block(&self) {
+        match &self.vbus {
+            Some(waiter) if !self.job.aborted.load(Ordering::Relaxed) => waiter.block(),
+            _ => self.relax(),
+        }
+    }
     fn collective_arena(&self, context: u32, group: &[u32]) -> Option<Arc<crate::environment::Arena>> {
         self.vbus.as_ref().map(|waiter| waiter.net().collective_arena(context, group))
     }

@@ -158,6 +158,31 @@ impl<M: Machine> RankWaiter<M> {
         &self.net
     }
 
+    /// Blocks until this core is notified: a ring arrival for it, or a rank that
+    /// changed what this rank waits for (`Environment::wake`). Returns at once if a
+    /// message is already waiting. Unlike `relax` it neither spins nor yields before
+    /// the thread is on the core's wait list, so a wake-up sent after the caller's last
+    /// check cannot be taken by another rank of the core in between.
+    pub fn block(&self) {
+        if self.holding.get() {
+            return;
+        }
+        let machine = self.net.machine();
+        let mut core = self.net.cores[self.core].lock();
+        if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
+            return;
+        }
+        if core.endpoint.prepare_wait() {
+            drop(core);
+            machine.wait(self.core);
+            core = self.net.cores[self.core].lock();
+            core.endpoint.finish_wait();
+        }
+        drop(core);
+        // The endpoint is disarmed now: the other waiters of this core re-check and re-arm.
+        machine.wake_all(self.core);
+    }
+
     /// Waits a little for something to happen (see the module docs); always returns.
     pub fn relax(&self) {
         let machine = self.net.machine();

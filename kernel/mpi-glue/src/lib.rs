@@ -254,6 +254,13 @@ impl Environment for RankEnv {
     fn collective_arena(&self, context: u32, group: &[u32]) -> Option<Arc<mpi::environment::Arena>> {
         Some(self.waiter.net().collective_arena(context, group))
     }
+    fn block(&self) {
+        if self.polls_network {
+            self.relax();
+        } else {
+            self.waiter.block();
+        }
+    }
     fn wake(&self, world_rank: u32) {
         if let Some(core) = job().plan.core_of.get(world_rank as usize).copied().flatten() {
             RtMachine.notify(core);

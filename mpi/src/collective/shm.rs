@@ -18,7 +18,7 @@
 //!   arrived at `s − 1`. A rank arrives at `s − 1` only after finishing `s − 2`, the
 //!   last collective that read that line, so nobody still reads it.
 //! - *sleep*: a rank that has waited past the spin budget marks its sleep line, fences
-//!   (SeqCst), re-checks, then blocks in `Environment::relax`; every arrival fences
+//!   (SeqCst), re-checks, then blocks in `Environment::block`; every arrival fences
 //!   after its stamp and wakes the ranks marked asleep (`Environment::wake`). The two
 //!   fences order the pair (store-buffering), so no wake-up is lost.
 //!
@@ -196,7 +196,7 @@ impl ShmComm {
             // Store-buffering pair with the fence in `arrive`.
             fence(Ordering::SeqCst);
             if !done() {
-                engine.env.relax();
+                engine.env.block();
             }
             sleeping.store(0, Ordering::Relaxed);
         }
