@@ -283,6 +283,9 @@ impl Root for Process<'_> {
     fn gather_into<S: ?Sized + Buffer>(&self, sendbuf: &S) {
         run(self.comm, || {
             let root = self.root_for(false)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.gather(self.comm, root, sendbuf.bytes(), None);
+            }
             internal::gather(&Group::new(self.comm, sendbuf.buffer_datatype()), root, sendbuf.bytes(), None)
         })
     }
@@ -293,6 +296,9 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("gather_into_root receive buffer", output.len(), sendbuf.bytes().len() * group.size)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.gather(self.comm, root, sendbuf.bytes(), Some(output));
+            }
             internal::gather(&group, root, sendbuf.bytes(), Some(output))
         })
     }
@@ -319,7 +325,11 @@ impl Root for Process<'_> {
         run(self.comm, || {
             let root = self.root_for(false)?;
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
-            internal::scatter(&group, root, None, recvbuf.bytes_mut(Token(())))
+            let output = recvbuf.bytes_mut(Token(()));
+            if let Some(shm) = shm_path(self.comm, output.len() * group.size) {
+                return shm.scatter(self.comm, root, None, output);
+            }
+            internal::scatter(&group, root, None, output)
         })
     }
 
@@ -329,6 +339,9 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("scatter_into_root send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.scatter(self.comm, root, Some(sendbuf.bytes()), output);
+            }
             internal::scatter(&group, root, Some(sendbuf.bytes()), output)
         })
     }

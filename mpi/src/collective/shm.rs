@@ -1,4 +1,5 @@
-//! Small collectives through memory shared by the ranks of one VM.
+//! Small collectives through memory shared by the ranks of one VM: barrier, broadcast,
+//! reduce, all-reduce, gather and scatter of at most [`SHM_BYTES`] per line.
 //!
 //! Ranks of a VM are threads of one address space, so a barrier or an 8-byte
 //! all-reduce need not travel as messages: every rank owns two cache lines of an
@@ -241,6 +242,38 @@ impl ShmComm {
         self.wait(comm, seq, || self.arena.arrived(root, seq));
         self.check_len(root, seq, buffer.len())?;
         buffer.copy_from_slice(self.arena.read(root, seq));
+        Ok(())
+    }
+
+    /// Gather of equal blocks: rank i's `block` lands in part i of the root's `output`.
+    pub(crate) fn gather(&self, comm: &CommState, root: usize, block: &[u8], output: Option<&mut [u8]>) -> MpiResult<()> {
+        let seq = self.next();
+        self.write(comm, seq, block);
+        self.arrive(comm, seq);
+        let Some(output) = output else { return Ok(()) };
+        debug_assert_eq!(self.rank, root);
+        self.wait(comm, seq, || self.all_arrived(seq));
+        for (rank, part) in output.chunks_mut(block.len().max(1)).enumerate().take(if block.is_empty() { 0 } else { self.arena.members() }) {
+            self.check_len(rank, seq, block.len())?;
+            part.copy_from_slice(self.arena.read(rank, seq));
+        }
+        Ok(())
+    }
+
+    /// Scatter of equal blocks: part i of the root's `input` lands in rank i's `output`.
+    pub(crate) fn scatter(&self, comm: &CommState, root: usize, input: Option<&[u8]>, output: &mut [u8]) -> MpiResult<()> {
+        let seq = self.next();
+        let block = output.len();
+        if let Some(input) = input {
+            self.write(comm, seq, input);
+            self.arrive(comm, seq);
+            output.copy_from_slice(&input[root * block..(root + 1) * block]);
+            return Ok(());
+        }
+        self.arrive(comm, seq);
+        self.wait(comm, seq, || self.arena.arrived(root, seq));
+        self.check_len(root, seq, block * self.arena.members())?;
+        output.copy_from_slice(&self.arena.read(root, seq)[self.rank * block..(self.rank + 1) * block]);
         Ok(())
     }
 

@@ -100,6 +100,23 @@ fn back_to_back_collectives_keep_their_own_data() {
                 let mut s = [0u64; 2];
                 world.all_reduce_into(&[i + rank, 1][..], &mut s[..], SystemOperation::sum());
                 assert_eq!(s, [n * i + n * (n - 1) / 2, n], "all-reduce {i}");
+                // Gather of 4-byte blocks, then scatter them back from another root.
+                let mine = [(i * 16 + rank) as u32];
+                let other = ((i + 1) % n) as i32;
+                let mut all = vec![0u32; n as usize];
+                if rank == other as u64 {
+                    world.process_at_rank(other).gather_into_root(&mine[..], &mut all[..]);
+                    assert_eq!(all, (0..n).map(|r| (i * 16 + r) as u32).collect::<Vec<_>>(), "gather {i}");
+                    all.iter_mut().for_each(|v| *v += 1);
+                    let mut back = [0u32];
+                    world.process_at_rank(other).scatter_into_root(&all[..], &mut back[..]);
+                    assert_eq!(back, [mine[0] + 1], "scatter {i}");
+                } else {
+                    world.process_at_rank(other).gather_into(&mine[..]);
+                    let mut back = [0u32];
+                    world.process_at_rank(other).scatter_into(&mut back[..]);
+                    assert_eq!(back, [mine[0] + 1], "scatter {i}");
+                }
             }
         });
     }
