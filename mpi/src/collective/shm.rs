@@ -11,13 +11,15 @@
 //! Protocol, per communicator (all ranks call collectives in the same order, so they
 //! agree on the sequence number `s` of each one that comes here):
 //! - *arrive*: rank `i` writes its data (at most [`SHM_BYTES`]) and length into its line
-//!   `s % 2`, then stores `s` in that line's stamp with Release. "Rank `j` arrived at
-//!   `t`" is `line[j][t % 2].stamp >= t` (Acquire).
+//!   `s % LINES`, then stores `s` in that line's stamp with Release. "Rank `j` arrived
+//!   at `t`" is `line[j][t % LINES].stamp >= t` (Acquire).
 //! - *read*: a rank reads `j`'s data of collective `s` only after seeing `j` arrived
 //!   at `s`.
-//! - *reuse*: before writing its line `s % 2` again, a rank waits until every rank
-//!   arrived at `s − 1`. A rank arrives at `s − 1` only after finishing `s − 2`, the
-//!   last collective that read that line, so nobody still reads it.
+//! - *reuse*: before writing its line `s % LINES` again, a rank waits until every rank
+//!   arrived at `s − LINES + 1`. A rank arrives there only after finishing `s − LINES`,
+//!   the last collective that read that line, so nobody still reads it. With several
+//!   lines a rank may run a few collectives ahead (a broadcast root does not wait for
+//!   the slowest reader of the previous one), which matters when ranks share a core.
 //! - *sleep*: a rank that has waited past the spin budget marks its sleep line, fences
 //!   (SeqCst), re-checks, then blocks in `Environment::block`; every arrival fences
 //!   after its stamp and wakes the ranks marked asleep (`Environment::wake`). The two
@@ -53,6 +55,10 @@ pub const SHM_BYTES: usize = 48;
 
 /// Spin this long before sleeping (like the ring waiter's default budget).
 const SPIN_NS: u64 = 20_000;
+/// Lines per rank: how many collectives a rank may be ahead of the slowest reader.
+const LINES: u64 = 8;
+/// Let the other ranks of the core run every this many empty checks.
+const YIELD_EVERY: u32 = 2;
 /// Poll the transports every this many empty checks.
 const PROGRESS_EVERY: u32 = 16;
 
@@ -67,7 +73,7 @@ struct Line {
 /// One rank's lines, and the line that says whether it sleeps.
 #[repr(C, align(64))]
 struct Slot {
-    lines: [Line; 2],
+    lines: [Line; LINES as usize],
     /// Sequence number the rank sleeps at (0: awake).
     sleeping: CacheLine,
 }
@@ -93,7 +99,7 @@ impl Arena {
     pub(crate) fn new(members: usize) -> Arena {
         let line = || Line { stamp: AtomicU64::new(0), len: AtomicU32::new(0), data: UnsafeCell::new([0; SHM_BYTES / 16]) };
         Arena {
-            slots: (0..members).map(|_| Slot { lines: [line(), line()], sleeping: CacheLine(AtomicU64::new(0)) }).collect(),
+            slots: (0..members).map(|_| Slot { lines: core::array::from_fn(|_| line()), sleeping: CacheLine(AtomicU64::new(0)) }).collect(),
         }
     }
 
@@ -102,7 +108,7 @@ impl Arena {
     }
 
     fn line(&self, rank: usize, seq: u64) -> &Line {
-        &self.slots[rank].lines[(seq % 2) as usize]
+        &self.slots[rank].lines[(seq % LINES) as usize]
     }
 
     fn arrived(&self, rank: usize, seq: u64) -> bool {
@@ -117,14 +123,14 @@ impl Arena {
         let len = (line.len.load(Ordering::Relaxed) as usize).min(SHM_BYTES);
         // SAFETY: the owner wrote these bytes before its Release store of the stamp we
         // Acquire-loaded (`arrived`), and rewrites them only after we arrive at
-        // `seq + 1` (reuse rule), which our caller has not done yet. u128 words are
-        // plain bytes.
+        // `seq + 1` (reuse rule, which waits for `seq + LINES − LINES + 1`), which our
+        // caller has not done yet. u128 words are plain bytes.
         unsafe { core::slice::from_raw_parts(line.data.get().cast::<u8>(), len) }
     }
 
     /// Stores this rank's payload for collective `seq`.
     ///
-    /// Only after every rank arrived at `seq − 1`.
+    /// Only after every rank arrived at `seq − LINES + 1`.
     fn write(&self, rank: usize, seq: u64, payload: &[u8]) {
         let line = self.line(rank, seq);
         assert!(payload.len() <= SHM_BYTES);
@@ -179,7 +185,12 @@ impl ShmComm {
             }
             checks = checks.wrapping_add(1);
             if checks % PROGRESS_EVERY != 0 {
-                core::hint::spin_loop();
+                if checks % YIELD_EVERY == 0 {
+                    // The rank we wait for may be one of this core's, not running now.
+                    comm.engine.borrow().env.yield_now();
+                } else {
+                    core::hint::spin_loop();
+                }
                 continue;
             }
             let mut engine = comm.engine.borrow_mut();
@@ -209,7 +220,8 @@ impl ShmComm {
 
     /// Waits until the line for `seq` may be written (reuse rule), then writes it.
     fn write(&self, comm: &CommState, seq: u64, payload: &[u8]) {
-        self.wait(comm, seq, || self.all_arrived(seq - 1));
+        let reused_after = (seq + 1).saturating_sub(LINES);
+        self.wait(comm, seq, || self.all_arrived(reused_after));
         self.arena.write(self.rank, seq, payload);
     }
 

@@ -78,8 +78,8 @@ fn late_rank_wakes_sleeping_ranks() {
 }
 
 /// Thousands of back-to-back small collectives with no barrier between them, ranks of
-/// uneven speed: a rank may be two collectives ahead of another, never more, and every
-/// result must be the one of its own collective (the two-line reuse rule).
+/// uneven speed: a rank may be up to seven collectives ahead of another, never more, and every
+/// result must be the one of its own collective (the reuse rule of the eight lines).
 #[test]
 fn back_to_back_collectives_keep_their_own_data() {
     for (size, cores, cooperative) in [(3, 0, false), (8, 2, true)] {
