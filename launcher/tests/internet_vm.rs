@@ -1,5 +1,5 @@
 //! inter-net through toro-mpirun: two VMs, one rank each, talking TCP (smoltcp on the
-//! ring-3 virtio-net driver) over the job's VDE switch, with the
+//! ring-3 virtio-net driver) through the launcher's network hub, with the
 //! `transport/inter-net/vmtest` app (`internet-pingpong`). TCG always, KVM too when
 //! `toro_image::vmtest::accels()` lists it.
 //!
@@ -14,8 +14,8 @@
 //!   and its address.
 //!
 //! Every job runs under a watchdog; after every job no process of it may be left (the
-//! QEMUs carry `job=ID` on their kernel command line, the switch lives in the job's
-//! private directory) and its TMPDIR must be empty. One job at a time.
+//! QEMUs carry `job=ID` on their kernel command line) and its TMPDIR must be empty.
+//! One job at a time.
 
 mod common;
 
