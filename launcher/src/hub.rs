@@ -14,8 +14,11 @@
 //!
 //! Never blocking: every socket is non-blocking. A destination whose socket is full
 //! (its QEMU is not reading: the guest has no receive buffer posted) gets its frames
-//! queued here up to [`QUEUE_BYTES`], then dropped like a switch does (TCP resends);
-//! the other ports go on. A dead VM (its QEMU exited, its end closed) makes sends fail
+//! queued here, up to more than its peers' TCP windows can put in flight (see
+//! [`queue_limit`]), so in practice nothing is lost: QEMU stops reading the hub's socket
+//! when its guest has no buffer, the hub holds what the senders' windows allow. Beyond
+//! the limit frames are dropped like a switch does (TCP resends, slowly: see
+//! transport/inter-net's README); the other ports go on. A dead VM (its QEMU exited, its end closed) makes sends fail
 //! with `ECONNREFUSED`: its port is closed and its frames dropped. The thread ends when
 //! the launcher drops its end of the stop socket (`Hub::stop`, or `Drop`).
 
@@ -30,9 +33,12 @@ pub const QEMU_NET_FD: RawFd = 3;
 /// QEMU's `NET_BUFSIZE` (include/net/net.h, 4096 + 65536): its network layer drops
 /// larger packets, and its datagram netdev receives into a buffer of this size.
 pub const MAX_FRAME: usize = 69_632;
-/// Bytes queued for one port whose socket is full before frames to it are dropped:
-/// 128 frames of 64 KiB, more than the guests' TCP windows put in flight.
-pub const QUEUE_BYTES: usize = 8 << 20;
+/// Bytes queued for one port whose socket is full before frames to it are dropped, in
+/// a job of `vms` VMs: what reaches a VM is bounded by its peers' TCP windows (its
+/// receive buffers, 1 MiB each by default), so 2 MiB per peer, and at least 8 MiB.
+pub fn queue_limit(vms: usize) -> usize {
+    (2 << 20) * vms.saturating_sub(1).max(4)
+}
 /// Frames taken from one port in a row before the others get their turn.
 const BATCH: usize = 32;
 
@@ -78,7 +84,7 @@ impl Hub {
         stop_seen.set_nonblocking(true).map_err(err)?;
         let thread = std::thread::Builder::new()
             .name("toro-hub".into())
-            .spawn(move || Segment { ports, stats: HubStats::default() }.run(stop_seen))
+            .spawn(move || Segment { limit: queue_limit(ports.len()), ports, stats: HubStats::default() }.run(stop_seen))
             .map_err(|e| format!("network hub: cannot start its thread: {e}"))?;
         Ok((Hub { stop: Some(stop), thread: Some(thread) }, vm_ends))
     }
@@ -132,6 +138,8 @@ fn send(socket: &UnixDatagram, frame: &[u8]) -> Sent {
 
 struct Segment {
     ports: Vec<Port>,
+    /// Bytes queued per port at most.
+    limit: usize,
     stats: HubStats,
 }
 
@@ -243,7 +251,7 @@ impl Segment {
                 Sent::Full => {}
             }
         }
-        if port.queued + frame.len() > QUEUE_BYTES {
+        if port.queued + frame.len() > self.limit {
             self.stats.dropped_full += 1;
             return;
         }
@@ -389,7 +397,7 @@ mod tests {
     fn full_and_dead_ports() {
         let (hub, mut ends) = hub(3);
         // VM 1 reads nothing: 12 MiB of 64 KiB frames to it fill its socket, then the
-        // hub's queue (8 MiB), then are dropped; VM 2 still gets its frames meanwhile.
+        // hub's queue (8 MiB for 3 VMs), then are dropped; VM 2 still gets its frames.
         for i in 0..192 {
             ends[0].send(&frame(mac(1), mac(0), 65_549, i as u8)).unwrap();
             if i % 64 == 0 {
