@@ -15,8 +15,8 @@
 //! Frame size: the launcher's hub (and QEMU's datagram netdev) carries frames up to
 //! QEMU's NET_BUFSIZE, so the interface's MTU is `NetConfig::mtu`, by default IPv4's
 //! largest packet (65535 bytes: TCP segments of 65495 bytes, 45 times fewer frames than
-//! Ethernet's 1500). The host path costs ~300 µs per frame whatever its size, so the
-//! frame count is what bounds bandwidth. VIRTIO_NET_F_MRG_RXBUF is not negotiated
+//! Ethernet's 1500): with Ethernet frames the host path's cost per frame (QEMU's main
+//! loops, threads waiting for a core) bounded bandwidth. VIRTIO_NET_F_MRG_RXBUF is not negotiated
 //! (`virtio-drivers` does not offer it): every receive buffer holds a whole frame plus
 //! the virtio-net header, since QEMU drops (silently) a frame larger than the buffer it
 //! is given. Receive buffers take at most `RX_MEMORY` (63 slots of 64 KiB at the default
