@@ -170,15 +170,16 @@ impl Segment {
             }
             for k in 0..self.ports.len() {
                 let revents = fds[k + 1].revents;
-                if revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
-                    self.close(k);
-                    continue;
-                }
                 if revents & libc::POLLOUT != 0 {
                     self.flush(k);
                 }
                 if revents & libc::POLLIN != 0 {
                     self.take_from(k, &mut frame);
+                }
+                // An error (a send found the QEMU gone), or a hang-up: the port is dead,
+                // and would wake every poll if kept.
+                if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    self.close(k);
                 }
             }
         }
