@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs what Toro MPI needs and is missing: Debian's QEMU and VDE switch,
-# the pinned Rust toolchain and its bare-metal target. Never asks.
+# Installs what Toro MPI needs and is missing: Debian's QEMU (7.2 or later: jobs of
+# several VMs use its `dgram` netdev), the pinned Rust toolchain and its bare-metal
+# target. Never asks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
-command -v vde_switch >/dev/null || need_apt+=(vde2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

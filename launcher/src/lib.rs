@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod hub;
 pub mod image;
 pub mod plan;
 pub mod qemu;
@@ -16,13 +17,12 @@ pub mod testutil;
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::Parser;
 
 use cli::{Cli, Options};
 use plan::{Plan, PlanInput};
-use qemu::{display_command, qemu_args, switch_args, QemuSetup};
+use qemu::{display_command, qemu_args, QemuSetup};
 
 /// Overrides the random job id (tests, reproducible dry runs).
 pub const JOB_ID_ENV: &str = "TORO_JOB_ID";
@@ -46,7 +46,6 @@ struct Prepared {
     opts: Options,
     plan: Plan,
     setup: QemuSetup,
-    switch: Option<PathBuf>,
 }
 
 fn prepare(cli: Cli) -> Result<Prepared, String> {
@@ -68,28 +67,16 @@ fn prepare(cli: Cli) -> Result<Prepared, String> {
     let plan = Plan::new(&input)?;
     let qemu = qemu::find_qemu(opts.qemu.as_deref())?;
     let accel = qemu::resolve_accel(opts.accel)?;
-    let switch = if plan.vms.len() > 1 {
-        match qemu::find_switch() {
-            Ok(p) => Some(p),
-            // A dry run shows the plan even where the switch is not installed.
-            Err(_) if opts.dry_run => Some(PathBuf::from(qemu::DEFAULT_SWITCH)),
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
-    };
     if !opts.dry_run && run::JobDir::path_for(&plan.job_id).exists() {
         return Err(format!("job {} already exists ({})", plan.job_id, run::JobDir::path_for(&plan.job_id).display()));
     }
     let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone() };
-    Ok(Prepared { opts, plan, setup, switch })
+    Ok(Prepared { opts, plan, setup })
 }
 
 /// The job plan and the command lines, as `--dry-run` prints them.
-pub fn describe(plan: &Plan, setup: &QemuSetup, switch: Option<&std::path::Path>) -> String {
+pub fn describe(plan: &Plan, setup: &QemuSetup) -> String {
     let mut s = String::new();
-    let job_dir = run::JobDir::path_for(&plan.job_id);
-    let switch_dir = run::JobDir::switch_dir(&job_dir);
     s += &format!("job {}\n", plan.job_id);
     s += &format!(
         "world {} ranks, {} VM{}, map-by {}, machine {}, accel {}\n",
@@ -100,14 +87,16 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, switch: Option<&std::path::Path>
         setup.machine.name(),
         setup.accel.name()
     );
-    match switch {
-        Some(_) => s += &format!(
-            "network: VDE switch at {} (private to this job), {}/{}\n",
-            switch_dir.display(),
+    if plan.vms.len() > 1 {
+        s += &format!(
+            "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {} in QEMU; frames up to {} bytes), {}/{}\n",
+            hub::QEMU_NET_FD,
+            hub::MAX_FRAME,
             plan::IP_BASE,
             plan::IP_PREFIX
-        ),
-        None => s += "network: none (one VM)\n",
+        );
+    } else {
+        s += "network: none (one VM)\n";
     }
     for vm in &plan.vms {
         s += &format!(
@@ -127,11 +116,8 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, switch: Option<&std::path::Path>
         let (vm, core) = plan.location(r).expect("every rank is placed");
         s += &format!("rank {r}: vm {vm} core {core}\n");
     }
-    if let Some(sw) = switch {
-        s += &format!("command switch: {}\n", display_command(sw, &switch_args(&switch_dir)));
-    }
     for vm in &plan.vms {
-        s += &format!("command vm {}: {}\n", vm.index, display_command(&setup.qemu, &qemu_args(setup, plan, vm, &switch_dir)));
+        s += &format!("command vm {}: {}\n", vm.index, display_command(&setup.qemu, &qemu_args(setup, plan, vm)));
     }
     s
 }
@@ -161,10 +147,10 @@ pub fn main_with(argv: Vec<String>) -> i32 {
         }
     };
     if p.opts.dry_run {
-        let _ = std::io::stdout().write_all(describe(&p.plan, &p.setup, p.switch.as_deref()).as_bytes());
+        let _ = std::io::stdout().write_all(describe(&p.plan, &p.setup).as_bytes());
         return 0;
     }
-    match run::run(&p.plan, &p.setup, &p.opts, p.switch.as_deref()) {
+    match run::run(&p.plan, &p.setup, &p.opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("toro-mpirun: error: {e}");

@@ -44,11 +44,8 @@ impl Accel {
 }
 
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
-pub const DEFAULT_SWITCH: &str = "vde_switch";
 /// Tests and unusual hosts may point the KVM probe elsewhere.
 pub const KVM_DEVICE_ENV: &str = "TORO_KVM_DEVICE";
-/// Tests and unusual hosts may name another VDE switch binary.
-pub const SWITCH_ENV: &str = "TORO_VDE_SWITCH";
 
 /// Finds an executable: a path with a `/` as is, else through `PATH`.
 pub fn find_executable(name: &Path) -> Option<PathBuf> {
@@ -66,16 +63,6 @@ pub fn find_qemu(user: Option<&Path>) -> Result<PathBuf, String> {
     find_executable(name).ok_or_else(|| match user {
         Some(p) => format!("QEMU binary {} not found or not executable", p.display()),
         None => format!("{DEFAULT_QEMU} not found in PATH (install it: apt-get install qemu-system-x86)"),
-    })
-}
-
-pub fn find_switch() -> Result<PathBuf, String> {
-    let name = std::env::var_os(SWITCH_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_SWITCH.into());
-    find_executable(&name).ok_or_else(|| {
-        format!(
-            "{} not found: a job with more than one VM needs the VDE switch (install it: apt-get install vde2)",
-            name.display()
-        )
     })
 }
 
@@ -135,10 +122,10 @@ pub struct QemuSetup {
     pub image: PathBuf,
 }
 
-/// The full QEMU argument list of one VM. `switch_dir` is the VDE switch's
-/// control directory; the network device is only added for a job with more
-/// than one VM.
-pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path) -> Vec<OsString> {
+/// The full QEMU argument list of one VM. The network device is only added for a
+/// job with more than one VM: its netdev is the launcher's hub, through the socket
+/// QEMU inherits as fd `hub::QEMU_NET_FD` (see `hub`).
+pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     // microvm without ACPI tables, option ROMs and RTC starts ~45 ms sooner
@@ -169,10 +156,10 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path)
             Machine::Microvm => "virtio-net-device",
             Machine::Q35 => "virtio-net-pci",
         };
-        let mut netdev = OsString::from("vde,id=net0,sock=");
-        netdev.push(switch_dir);
+        // `dgram` on an inherited socket: one datagram per frame, frames up to QEMU's
+        // NET_BUFSIZE (QEMU 7.2 has it; `vde` and `socket` are not needed).
         a.push("-netdev".into());
-        a.push(netdev);
+        a.push(format!("dgram,id=net0,local.type=fd,local.str={}", crate::hub::QEMU_NET_FD).into());
         a.push("-device".into());
         a.push(format!("{nic},netdev=net0,mac={}", vm.mac_string()).into());
     }
@@ -181,13 +168,6 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan, switch_dir: &Path)
     a.push("-append".into());
     a.push(vm.cmdline.clone().into());
     a
-}
-
-/// The VDE switch of a job: a plain L2 learning switch whose control
-/// directory lives in the job's private temp dir. It runs in the
-/// foreground and ends by itself when its stdin (held by the launcher) closes.
-pub fn switch_args(switch_dir: &Path) -> Vec<OsString> {
-    vec!["--sock".into(), switch_dir.into(), "--mode".into(), "600".into(), "--dirmode".into(), "700".into()]
 }
 
 /// Quotes a word for display in a shell.

@@ -1,9 +1,10 @@
-//! Runs a planned job: the VDE switch (more than one VM), one QEMU process
+//! Runs a planned job: the network hub (more than one VM), one QEMU process
 //! group per VM, live console streaming, the job's exit status, and the
-//! guarantee that nothing (process, socket, temp dir) outlives the job.
+//! guarantee that nothing (process, socket, thread, temp dir) outlives the job.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,7 +16,8 @@ use toro_abi::status;
 
 use crate::cli::Options;
 use crate::plan::{rank_list, Plan, VmPlan};
-use crate::qemu::{qemu_args, switch_args, QemuSetup};
+use crate::hub::{Hub, QEMU_NET_FD};
+use crate::qemu::{qemu_args, QemuSetup};
 
 /// Launcher exit codes besides the VMs' own statuses.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -28,8 +30,9 @@ const TERM_GRACE: Duration = Duration::from_millis(700);
 const DRAIN: Duration = Duration::from_millis(300);
 const POLL: Duration = Duration::from_millis(20);
 
-/// The job's private directory (0700): the VDE switch's sockets live here,
-/// so two jobs never share a segment. Removed on drop, whatever happened.
+/// The job's private directory (0700): it reserves the job id on this host (a
+/// second job with the same id is refused, so `job=ID` names one job's QEMUs).
+/// Nothing lives in it (the network is socket pairs). Removed on drop.
 pub struct JobDir(PathBuf);
 
 impl JobDir {
@@ -47,9 +50,6 @@ impl JobDir {
     }
     pub fn path(&self) -> &Path {
         &self.0
-    }
-    pub fn switch_dir(job_dir: &Path) -> PathBuf {
-        job_dir.join("net")
     }
 }
 
@@ -141,6 +141,28 @@ fn own_group(cmd: &mut Command) {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
             Ok(())
+        });
+    }
+}
+
+/// Gives the child `fd` as its descriptor `QEMU_NET_FD` (the hub's socket for its NIC).
+#[allow(unsafe_code)]
+fn pass_network(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors; nothing
+    // else runs between fork and exec. dup2 onto itself would keep FD_CLOEXEC, hence
+    // the fcntl for that case.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if fd == QEMU_NET_FD {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, QEMU_NET_FD) == QEMU_NET_FD
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
 }
@@ -309,9 +331,8 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 /// Starts the job and waits for it; returns the launcher's exit code.
-pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>) -> Result<i32, String> {
+pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String> {
     let job_dir = JobDir::create(&plan.job_id)?;
-    let switch_dir = JobDir::switch_dir(job_dir.path());
     let mut logs = Vec::new();
     if let Some(dir) = &opts.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("--output-dir {}: {e}", dir.display()))?;
@@ -339,48 +360,33 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         });
     }
 
-    // The switch: only for more than one VM.
-    let mut switch_child: Option<Child> = None;
-    let mut switch_stdin = None;
-    if let Some(sw) = switch.filter(|_| plan.vms.len() > 1) {
-        let mut cmd = Command::new(sw);
-        cmd.args(switch_args(&switch_dir)).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-        own_group(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", sw.display()))?;
-        switch_stdin = child.stdin.take();
-        let pid = child.id() as i32;
-        switch_child = Some(child);
-        let until = Instant::now() + Duration::from_secs(2);
-        let ready = loop {
-            if switch_dir.join("ctl").exists() {
-                break Ok(());
+    // The network: only for more than one VM. Each QEMU gets its end of a socket
+    // pair; the launcher closes its copies once the QEMUs run (`vm_ends`).
+    let (hub, mut vm_ends) = if plan.vms.len() > 1 {
+        let macs: Vec<[u8; 6]> = plan.vms.iter().map(|vm| vm.mac).collect();
+        match Hub::start(&macs) {
+            Ok((hub, ends)) => (Some(hub), ends.into_iter().map(Some).collect()),
+            Err(e) => {
+                sig_handle.close();
+                return Err(e);
             }
-            if let Some(Ok(Some(st))) = switch_child.as_mut().map(|c| c.try_wait()) {
-                break Err(format!("the VDE switch {} exited at start ({st})", sw.display()));
-            }
-            if Instant::now() >= until {
-                break Err(format!("the VDE switch {} did not create {}/ctl within 2 s", sw.display(), switch_dir.display()));
-            }
-            // The switch is ready within a few ms; every VM waits for it.
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        if let Err(e) = ready {
-            stop(&mut [(&mut switch_child, pid)]);
-            sig_handle.close();
-            return Err(e);
         }
-    }
-    let switch_pid = switch_child.as_ref().map_or(0, |c| c.id() as i32);
+    } else {
+        (None, Vec::new())
+    };
 
     let mut vms: Vec<VmRun> = Vec::new();
     let mut start_error = None;
     for (k, vm) in plan.vms.iter().enumerate() {
         let mut cmd = Command::new(&setup.qemu);
-        cmd.args(qemu_args(setup, plan, vm, &switch_dir))
+        cmd.args(qemu_args(setup, plan, vm))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         own_group(&mut cmd);
+        if let Some(Some(end)) = vm_ends.get(k) {
+            pass_network(&mut cmd, end.as_raw_fd());
+        }
         match cmd.spawn() {
             Ok(mut child) => {
                 spawn_reader(k, child.stdout.take().unwrap(), tx.clone(), false);
@@ -404,6 +410,8 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         }
     }
     drop(tx);
+    // The QEMUs hold their ends now; when one exits, its end is really closed.
+    vm_ends.clear();
 
     let start = Instant::now();
     let deadline = opts.timeout.map(|t| start + t);
@@ -505,11 +513,10 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         }
     }
 
-    // Stop whatever still runs: the VMs, then the switch.
+    // Stop whatever still runs: the VMs, then the hub.
     let mut pairs: Vec<(&mut Option<Child>, i32)> = vms.iter_mut().map(|v| (&mut v.child, v.pid)).collect();
     stop(&mut pairs);
-    drop(switch_stdin);
-    stop(&mut [(&mut switch_child, switch_pid)]);
+    let hub_stats = hub.map(Hub::stop);
     sig_handle.close();
     // Print what the VMs said before they ended.
     let until = Instant::now() + DRAIN;
@@ -522,6 +529,16 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options, switch: Option<&Path>
         }
     }
     let _ = stdout.flush();
+    if let Some(stats) = hub_stats.filter(|s| s.unknown_source > 0) {
+        let (vm, mac) = stats.first_unknown.unwrap_or_default();
+        let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(
+            stderr,
+            "toro-mpirun: warning: the network hub dropped {} frame(s) not from a planned MAC (first from vm {vm}, source {})",
+            stats.unknown_source,
+            mac.join(":")
+        );
+    }
     drop(job_dir);
     Ok(match failure {
         None => 0,

@@ -1,6 +1,6 @@
 //! The launcher as a user runs it: bad input, dry runs, and process
-//! management with a fake QEMU (a shell script) and a fake VDE switch, so
-//! no VM image or KVM is needed. Every test is bounded in time.
+//! management with a fake QEMU (a shell script), so no VM image or KVM is
+//! needed. Every test is bounded in time.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use toro_launcher::testutil::{write_script, FakeImage, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_toro-mpirun");
 
-/// A sandbox: a valid image, a fake QEMU, a fake switch, a private TMPDIR.
+/// A sandbox: a valid image, a fake QEMU, a private TMPDIR.
 struct Sandbox {
     dir: TempDir,
 }
@@ -25,24 +25,11 @@ vm=${cmdline#*vm=}; vm=${vm%% *}
 echo $$ >> "$SANDBOX/pids"
 "#;
 
-const FAKE_SWITCH: &str = r#"
-dir=
-while [ $# -gt 0 ]; do
-  if [ "$1" = --sock ]; then dir="$2"; fi
-  shift
-done
-echo $$ >> "$SANDBOX/pids"
-mkdir -p "$dir" && touch "$dir/ctl"
-cat > /dev/null
-rm -rf "$dir"
-"#;
-
 impl Sandbox {
     fn new(tag: &str) -> Sandbox {
         let dir = TempDir::new(tag);
         FakeImage::default().write(&dir.path().join("app.elf"));
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
-        write_script(&dir.path().join("switch"), FAKE_SWITCH);
         let s = Sandbox { dir };
         s.qemu("exit 1");
         s
@@ -60,7 +47,6 @@ impl Sandbox {
         c.args(args);
         c.env("SANDBOX", self.dir.path())
             .env("TMPDIR", self.path("tmp"))
-            .env("TORO_VDE_SWITCH", self.path("switch"))
             .env("TORO_JOB_ID", "t1")
             .stdin(Stdio::null());
         c
@@ -189,9 +175,6 @@ fn missing_tools_and_kvm() {
     let mut c = s.cmd(&["-np", "1", "--accel", "kvm", &img]);
     c.env("TORO_KVM_DEVICE", "/dev/null");
     expect_bad_cmd(&s, c, "--accel kvm but KVM is not usable");
-    let mut c = s.cmd(&["-np", "2", "--vms", "2", &img]);
-    c.env("TORO_VDE_SWITCH", "/nonexistent/vde_switch");
-    expect_bad_cmd(&s, c, "apt-get install vde2");
     // auto falls back to TCG when KVM is not usable.
     let mut c = s.cmd(&["-np", "1", "--accel", "auto", "--dry-run", &img]);
     c.env("TORO_KVM_DEVICE", "/dev/null");
@@ -222,27 +205,23 @@ fn dry_run_plan_and_commands() {
     let s = Sandbox::new("dry");
     let img = s.image();
     let out = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", &img, "a b", "-v"]);
-    let tmp = s.path("tmp");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "job t1");
     assert_eq!(lines[1], "world 6 ranks, 2 VMs, map-by block, machine microvm, accel tcg");
-    assert_eq!(lines[2], format!("network: VDE switch at {}/toro-mpirun-t1/net (private to this job), 169.254.1.1/16", tmp.display()));
+    assert_eq!(lines[2], "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd 3 in QEMU; frames up to 69632 bytes), 169.254.1.1/16");
     assert_eq!(lines[3], "vm 0: ranks 0-2, 2 vCPUs, 512M, mac 02:74:6f:00:00:00, ip 169.254.1.1/16");
     assert_eq!(lines[4], "vm 1: ranks 3-5, 2 vCPUs, 512M, mac 02:74:6f:00:00:01, ip 169.254.1.2/16");
     assert_eq!(&lines[5..11], ["rank 0: vm 0 core 0", "rank 1: vm 0 core 1", "rank 2: vm 0 core 0",
         "rank 3: vm 1 core 0", "rank 4: vm 1 core 1", "rank 5: vm 1 core 0"]);
-    assert_eq!(lines[11], format!(
-        "command switch: {} --sock {}/toro-mpirun-t1/net --mode 600 --dirmode 700",
-        s.path("switch").display(), tmp.display()));
-    assert_eq!(lines[13], format!(
+    assert_eq!(lines[12], format!(
         "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off -accel tcg -cpu max -smp 2 -m 512M \
          -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
          -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
-         -netdev vde,id=net0,sock={}/toro-mpirun-t1/net -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
+         -netdev dgram,id=net0,local.type=fd,local.str=3 -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
          -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
-        s.path("qemu").display(), tmp.display()));
-    assert_eq!(lines.len(), 14);
+        s.path("qemu").display()));
+    assert_eq!(lines.len(), 13);
 }
 
 #[test]
@@ -251,7 +230,7 @@ fn dry_run_single_vm_cyclic_q35_env() {
     let img = s.image();
     let out = dry(&s, &["-n", "3", "--machine", "q35", "-x", "A=x y", "--spin", "900", &img]);
     assert!(out.contains("network: none (one VM)"), "{out}");
-    assert!(!out.contains("-netdev") && !out.contains("command switch"), "{out}");
+    assert!(!out.contains("-netdev") && !out.contains("L2 hub"), "{out}");
     assert!(out.contains("-M q35 "), "{out}");
     assert!(out.contains("place=0-2@"), "{out}");
     assert!(out.contains(" spin=900 env.A=x%20y'"), "{out}");
@@ -290,6 +269,30 @@ fn job(s: &Sandbox, args: &[&str], limit: Duration) -> (Option<i32>, String, Str
 }
 
 #[test]
+fn each_vm_gets_its_own_network_socket_as_fd_3() {
+    let s = Sandbox::new("netfd");
+    // The fake QEMU names its fd 3 (a socket, one per VM) and checks that it holds no
+    // other VM's socket (no descriptor but 0-3 and the shell's own above 9).
+    s.qemu(r#"
+echo "[rank $vm] fd3 $(readlink /proc/$$/fd/3 | sed 's/:.*//')"
+ls /proc/$$/fd > "$SANDBOX/fds.$vm"
+echo "[rank $vm] other descriptors $(awk '$1 > 3 && $1 < 10' "$SANDBOX/fds.$vm" | wc -l)"
+echo "toro: exit 0"
+exit 1"#);
+    let img = s.image();
+    let (code, out, err, _) = job(&s, &["-np", "3", "--vms", "3", &img], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    for vm in 0..3 {
+        assert!(out.contains(&format!("[rank {vm}] fd3 socket\n")), "{out}");
+        assert!(out.contains(&format!("[rank {vm}] other descriptors 0\n")), "{out}");
+    }
+    // One VM: no network, no socket at fd 3 (the shell may put a pipe there).
+    let (code, out, err, _) = job(&s, &["-np", "1", &img], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("[rank 0] fd3 ") && !out.contains("fd3 socket"), "{out}");
+}
+
+#[test]
 fn success_streams_tagged_whole_lines() {
     let s = Sandbox::new("ok");
     s.qemu(r#"
@@ -306,7 +309,7 @@ exit 1"#);
                        "[vm 1] toro: exit 0", "[vm 1] toro: vm 1 up"]);
     assert_eq!(err, "");
     assert_eq!(std::fs::read_to_string(s.path("logs/vm-1.log")).unwrap(), "toro: vm 1 up\n[rank 1] hello\ntoro: exit 0\n");
-    assert_eq!(s.pids().len(), 3, "2 VMs and the switch");
+    assert_eq!(s.pids().len(), 2, "2 VMs");
 
     let (code, out, _, _) = job(&s, &["-np", "2", "--vms", "2", "--no-tag-output", &img], Duration::from_secs(10));
     assert_eq!(code, Some(0));
@@ -374,7 +377,7 @@ wait"#);
     assert_eq!(code, Some(125), "{err}");
     assert_eq!(err.trim_end(), "toro-mpirun: vm 1 (ranks 2-3) died: QEMU killed by signal 9 (SIGKILL)");
     assert!(took < Duration::from_millis(2300), "took {took:?}");
-    assert_eq!(s.pids().len(), 5);
+    assert_eq!(s.pids().len(), 4);
 }
 
 #[test]
@@ -430,7 +433,7 @@ fn signal_test(sig: i32, code: i32, name: &str) {
     assert_eq!(status.code(), Some(code), "{err}");
     assert!(err.contains(&format!("toro-mpirun: {name} received")), "{err}");
     s.assert_clean();
-    assert_eq!(s.pids().len(), 5);
+    assert_eq!(s.pids().len(), 4);
 }
 
 #[test]

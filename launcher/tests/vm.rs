@@ -3,8 +3,7 @@
 //!
 //! Every job runs under a watchdog, and after every job the process table
 //! is searched (through /proc) for anything of that job — a QEMU whose
-//! kernel command line holds `job=ID`, or the VDE switch in its private
-//! directory — and the job's TMPDIR must be empty. Jobs run one at a time
+//! kernel command line holds `job=ID` — and the job's TMPDIR must be empty. Jobs run one at a time
 //! (they are timed, and the host may have only two cores).
 
 mod common;

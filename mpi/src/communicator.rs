@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use core::cell::{OnceCell, RefCell};
 
 use crate::collective::internal;
+use crate::collective::shm::ShmComm;
 use crate::collective::topology::Topology;
 use crate::engine::Engine;
 use crate::environment::{self, Location, RankSetup};
@@ -73,6 +74,9 @@ pub struct CommState {
     rank: Rank,
     /// Where the ranks live, computed at the first collective that asks.
     topology: OnceCell<Topology>,
+    /// Shared memory for small collectives, when every rank lives in this VM (looked
+    /// up at the first collective that asks).
+    shm: OnceCell<Option<ShmComm>>,
 }
 
 impl CommState {
@@ -83,7 +87,7 @@ impl CommState {
             world_to_local[world as usize] = local as Rank;
         }
         let rank = world_to_local[my_world_rank as usize];
-        CommState { engine, id, group, world_to_local, rank, topology: OnceCell::new() }
+        CommState { engine, id, group, world_to_local, rank, topology: OnceCell::new(), shm: OnceCell::new() }
     }
 
     pub(crate) fn rank(&self) -> Rank {
@@ -107,6 +111,18 @@ impl CommState {
     /// This communicator's ranks grouped by VM.
     pub(crate) fn topology(&self) -> &Topology {
         self.topology.get_or_init(|| Topology::of(&self.locations()))
+    }
+    /// The shared-memory path of small collectives (every rank in this VM, two or more).
+    pub(crate) fn shm(&self) -> Option<&ShmComm> {
+        self.shm
+            .get_or_init(|| {
+                if self.group.len() < 2 || self.topology().spans_vms() {
+                    return None;
+                }
+                let arena = self.engine.borrow().env.collective_arena(self.collective_context(), &self.group)?;
+                (arena.members() == self.group.len()).then(|| ShmComm::new(arena, self.rank as usize))
+            })
+            .as_ref()
     }
     /// Location (VM, core) of each rank of this communicator.
     pub(crate) fn locations(&self) -> Vec<Location> {

@@ -5,8 +5,10 @@
 //! `mpi::testing` does the same with std threads.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+pub use crate::collective::shm::Arena;
 use crate::raw;
 use crate::router::RouteTable;
 use crate::transport::Transport;
@@ -40,6 +42,23 @@ pub trait Environment {
     /// core shared with the very rank it waits for (cooperative threads) spins
     /// forever. Default: nothing (every rank has its own preemptible thread).
     fn yield_now(&self) {}
+    /// Memory shared by the ranks of this VM for the small collectives of one
+    /// communicator: the arena of collective context `context` whose members are the
+    /// world ranks `group` (all in this VM), the same `Arc` for every member that asks.
+    /// `None` (the default): collectives travel as messages only.
+    fn collective_arena(&self, _context: u32, _group: &[u32]) -> Option<Arc<Arena>> {
+        None
+    }
+    /// Wakes world rank `world_rank` (in this VM) if it blocks in `block`; a wake-up
+    /// that finds it running makes its next `block` return at once.
+    fn wake(&self, _world_rank: u32) {}
+    /// Blocks until `wake` is called for this rank or a message may have arrived; may
+    /// return early. The caller has announced that it sleeps and re-checked its
+    /// condition just before: nothing may run on this core in between (no yield
+    /// before the rank is registered as waiting). Default: `relax`.
+    fn block(&self) {
+        self.relax()
+    }
     /// Ends the whole job with a non-zero `status` after printing `message`.
     fn abort(&self, status: i32, message: &str) -> !;
 }

@@ -17,8 +17,9 @@
 //! - `transport::Transport` and `environment::Environment`: the machine, provided by
 //!   the VM runtime (or by `testing` on the host).
 //!
-//! All `unsafe` code sits in `raw` (byte views of `Equivalence` data) and in `vbus`
-//! (rendezvous sends over intra-vbus point the ring at the caller's buffer).
+//! All `unsafe` code sits in `raw` (byte views of `Equivalence` data), in `vbus`
+//! (rendezvous sends over intra-vbus point the ring at the caller's buffer) and in
+//! `collective::shm` (cache lines shared by the ranks of one VM for small collectives).
 #![no_std]
 #![deny(unsafe_code)]
 

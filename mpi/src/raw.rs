@@ -72,13 +72,31 @@ pub(crate) fn vec_from_bytes<T: Equivalence>(bytes: &[u8]) -> Vec<T> {
 /// operations can view reduction scratch space as typed slices.
 #[derive(Clone, Default)]
 pub(crate) struct AlignedBytes {
-    words: Vec<u128>,
+    words: Words,
     len: usize,
+}
+
+/// Words of [`INLINE_WORDS`] or fewer live inside the value: the 8-byte reductions and
+/// exchanges of small collectives then never touch the allocator.
+const INLINE_WORDS: usize = 4;
+
+#[derive(Clone)]
+enum Words {
+    Inline([u128; INLINE_WORDS]),
+    Heap(Vec<u128>),
+}
+
+impl Default for Words {
+    fn default() -> Self {
+        Words::Inline([0; INLINE_WORDS])
+    }
 }
 
 impl AlignedBytes {
     pub(crate) fn zeroed(len: usize) -> AlignedBytes {
-        AlignedBytes { words: alloc::vec![0u128; len.div_ceil(16)], len }
+        let words = len.div_ceil(16);
+        let words = if words <= INLINE_WORDS { Words::Inline([0; INLINE_WORDS]) } else { Words::Heap(alloc::vec![0u128; words]) };
+        AlignedBytes { words, len }
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> AlignedBytes {
@@ -87,20 +105,38 @@ impl AlignedBytes {
         buffer
     }
 
+    fn words(&self) -> &[u128] {
+        match &self.words {
+            Words::Inline(words) => words,
+            Words::Heap(words) => words,
+        }
+    }
+
+    fn words_mut(&mut self) -> &mut [u128] {
+        match &mut self.words {
+            Words::Inline(words) => words,
+            Words::Heap(words) => words,
+        }
+    }
 }
 
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
+        let words = self.words();
+        debug_assert!(words.len() * 16 >= self.len);
         // SAFETY: u128 has no padding and every bit pattern is a valid u8 sequence; the
-        // words hold at least `len` bytes (`div_ceil` above).
-        unsafe { core::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        // words hold at least `len` bytes (`div_ceil` in `zeroed`).
+        unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), self.len) }
     }
 }
 
 impl AsMut<[u8]> for AlignedBytes {
     fn as_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        let words = self.words_mut();
+        debug_assert!(words.len() * 16 >= len);
         // SAFETY: as `as_ref`; any byte written leaves a valid u128.
-        unsafe { core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
     }
 }
 

@@ -197,6 +197,8 @@ struct ThreadEnvironment {
     seen: Cell<u64>,
     /// Over intra-vbus: the rank's waiter (sleeps on its core's wait list).
     vbus: Option<std::rc::Rc<crate::vbus::RankWaiter<HostMachine>>>,
+    /// Over intra-vbus: the bus core of every rank of this rank's VM.
+    core_of: Option<std::rc::Rc<crate::vbus::CoreMap>>,
 }
 
 fn clock_start() -> Instant {
@@ -224,6 +226,22 @@ impl Environment for ThreadEnvironment {
         // Sleep until something arrives for this rank (bounded, so aborts are noticed).
         let doorbell = &self.fabric.doorbells[self.rank as usize];
         self.seen.set(doorbell.wait_after(self.seen.get(), Duration::from_millis(5)));
+    }
+    fn block(&self) {
+        match &self.vbus {
+            Some(waiter) if !self.job.aborted.load(Ordering::Relaxed) => waiter.block(),
+            _ => self.relax(),
+        }
+    }
+    fn collective_arena(&self, context: u32, group: &[u32]) -> Option<Arc<crate::environment::Arena>> {
+        self.vbus.as_ref().map(|waiter| waiter.net().collective_arena(context, group))
+    }
+    fn wake(&self, world_rank: u32) {
+        if let (Some(waiter), Some(core_of)) = (&self.vbus, &self.core_of) {
+            if let Some(core) = core_of.get(world_rank as usize).copied().flatten() {
+                intra_vbus::Notify::notify(waiter.net().machine(), core);
+            }
+        }
     }
     fn yield_now(&self) {
         match &self.vbus {
@@ -489,7 +507,7 @@ where
             .spawn(move || {
                 let memory: Box<dyn Transport> = Box::new(MemoryEndpoint::new(fabric.clone(), rank as u32));
                 let mut environment =
-                    ThreadEnvironment { rank: rank as u32, locations: locations.clone(), job: job.clone(), fabric, seen: Cell::new(0), vbus: None };
+                    ThreadEnvironment { rank: rank as u32, locations: locations.clone(), job: job.clone(), fabric, seen: Cell::new(0), vbus: None, core_of: None };
                 let mut turn = None;
                 let setup = match plan {
                     None => RankSetup { environment: Box::new(environment), transports: std::vec![memory], routes: RouteTable::single(0) },
@@ -498,7 +516,9 @@ where
                         let me = &plan[rank];
                         let core_of: crate::vbus::CoreMap =
                             plan.iter().map(|(net, core)| Arc::ptr_eq(net, &me.0).then_some(*core)).collect();
-                        let (port, waiter) = crate::vbus::rank_port(me.0.clone(), rank as u32, std::rc::Rc::new(core_of));
+                        let core_of = std::rc::Rc::new(core_of);
+                        environment.core_of = Some(core_of.clone());
+                        let (port, waiter) = crate::vbus::rank_port(me.0.clone(), rank as u32, core_of);
                         // Cooperative: run only while holding the core's turn (until the thread ends).
                         turn = TurnGuard::enter(me.0.clone(), me.1);
                         drop(plan);

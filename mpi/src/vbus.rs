@@ -42,6 +42,7 @@ use core::cell::Cell;
 use intra_vbus::{Bus, Config, ConfigError, CoreId, Endpoint, Envelope, Incoming, Notify, SendError, SendHandle};
 use spin::Mutex;
 
+use crate::collective::shm::Arena;
 use crate::transport::{Header, MessageKind, SendTicket, Transport, TransportError, WireRank};
 
 /// What the adapter needs from the machine besides the bus's `Notify`.
@@ -85,6 +86,8 @@ struct CoreNet<M: Machine> {
 pub struct VbusNet<M: Machine> {
     /// Field order matters: the endpoints (which borrow the bus) drop first.
     cores: Vec<Mutex<CoreNet<M>>>,
+    /// Shared memory of small collectives, by (collective context, world ranks).
+    arenas: Mutex<BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>>,
     bus: *mut Bus<M>,
     spin_ns: u64,
 }
@@ -107,7 +110,7 @@ impl<M: Machine> VbusNet<M> {
                 Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new() })
             })
             .collect();
-        Ok(VbusNet { cores, bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
+        Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
     }
 
     fn bus(&self) -> &Bus<M> {
@@ -123,6 +126,13 @@ impl<M: Machine> VbusNet<M> {
     /// Number of cores of the bus.
     pub fn cores(&self) -> usize {
         self.cores.len()
+    }
+
+    /// The collective arena of communicator context `context` with members `group`
+    /// (world ranks, all in this VM): created by the first member that asks, then the
+    /// same for every member (`Environment::collective_arena`).
+    pub fn collective_arena(&self, context: u32, group: &[WireRank]) -> Arc<Arena> {
+        self.arenas.lock().entry((context, group.to_vec())).or_insert_with(|| Arc::new(Arena::new(group.len()))).clone()
     }
 }
 
@@ -163,25 +173,27 @@ impl<M: Machine> RankWaiter<M> {
         self.net.machine().yield_now();
     }
 
-    /// Waits a little for something to happen (see the module docs); always returns.
-    pub fn relax(&self) {
-        self.relax_with(None)
+    /// The bus of this rank's VM.
+    pub fn net(&self) -> &Arc<VbusNet<M>> {
+        &self.net
     }
 
-    /// `relax`, blocking on `also` too: after the spin budget the rank blocks only if
-    /// both its endpoint and `also` are armed, until either wakes it (or `also`'s
-    /// deadline).
-    pub fn relax_with(&self, also: Option<&dyn WakeSource>) {
-        let machine = self.net.machine();
-        machine.yield_now();
-        let now = machine.now_ns().max(1);
-        if self.idle_since.get() == 0 {
-            self.idle_since.set(now);
-        }
-        if now - self.idle_since.get() < self.net.spin_ns || self.holding.get() {
-            core::hint::spin_loop();
+    /// Blocks until this core is notified: a ring arrival for it, or a rank that
+    /// changed what this rank waits for (`Environment::wake`). Returns at once if a
+    /// message is already waiting. Unlike `relax` it neither spins nor yields before
+    /// the thread is on the core's wait list, so a wake-up sent after the caller's last
+    /// check cannot be taken by another rank of the core in between.
+    pub fn block(&self) {
+        self.block_with(None)
+    }
+
+    /// `block`, on `also` too: the rank blocks only if both its endpoint and `also` are
+    /// armed, until either wakes it (or `also`'s deadline).
+    pub fn block_with(&self, also: Option<&dyn WakeSource>) {
+        if self.holding.get() {
             return;
         }
+        let machine = self.net.machine();
         let mut core = self.net.cores[self.core].lock();
         if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
             return;
@@ -203,6 +215,26 @@ impl<M: Machine> RankWaiter<M> {
         drop(core);
         // The endpoint is disarmed now: the other waiters of this core re-check and re-arm.
         machine.wake_all(self.core);
+    }
+
+    /// Waits a little for something to happen (see the module docs); always returns.
+    pub fn relax(&self) {
+        self.relax_with(None)
+    }
+
+    /// `relax`, blocking on `also` too (`block_with`) once the spin budget is spent.
+    pub fn relax_with(&self, also: Option<&dyn WakeSource>) {
+        let machine = self.net.machine();
+        machine.yield_now();
+        let now = machine.now_ns().max(1);
+        if self.idle_since.get() == 0 {
+            self.idle_since.set(now);
+        }
+        if now - self.idle_since.get() < self.net.spin_ns || self.holding.get() {
+            core::hint::spin_loop();
+            return;
+        }
+        self.block_with(also);
     }
 }
 

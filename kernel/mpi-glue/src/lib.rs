@@ -398,6 +398,21 @@ impl Environment for RankEnv {
             Network::Blocks(net) => self.waiter.relax_with(Some(net)),
         }
     }
+    fn collective_arena(&self, context: u32, group: &[u32]) -> Option<Arc<mpi::environment::Arena>> {
+        Some(self.waiter.net().collective_arena(context, group))
+    }
+    fn block(&self) {
+        match &self.network {
+            Network::None => self.waiter.block(),
+            Network::Spins => self.relax(),
+            Network::Blocks(net) => self.waiter.block_with(Some(net)),
+        }
+    }
+    fn wake(&self, world_rank: u32) {
+        if let Some(core) = job().plan.core_of.get(world_rank as usize).copied().flatten() {
+            RtMachine.notify(core);
+        }
+    }
     fn yield_now(&self) {
         // A rank polling `test`/`immediate_probe` in a loop must let the other rank
         // threads of its core run: one of them may be the rank it waits for.

@@ -26,7 +26,7 @@ pub fn signal(pid: i32, sig: i32) {
 }
 
 /// Live processes of job `id`: QEMUs (`job=ID` on their kernel command
-/// line) and the job's VDE switch (its socket directory holds the id).
+/// line), and anything naming the job's private directory.
 pub fn job_processes(id: &str) -> Vec<(i32, String)> {
     let word = format!("job={id}");
     let dir = format!("toro-mpirun-{id}/");

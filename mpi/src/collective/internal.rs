@@ -196,7 +196,8 @@ pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&m
     let relative = (group.rank + n - root) % n;
     let subtree = subtree_size(relative, n);
     // Blocks of ranks relative..relative+subtree, in relative order.
-    let mut gathered = vec![0u8; subtree * size];
+    let mut gathered = AlignedBytes::zeroed(subtree * size);
+    let gathered = gathered.as_mut();
     gathered[..size].copy_from_slice(block);
     let mut have = 1;
     let mut mask = 1;
@@ -231,7 +232,8 @@ pub(crate) fn scatter(group: &Group, root: usize, input: Option<&[u8]>, output: 
     let (n, size) = (group.size, output.len());
     let relative = (group.rank + n - root) % n;
     let subtree = subtree_size(relative, n);
-    let mut blocks = vec![0u8; subtree * size];
+    let mut blocks = AlignedBytes::zeroed(subtree * size);
+    let blocks = blocks.as_mut();
     match input {
         Some(input) => {
             for index in 0..n {
@@ -241,7 +243,7 @@ pub(crate) fn scatter(group: &Group, root: usize, input: Option<&[u8]>, output: 
         }
         None => {
             let lowbit = relative & relative.wrapping_neg();
-            group.receive((relative - lowbit + root) % n, tag::SCATTER, &mut blocks)?;
+            group.receive((relative - lowbit + root) % n, tag::SCATTER, blocks)?;
         }
     }
     let mut mask = if relative == 0 { n.next_power_of_two() >> 1 } else { (relative & relative.wrapping_neg()) >> 1 };

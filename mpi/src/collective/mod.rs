@@ -5,6 +5,7 @@ pub(crate) mod internal;
 mod hierarchical;
 pub(crate) mod selection;
 mod operation;
+pub(crate) mod shm;
 pub(crate) mod topology;
 
 pub use operation::{Operation, SystemOperation, UserOperation};
@@ -13,6 +14,25 @@ pub use operation::{Operation, SystemOperation, UserOperation};
 pub mod tuning {
     pub use super::selection::{force_all_reduce, force_broadcast, AllReduce, Broadcast};
     pub use super::topology::force_flat;
+    pub use super::force_messages;
+}
+
+/// Set: small collectives never use the VM's shared memory (`tuning`).
+static FORCED_MESSAGES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Makes every collective of this process travel as messages, even the small ones of
+/// communicators inside one VM that would go through shared memory (`false`: back to
+/// the default). For measuring the message algorithms; all ranks of a job must agree.
+pub fn force_messages(messages: bool) {
+    FORCED_MESSAGES.store(messages, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The communicator's shared-memory path for a collective of `len` bytes, if it has one.
+fn shm_path(comm: &CommState, len: usize) -> Option<&shm::ShmComm> {
+    if len > shm::SHM_BYTES || FORCED_MESSAGES.load(core::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    comm.shm()
 }
 
 use alloc::format;
@@ -58,6 +78,9 @@ pub trait CommunicatorCollectives: Communicator {
     fn barrier(&self) {
         let comm = self.comm_state();
         run(comm, || {
+            if let Some(shm) = shm_path(comm, 0) {
+                return shm.barrier(comm);
+            }
             let group = Group::new(comm, DatatypeRef::primitive(crate::datatype::Primitive::U8));
             match topology::plan(comm) {
                 Plan::Flat => internal::barrier(&group),
@@ -134,6 +157,9 @@ pub trait CommunicatorCollectives: Communicator {
             check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
             let output = recvbuf.bytes_mut(Token(()));
             check_len("all_reduce_into receive buffer", output.len(), sendbuf.bytes().len())?;
+            if let Some(shm) = shm_path(comm, output.len()) {
+                return shm.reduce(comm, sendbuf.bytes(), Some(output), &op, datatype);
+            }
             let group = Group::new(comm, datatype);
             match topology::plan(comm) {
                 Plan::Hierarchical(topology) if op.is_commutative() || topology.blocks_in_rank_order => {
@@ -244,6 +270,9 @@ impl Root for Process<'_> {
             self.comm.check_rank(self.rank, ErrorClass::Root)?;
             let group = Group::new(self.comm, buffer.buffer_datatype());
             let (root, buffer) = (self.rank as usize, buffer.bytes_mut(Token(())));
+            if let Some(shm) = shm_path(self.comm, buffer.len()) {
+                return shm.broadcast(self.comm, root, buffer);
+            }
             match topology::plan(self.comm) {
                 Plan::Flat => internal::broadcast(&group, root, buffer),
                 Plan::Hierarchical(topology) => hierarchical::broadcast(&group, topology, root, buffer),
@@ -254,6 +283,9 @@ impl Root for Process<'_> {
     fn gather_into<S: ?Sized + Buffer>(&self, sendbuf: &S) {
         run(self.comm, || {
             let root = self.root_for(false)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.gather(self.comm, root, sendbuf.bytes(), None);
+            }
             internal::gather(&Group::new(self.comm, sendbuf.buffer_datatype()), root, sendbuf.bytes(), None)
         })
     }
@@ -264,6 +296,9 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("gather_into_root receive buffer", output.len(), sendbuf.bytes().len() * group.size)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.gather(self.comm, root, sendbuf.bytes(), Some(output));
+            }
             internal::gather(&group, root, sendbuf.bytes(), Some(output))
         })
     }
@@ -290,7 +325,11 @@ impl Root for Process<'_> {
         run(self.comm, || {
             let root = self.root_for(false)?;
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
-            internal::scatter(&group, root, None, recvbuf.bytes_mut(Token(())))
+            let output = recvbuf.bytes_mut(Token(()));
+            if let Some(shm) = shm_path(self.comm, output.len() * group.size) {
+                return shm.scatter(self.comm, root, None, output);
+            }
+            internal::scatter(&group, root, None, output)
         })
     }
 
@@ -300,6 +339,9 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("scatter_into_root send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.scatter(self.comm, root, Some(sendbuf.bytes()), output);
+            }
             internal::scatter(&group, root, Some(sendbuf.bytes()), output)
         })
     }
@@ -328,6 +370,9 @@ impl Root for Process<'_> {
             let root = self.root_for(false)?;
             let datatype = sendbuf.buffer_datatype();
             check_reduction(datatype, datatype, &op)?;
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len()) {
+                return shm.reduce(self.comm, sendbuf.bytes(), None, &op, datatype);
+            }
             reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), None, &op)
         })
     }
@@ -339,6 +384,9 @@ impl Root for Process<'_> {
             check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
             let output = recvbuf.bytes_mut(Token(()));
             check_len("reduce_into_root receive buffer", output.len(), sendbuf.bytes().len())?;
+            if let Some(shm) = shm_path(self.comm, output.len()) {
+                return shm.reduce(self.comm, sendbuf.bytes(), Some(output), &op, datatype);
+            }
             reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), Some(output), &op)
         })
     }

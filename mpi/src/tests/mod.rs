@@ -20,4 +20,6 @@ mod over_vbus {
     mod point_to_point;
     #[path = "over_vbus/shared_cores.rs"]
     mod shared_cores;
+    #[path = "over_vbus/shm.rs"]
+    mod shm;
 }

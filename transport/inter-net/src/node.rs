@@ -19,6 +19,11 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use crate::payload::Payload;
 use crate::protocol::{Inboxes, Link, Topology};
 
+/// IPv4's largest packet: the default MTU.
+pub const MAX_MTU: usize = 65_535;
+/// The smallest MTU an IPv4 host must accept (RFC 791); below it TCP barely moves.
+pub const MIN_MTU: usize = 576;
+
 /// Everything a VM's node needs to know (the launcher's plan, and tuning).
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -40,8 +45,15 @@ pub struct NetConfig {
     pub chunk: usize,
     /// Sends up to this size are copied and complete at once.
     pub eager_limit: usize,
-    /// TCP send and receive buffer per connection.
+    /// TCP send and receive buffer per connection (each). Several full-size segments
+    /// must fit in flight; the receive buffer's size sets the window scale.
     pub socket_buffer: usize,
+    /// IP MTU: the largest IP packet (Ethernet frame minus its 14-byte header) the NIC
+    /// sends and must be able to receive. The launcher's hub carries frames up to
+    /// QEMU's NET_BUFSIZE, so the default is IPv4's own limit, 65535 (TCP segments of
+    /// 65495 bytes); `vm::start` sizes the receive buffers from it. Every VM of a job
+    /// must use the same (a larger frame than a receiver's buffers is dropped by QEMU).
+    pub mtu: usize,
     /// A peer that has not connected by then is reported.
     pub connect_timeout_ms: u64,
     /// A connection silent for this long (data or keep-alives unacknowledged) is dead.
@@ -69,7 +81,8 @@ impl NetConfig {
             window: 512 << 10,
             chunk: 64 << 10,
             eager_limit: 16 << 10,
-            socket_buffer: 256 << 10,
+            socket_buffer: 1 << 20,
+            mtu: MAX_MTU,
             connect_timeout_ms: 30_000,
             peer_timeout_ms: 60_000,
             keepalive_ms: 250,
@@ -79,7 +92,8 @@ impl NetConfig {
 
     /// From the launcher's kernel command-line keys (`vm= place= mac= ip= ipbase= job=`,
     /// see launcher/README.md); `get` looks a key up. Tuning keys: `netwindow=`,
-    /// `netchunk=`, `netpeertimeout=` (ms).
+    /// `netchunk=`, `netpeertimeout=` (ms), `netmtu=` (IP MTU, 576..65535; every VM of
+    /// the job needs the same), `netbuf=` (TCP buffer per connection, bytes).
     pub fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<NetConfig, String> {
         let vm: u32 = get("vm").unwrap_or("0").parse().map_err(|_| String::from("vm= is not a number"))?;
         let place = get("place").ok_or_else(|| String::from("no place= on the command line"))?;
@@ -147,6 +161,19 @@ impl NetConfig {
         if let Some(timeout) = number("netpeertimeout")? {
             config.peer_timeout_ms = timeout;
         }
+        if let Some(mtu) = number("netmtu")? {
+            if !(MIN_MTU as u64..=MAX_MTU as u64).contains(&mtu) {
+                return Err(format!("netmtu={} is not in {}..{}", mtu, MIN_MTU, MAX_MTU));
+            }
+            config.mtu = mtu as usize;
+        }
+        if let Some(bytes) = number("netbuf")? {
+            // smoltcp's window scale goes up to 2^14: 1 GiB; below 4 KiB TCP crawls.
+            if !(4096..=1 << 30).contains(&bytes) {
+                return Err(format!("netbuf={} is not in 4096..{}", bytes, 1u64 << 30));
+            }
+            config.socket_buffer = bytes as usize;
+        }
         config.seed ^= config.job.rotate_left(17) ^ u64::from(vm);
         Ok(config)
     }
@@ -177,6 +204,22 @@ mod tests {
         let wrong_ip = [("vm", "0"), ("place", "0@1/1@1"), ("ipbase", "169.254.1.1"), ("ip", "169.254.1.9/16")];
         let get = |key: &str| wrong_ip.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         assert!(NetConfig::from_keys(get).unwrap_err().contains("ipbase"));
+    }
+
+    #[test]
+    fn mtu_and_buffer_keys() {
+        let with = |key: &'static str, value: &'static str| {
+            let line = [("vm", "0"), ("place", "0@1/1@1"), ("ipbase", "169.254.1.1"), (key, value)];
+            NetConfig::from_keys(move |k: &str| line.iter().find(|(name, _)| *name == k).map(|(_, v)| *v))
+        };
+        let default = with("other", "1").unwrap();
+        assert_eq!((default.mtu, default.socket_buffer), (MAX_MTU, 1 << 20));
+        assert_eq!(with("netmtu", "1500").unwrap().mtu, 1500);
+        assert_eq!(with("netmtu", "65536").unwrap_err(), "netmtu=65536 is not in 576..65535");
+        assert_eq!(with("netmtu", "100").unwrap_err(), "netmtu=100 is not in 576..65535");
+        assert_eq!(with("netmtu", "big").unwrap_err(), "netmtu=big is not a number");
+        assert_eq!(with("netbuf", "262144").unwrap().socket_buffer, 256 << 10);
+        assert!(with("netbuf", "12").unwrap_err().starts_with("netbuf=12 is not in 4096.."));
     }
 }
 
@@ -284,11 +327,11 @@ impl<D: Nic> Node<D> {
                     // rides on the reply or the credit frame instead of costing its own notify.
                     socket.set_nagle_enabled(false);
                     // Congestion control (Reno): without it, smoltcp sends the whole
-                    // window (256 KiB, ~180 frames) in one burst and answers a loss by
-                    // resending all of it after a timeout of at least 1 s. Where the
-                    // receiving side drops a burst (the VDE switch and QEMU queues when
-                    // the other VM falls behind) that repeats for ever: the bandwidth
-                    // phase crawled at a few hundred KB/s (tests/lossy_link.rs,
+                    // window in one burst and answers a loss by resending all of it
+                    // after a timeout of at least 1 s. Where the receiving side drops
+                    // part of a burst (the network's or QEMU's queues when the other VM
+                    // falls behind) that repeats for ever: the bandwidth phase once
+                    // crawled at a few hundred KB/s (tests/lossy_link.rs,
                     // `many_large_sends_in_flight_through_a_shallow_switch`).
                     socket.set_congestion_control(tcp::CongestionControl::Reno);
                     Slot { link: Link::new(vm), socket: sockets.add(socket), connects: config.vm > vm, state: ConnState::Connecting { attempt_at: now_us } }

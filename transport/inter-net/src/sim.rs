@@ -32,6 +32,8 @@ struct State {
     dropped: u64,
     /// At most this many frames per millisecond reach each NIC (clock in µs).
     rate: Option<(u32, fn() -> u64)>,
+    /// Every NIC's IP MTU.
+    mtu: usize,
 }
 
 /// The switch.
@@ -42,7 +44,7 @@ pub struct Segment {
 
 impl Segment {
     pub fn new(reorder_per_mille: u32, seed: u64) -> Segment {
-        Segment { state: Arc::new(spin::Mutex::new(State { ports: Vec::new(), rng: seed | 1, reorder_per_mille, delivered: 0, reordered: 0, queue_limit: 0, dropped: 0, rate: None })) }
+        Segment { state: Arc::new(spin::Mutex::new(State { ports: Vec::new(), rng: seed | 1, reorder_per_mille, delivered: 0, reordered: 0, queue_limit: 0, dropped: 0, rate: None, mtu: 1500 })) }
     }
 
     /// A new NIC on the segment.
@@ -71,6 +73,11 @@ impl Segment {
     /// a bottleneck (with `set_queue_limit`, a slow receiving VM behind its switch port).
     pub fn set_rate(&self, frames_per_ms: u32, clock: fn() -> u64) {
         self.state.lock().rate = Some((frames_per_ms, clock));
+    }
+
+    /// Sets every NIC's IP MTU (default 1500, Ethernet's; the VMs use up to 65535).
+    pub fn set_mtu(&self, mtu: usize) {
+        self.state.lock().mtu = mtu;
     }
 
     /// Frames dropped because a port's queue was full.
@@ -179,7 +186,7 @@ impl Device for SimPort {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        caps.max_transmission_unit = 14 + self.segment.state.lock().mtu;
         caps
     }
 }

@@ -15,6 +15,19 @@
 //! line edge-triggered, and virtio-mmio raises it at every notification). Every
 //! register access is counted (`exits`).
 //!
+//! Frame size: the launcher's hub (and QEMU's datagram netdev) carries frames up to
+//! QEMU's NET_BUFSIZE, so the interface's MTU is `NetConfig::mtu`, by default IPv4's
+//! largest packet (65535 bytes: TCP segments of 65495 bytes, 45 times fewer frames than
+//! Ethernet's 1500): with Ethernet frames the host path's cost per frame (QEMU's main
+//! loops, threads waiting for a core) bounded bandwidth. VIRTIO_NET_F_MRG_RXBUF is not negotiated
+//! (`virtio-drivers` does not offer it): every receive buffer holds a whole frame plus
+//! the virtio-net header, since QEMU drops (silently) a frame larger than the buffer it
+//! is given. Receive buffers take at most `RX_MEMORY` (63 slots of 64 KiB at the default
+//! MTU, half the ring at Ethernet sizes); a received buffer is handed to smoltcp as is
+//! and a spare is posted in its place (no copy). Transmit buffers come in two sizes
+//! (small frames such as ACKs take a small one) and are kept for reuse once the device
+//! is done with them, so their memory is what the TCP windows put in flight.
+//!
 //! What the glue calls (once per VM, before the ranks initialize MPI):
 //! ```ignore
 //! let net = inter_net::vm::start::<inter_net::vm::IdentityHal>(config, clock_us, fatal)?;
@@ -50,14 +63,35 @@ pub const MMIO_BASE: usize = 0xFEB0_0000;
 pub const MMIO_SLOT_SIZE: usize = 0x200;
 pub const MMIO_SLOTS: usize = 24;
 
+/// QEMU's virtio-net queues have 256 entries by default.
 const QUEUE_SIZE: usize = 256;
 /// virtio-net's queue indexes (as `virtio-drivers` uses them).
 const QUEUE_RECEIVE: u16 = 0;
 const QUEUE_TRANSMIT: u16 = 1;
-const BUFFER_LEN: usize = 2048;
 const PAGE: usize = 4096;
+const ETHERNET_HEADER: usize = 14;
+/// The virtio-net header in front of every frame: 12 bytes with VERSION_1, 10 on a
+/// legacy device (microvm's default); buffers leave room for the larger.
+const VIRTIO_HEADER_MAX: usize = 12;
+/// The most memory the posted receive buffers take.
+pub const RX_MEMORY: usize = 4 << 20;
+/// Transmit buffers for frames up to this size (ACKs, small messages) are small ones.
+const SMALL_BUFFER: usize = 2048;
+
+/// Bytes of one receive (and large transmit) buffer for an IP MTU.
+pub fn buffer_len(mtu: usize) -> usize {
+    VIRTIO_HEADER_MAX + ETHERNET_HEADER + mtu
+}
+
+/// Receive buffers posted for an IP MTU: as many as `RX_MEMORY` holds, at most half
+/// the ring (the other half stays free so a burst of posts never finds it full), at
+/// least 8.
+pub fn rx_slots(mtu: usize) -> usize {
+    (RX_MEMORY / buffer_len(mtu)).clamp(8, QUEUE_SIZE / 2)
+}
 
 static NOTIFIES: AtomicU64 = AtomicU64::new(0);
+static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 /// MMIO address of the network device `probe_mmio` found (0: none yet).
 static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 
@@ -65,7 +99,6 @@ static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 pub fn device_address() -> Option<usize> {
     Some(DEVICE_ADDRESS.load(Ordering::Relaxed)).filter(|a| *a != 0)
 }
-static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Register accesses (each a VM exit under PVM) since boot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -291,7 +324,10 @@ type Raw<H, T> = VirtIONetRaw<H, Counting<T>, QUEUE_SIZE>;
 /// The transmit half: the device and the transmit buffers.
 struct TxSide<H: Hal, T: Transport> {
     raw: Raw<H, T>,
-    free: Vec<Box<[u8]>>,
+    /// Buffers the device is done with: `SMALL_BUFFER` bytes, and `large_len`.
+    free_small: Vec<Box<[u8]>>,
+    free_large: Vec<Box<[u8]>>,
+    large_len: usize,
     /// Buffer of each descriptor token in flight.
     in_flight: Vec<Option<Box<[u8]>>>,
     control: Arc<spin::Mutex<Control<T>>>,
@@ -303,10 +339,16 @@ pub struct VirtioNet<H: Hal, T: Transport> {
     control: Arc<spin::Mutex<Control<T>>>,
     /// Receive buffer of each posted descriptor token.
     rx_posted: Vec<Option<Box<[u8]>>>,
-    /// The frame handed to smoltcp (copied out so its buffer is posted again at once).
-    scratch: Vec<u8>,
+    /// The buffer holding the frame smoltcp was last given, and where the frame lies in
+    /// it; posted again (as a spare) on the next `receive`.
+    rx_current: Option<(Box<[u8]>, usize, usize)>,
+    /// Received buffers ready to be posted in place of the next received ones.
+    rx_spare: Vec<Box<[u8]>>,
+    mtu: usize,
     pub frames_received: u64,
     pub frames_sent: u64,
+    /// The largest frame received, bytes (without the virtio-net header).
+    pub largest_received: usize,
 }
 
 /// Why the network could not start.
@@ -319,15 +361,17 @@ pub enum StartError {
 }
 
 impl<H: Hal, T: Transport> VirtioNet<H, T> {
-    pub fn new(transport: T) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
+    /// Sets the device up for frames of IP MTU `mtu` (see `NetConfig::mtu`).
+    pub fn new(transport: T, mtu: usize) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
         let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2], avail_rings: [0; 2] }));
         let mut raw = Raw::<H, T>::new(Counting { control: control.clone() })?;
         raw.disable_interrupts();
         control.lock().batching = true;
+        let large_len = buffer_len(mtu);
         let mut rx_posted: Vec<Option<Box<[u8]>>> = (0..QUEUE_SIZE).map(|_| None).collect();
-        // Post receive buffers for half the ring; one notify for all of them.
-        for _ in 0..QUEUE_SIZE / 2 {
-            let mut buffer = vec![0u8; BUFFER_LEN].into_boxed_slice();
+        // Post the receive buffers; one notify for all of them.
+        for _ in 0..rx_slots(mtu) {
+            let mut buffer = vec![0u8; large_len].into_boxed_slice();
             // SAFETY: the buffer is heap memory kept in `rx_posted` (never moved or
             // dropped) until the device returns it through `receive_complete`.
             let token = unsafe { raw.receive_begin(&mut buffer)? };
@@ -335,9 +379,22 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         }
         control.lock().added |= 1 << QUEUE_RECEIVE;
         control.lock().flush();
-        let free = (0..QUEUE_SIZE / 2).map(|_| vec![0u8; BUFFER_LEN].into_boxed_slice()).collect();
+        // Transmit buffers are made as needed and kept; a few of each to start with.
+        let free_small = (0..32).map(|_| vec![0u8; SMALL_BUFFER].into_boxed_slice()).collect();
+        let free_large = (0..4).map(|_| vec![0u8; large_len].into_boxed_slice()).collect();
         let in_flight = (0..QUEUE_SIZE).map(|_| None).collect();
-        Ok(VirtioNet { tx: TxSide { raw, free, in_flight, control: control.clone() }, control, rx_posted, scratch: Vec::with_capacity(BUFFER_LEN), frames_received: 0, frames_sent: 0 })
+        let rx_spare = vec![vec![0u8; large_len].into_boxed_slice()];
+        Ok(VirtioNet {
+            tx: TxSide { raw, free_small, free_large, large_len, in_flight, control: control.clone() },
+            control,
+            rx_posted,
+            rx_current: None,
+            rx_spare,
+            mtu,
+            frames_received: 0,
+            frames_sent: 0,
+            largest_received: 0,
+        })
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -379,7 +436,11 @@ impl<H: Hal, T: Transport> TxSide<H, T> {
             if unsafe { self.raw.transmit_complete(token, &buffer) }.is_err() {
                 break;
             }
-            self.free.push(buffer);
+            if buffer.len() == SMALL_BUFFER {
+                self.free_small.push(buffer);
+            } else {
+                self.free_large.push(buffer);
+            }
         }
     }
 }
@@ -396,7 +457,8 @@ impl phy::RxToken for VirtioRx<'_> {
 impl<H: Hal, T: Transport> phy::TxToken for VirtioTx<'_, H, T> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let side = self.0;
-        let mut buffer = side.free.pop().unwrap_or_else(|| vec![0u8; BUFFER_LEN].into_boxed_slice());
+        let (pool, size) = if VIRTIO_HEADER_MAX + len <= SMALL_BUFFER { (&mut side.free_small, SMALL_BUFFER) } else { (&mut side.free_large, side.large_len) };
+        let mut buffer = pool.pop().unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
         let header = side.raw.fill_buffer_header(&mut buffer).unwrap_or(0);
         let end = (header + len).min(buffer.len());
         let result = f(&mut buffer[header..end]);
@@ -408,7 +470,8 @@ impl<H: Hal, T: Transport> phy::TxToken for VirtioTx<'_, H, T> {
                 side.control.lock().added |= 1 << QUEUE_TRANSMIT;
                 *self.1 += 1;
             }
-            Err(_) => side.free.push(buffer),
+            Err(_) if buffer.len() == SMALL_BUFFER => side.free_small.push(buffer),
+            Err(_) => side.free_large.push(buffer),
         }
         result
     }
@@ -432,19 +495,31 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
             self.control.lock().flush();
             return None;
         }
+        // smoltcp is done with the previous frame: its buffer becomes a spare.
+        if let Some((buffer, _, _)) = self.rx_current.take() {
+            self.rx_spare.push(buffer);
+        }
         let token = self.tx.raw.poll_receive()?;
         let mut buffer = self.rx_posted.get_mut(token as usize).and_then(Option::take)?;
         // SAFETY: `buffer` is the one posted with this token.
         let (header, len) = unsafe { self.tx.raw.receive_complete(token, &mut buffer) }.ok()?;
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&buffer[header..header + len]);
+        // A spare takes the received buffer's place in the ring at once; the frame is
+        // handed to smoltcp where it lies.
+        let large_len = self.tx.large_len;
+        let mut spare = self.rx_spare.pop().unwrap_or_else(|| vec![0u8; large_len].into_boxed_slice());
         // SAFETY: as in `new`: kept in `rx_posted` until the device returns it.
-        if let Ok(token) = unsafe { self.tx.raw.receive_begin(&mut buffer) } {
-            self.rx_posted[token as usize] = Some(buffer);
-            self.control.lock().added |= 1 << QUEUE_RECEIVE;
+        match unsafe { self.tx.raw.receive_begin(&mut spare) } {
+            Ok(token) => {
+                self.rx_posted[token as usize] = Some(spare);
+                self.control.lock().added |= 1 << QUEUE_RECEIVE;
+            }
+            Err(_) => self.rx_spare.push(spare),
         }
+        let end = (header + len).min(buffer.len());
         self.frames_received += 1;
-        Some((VirtioRx(&self.scratch), VirtioTx(&mut self.tx, &mut self.frames_sent)))
+        self.largest_received = self.largest_received.max(end - header);
+        let (buffer, start, end) = self.rx_current.insert((buffer, header, end));
+        Some((VirtioRx(&buffer[*start..*end]), VirtioTx(&mut self.tx, &mut self.frames_sent)))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<VirtioTx<'_, H, T>> {
@@ -460,8 +535,12 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
-        caps.max_burst_size = Some(QUEUE_SIZE / 4);
+        // Ethernet's MTU here counts the 14-byte header; smoltcp's IP MTU, and so
+        // the MSS each end announces, is this minus 14.
+        caps.max_transmission_unit = ETHERNET_HEADER + self.mtu;
+        // smoltcp caps an advertised window at this many full segments (a hack for
+        // NICs with a few small receive buffers); the ring holds `rx_slots` whole frames.
+        caps.max_burst_size = Some(rx_slots(self.mtu));
         caps
     }
 }
@@ -505,7 +584,7 @@ pub type VmNet<H> = Shared<VirtioNet<H, MmioTransport<'static>>>;
 pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, clock: Clock, fatal: Fatal) -> Result<Arc<VmNet<H>>, StartError> {
     // SAFETY: the caller's contract.
     let transport = unsafe { probe_mmio() }.ok_or(StartError::NoDevice)?;
-    let device = VirtioNet::<H, _>::new(transport).map_err(StartError::Device)?;
+    let device = VirtioNet::<H, _>::new(transport, config.mtu).map_err(StartError::Device)?;
     let mac = device.mac();
     if config.mac == [0; 6] {
         config.mac = mac;
@@ -564,6 +643,21 @@ mod tests {
         fn write_config_space<V: IntoBytes + Immutable>(&mut self, _: usize, _: V) -> virtio_drivers::Result<()> {
             Err(virtio_drivers::Error::Unsupported)
         }
+    }
+
+    #[test]
+    fn receive_buffers_hold_a_whole_frame_and_stay_within_their_memory() {
+        use crate::node::{MAX_MTU, MIN_MTU};
+        for mtu in [MIN_MTU, 1500, 9000, MAX_MTU] {
+            // QEMU drops a frame longer than the buffer: header + Ethernet + IP packet.
+            assert!(buffer_len(mtu) >= 12 + 14 + mtu);
+            assert!(rx_slots(mtu) * buffer_len(mtu) <= RX_MEMORY.max(8 * buffer_len(mtu)));
+            assert!((8..=QUEUE_SIZE / 2).contains(&rx_slots(mtu)));
+        }
+        // 64 KiB frames: 63 slots, 4 MiB; Ethernet frames: half the ring, as before.
+        assert_eq!((rx_slots(MAX_MTU), rx_slots(1500)), (63, QUEUE_SIZE / 2));
+        // The largest frame fits in what QEMU's network layer passes (NET_BUFSIZE).
+        assert!(14 + MAX_MTU <= 69_632);
     }
 
     #[test]

@@ -84,6 +84,18 @@ fn net() -> Arc<VmNet<IdentityHal>> {
         if let Some(ms) = toro_rt::env_var("NET_PEER_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
             config.peer_timeout_ms = ms;
         }
+        // Measurements (`-x NET_MTU=1500`): the IP MTU, the TCP buffer per connection
+        // and the credit per rank pair, as the `netmtu=`, `netbuf=` and `netwindow=`
+        // keys set them.
+        if let Some(mtu) = toro_rt::env_var("NET_MTU").and_then(|v| v.parse::<usize>().ok()) {
+            config.mtu = mtu.clamp(inter_net::node::MIN_MTU, inter_net::node::MAX_MTU);
+        }
+        if let Some(bytes) = toro_rt::env_var("NET_BUF").and_then(|v| v.parse::<usize>().ok()) {
+            config.socket_buffer = bytes.clamp(4096, 1 << 30);
+        }
+        if let Some(bytes) = toro_rt::env_var("NET_WINDOW").and_then(|v| v.parse::<usize>().ok()) {
+            config.window = bytes.max(4096);
+        }
         // SAFETY: the virtio-mmio window is mapped for ring 3 (toro_abi::layout) and
         // this app runs no other virtio-net driver; called once per VM.
         match unsafe { vm::start::<IdentityHal>(config, clock_us, fatal) } {

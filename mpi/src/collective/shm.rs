@@ -1,0 +1,317 @@
+//! Small collectives through memory shared by the ranks of one VM: barrier, broadcast,
+//! reduce, all-reduce, gather and scatter of at most [`SHM_BYTES`] per line.
+//!
+//! Ranks of a VM are threads of one address space, so a barrier or an 8-byte
+//! all-reduce need not travel as messages: every rank owns two cache lines of an
+//! [`Arena`], writes its contribution there and stamps it with the collective's
+//! sequence number; the others read it once the stamp appears. A barrier between two
+//! ranks then costs one line transfer each way instead of a message each way through
+//! the rings, matching and the unexpected queue.
+//!
+//! Protocol, per communicator (all ranks call collectives in the same order, so they
+//! agree on the sequence number `s` of each one that comes here):
+//! - *arrive*: rank `i` writes its data (at most [`SHM_BYTES`]) and length into its line
+//!   `s % LINES`, then stores `s` in that line's stamp with Release. "Rank `j` arrived
+//!   at `t`" is `line[j][t % LINES].stamp >= t` (Acquire).
+//! - *read*: a rank reads `j`'s data of collective `s` only after seeing `j` arrived
+//!   at `s`.
+//! - *reuse*: before writing its line `s % LINES` again, a rank waits until every rank
+//!   arrived at `s − LINES + 1`. A rank arrives there only after finishing `s − LINES`,
+//!   the last collective that read that line, so nobody still reads it. With several
+//!   lines a rank may run a few collectives ahead (a broadcast root does not wait for
+//!   the slowest reader of the previous one), which matters when ranks share a core.
+//! - *sleep*: a rank that has waited past the spin budget marks its sleep line, fences
+//!   (SeqCst), re-checks, then blocks in `Environment::block`; every arrival fences
+//!   after its stamp and wakes the ranks marked asleep (`Environment::wake`). The two
+//!   fences order the pair (store-buffering), so no wake-up is lost.
+//!
+//! While it waits a rank keeps polling its transports (`Engine::progress`): a peer
+//! blocked sending to it into a full ring must get through.
+//!
+//! Ranks whose counts differ are reported (count error) when both lengths are at most
+//! [`SHM_BYTES`]; when one rank's length is above it and another's below, they take
+//! different paths and wait for each other forever (an erroneous program that the
+//! message path would have reported).
+//!
+//! Reductions fold every rank's value in rank order on every rank, so all-reduce
+//! results are bit-identical everywhere and non-commutative operations are correct.
+#![allow(unsafe_code)]
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::sync::Arc;
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use crate::collective::operation::Operation;
+use crate::communicator::CommState;
+use crate::datatype::{DatatypeRef, Token};
+use crate::error::{fail, ErrorClass, MpiResult};
+use crate::raw::AlignedBytes;
+
+/// Largest payload a collective carries through the arena: what fits one line beside
+/// the stamp and length (and keeps 16-byte alignment).
+pub const SHM_BYTES: usize = 48;
+
+/// Spin this long before sleeping (like the ring waiter's default budget).
+const SPIN_NS: u64 = 20_000;
+/// Lines per rank: how many collectives a rank may be ahead of the slowest reader.
+const LINES: u64 = 8;
+/// Let the other ranks of the core run every this many empty checks.
+const YIELD_EVERY: u32 = 2;
+/// Poll the transports every this many empty checks.
+const PROGRESS_EVERY: u32 = 16;
+
+/// One rank's line for collectives of one parity.
+#[repr(C, align(64))]
+struct Line {
+    stamp: AtomicU64,
+    len: AtomicU32,
+    data: UnsafeCell<[u128; SHM_BYTES / 16]>,
+}
+
+/// One rank's lines, and the line that says whether it sleeps.
+#[repr(C, align(64))]
+struct Slot {
+    lines: [Line; LINES as usize],
+    /// Sequence number the rank sleeps at (0: awake).
+    sleeping: CacheLine,
+}
+
+#[repr(C, align(64))]
+struct CacheLine(AtomicU64);
+
+/// The shared lines of one communicator's ranks in one VM. Every rank of the
+/// communicator gets the same `Arc` (see `Environment::collective_arena`).
+pub struct Arena {
+    slots: Box<[Slot]>,
+}
+
+// SAFETY: the only non-atomic memory is each line's `data`, written by its owner rank
+// only while no other rank reads it, and read by others only after an Acquire load of
+// the stamp that the owner stored with Release after writing (module docs: arrive,
+// read, reuse).
+unsafe impl Sync for Arena {}
+// SAFETY: plain memory and atomics; nothing tied to a thread.
+unsafe impl Send for Arena {}
+
+impl Arena {
+    /// Made by the environment's registry (the `vbus` feature's `VbusNet`).
+    #[cfg_attr(not(any(test, feature = "vbus")), allow(dead_code))]
+    pub(crate) fn new(members: usize) -> Arena {
+        let line = || Line { stamp: AtomicU64::new(0), len: AtomicU32::new(0), data: UnsafeCell::new([0; SHM_BYTES / 16]) };
+        Arena {
+            slots: (0..members).map(|_| Slot { lines: core::array::from_fn(|_| line()), sleeping: CacheLine(AtomicU64::new(0)) }).collect(),
+        }
+    }
+
+    pub(crate) fn members(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn line(&self, rank: usize, seq: u64) -> &Line {
+        &self.slots[rank].lines[(seq % LINES) as usize]
+    }
+
+    fn arrived(&self, rank: usize, seq: u64) -> bool {
+        seq == 0 || self.line(rank, seq).stamp.load(Ordering::Acquire) >= seq
+    }
+
+    /// The payload `rank` stored for collective `seq`.
+    ///
+    /// Only after `arrived(rank, seq)`, and before this rank arrives at `seq + 1`.
+    fn read(&self, rank: usize, seq: u64) -> &[u8] {
+        let line = self.line(rank, seq);
+        let len = (line.len.load(Ordering::Relaxed) as usize).min(SHM_BYTES);
+        // SAFETY: the owner wrote these bytes before its Release store of the stamp we
+        // Acquire-loaded (`arrived`), and rewrites them only after we arrive at
+        // `seq + 1` (reuse rule, which waits for `seq + LINES − LINES + 1`), which our
+        // caller has not done yet. u128 words are plain bytes.
+        unsafe { core::slice::from_raw_parts(line.data.get().cast::<u8>(), len) }
+    }
+
+    /// Stores this rank's payload for collective `seq`.
+    ///
+    /// Only after every rank arrived at `seq − LINES + 1`.
+    fn write(&self, rank: usize, seq: u64, payload: &[u8]) {
+        let line = self.line(rank, seq);
+        assert!(payload.len() <= SHM_BYTES);
+        // SAFETY: only this rank writes its lines, and (reuse rule, our caller's
+        // contract) nobody reads this one until we store the new stamp.
+        unsafe { core::slice::from_raw_parts_mut(line.data.get().cast::<u8>(), payload.len()).copy_from_slice(payload) };
+        line.len.store(payload.len() as u32, Ordering::Relaxed);
+    }
+}
+
+/// A communicator's use of its arena: which slot is ours and the sequence number.
+pub(crate) struct ShmComm {
+    arena: Arc<Arena>,
+    rank: usize,
+    seq: Cell<u64>,
+}
+
+impl ShmComm {
+    pub(crate) fn new(arena: Arc<Arena>, rank: usize) -> ShmComm {
+        ShmComm { arena, rank, seq: Cell::new(0) }
+    }
+
+    fn next(&self) -> u64 {
+        let s = self.seq.get() + 1;
+        self.seq.set(s);
+        s
+    }
+
+    fn others(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.arena.members()).filter(move |&j| j != self.rank)
+    }
+
+    /// Stamps our line for `seq` (after `write`, if any) and wakes sleeping ranks.
+    fn arrive(&self, comm: &CommState, seq: u64) {
+        self.arena.line(self.rank, seq).stamp.store(seq, Ordering::Release);
+        // Store-buffering pair with the sleeper's mark-then-recheck in `wait`.
+        fence(Ordering::SeqCst);
+        for j in self.others() {
+            if self.arena.slots[j].sleeping.0.load(Ordering::Relaxed) != 0 {
+                comm.engine.borrow().env.wake(comm.world_rank_of(j as i32));
+            }
+        }
+    }
+
+    /// Waits until `done()`; keeps the transports moving and sleeps after the budget.
+    fn wait(&self, comm: &CommState, seq: u64, done: impl Fn() -> bool) {
+        let mut checks = 0u32;
+        let mut since = 0u64;
+        loop {
+            if done() {
+                return;
+            }
+            checks = checks.wrapping_add(1);
+            if checks % PROGRESS_EVERY != 0 {
+                if checks % YIELD_EVERY == 0 {
+                    // The rank we wait for may be one of this core's, not running now.
+                    comm.engine.borrow().env.yield_now();
+                } else {
+                    core::hint::spin_loop();
+                }
+                continue;
+            }
+            let mut engine = comm.engine.borrow_mut();
+            engine.progress();
+            engine.env.yield_now();
+            let now = engine.env.now_ns();
+            if since == 0 {
+                since = now.max(1);
+            }
+            if now - since < SPIN_NS {
+                continue;
+            }
+            let sleeping = &self.arena.slots[self.rank].sleeping.0;
+            sleeping.store(seq, Ordering::Relaxed);
+            // Store-buffering pair with the fence in `arrive`.
+            fence(Ordering::SeqCst);
+            if !done() {
+                engine.env.block();
+            }
+            sleeping.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn all_arrived(&self, seq: u64) -> bool {
+        self.others().all(|j| self.arena.arrived(j, seq))
+    }
+
+    /// Waits until the line for `seq` may be written (reuse rule), then writes it.
+    fn write(&self, comm: &CommState, seq: u64, payload: &[u8]) {
+        let reused_after = (seq + 1).saturating_sub(LINES);
+        self.wait(comm, seq, || self.all_arrived(reused_after));
+        self.arena.write(self.rank, seq, payload);
+    }
+
+    fn check_len(&self, rank: usize, seq: u64, expected: usize) -> MpiResult<()> {
+        let len = self.arena.read(rank, seq).len();
+        if len != expected {
+            return fail(
+                ErrorClass::Count,
+                format!("collective: rank {} sent {} bytes, {} expected (counts differ between ranks)", rank, len, expected),
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn barrier(&self, comm: &CommState) -> MpiResult<()> {
+        let seq = self.next();
+        self.arrive(comm, seq);
+        self.wait(comm, seq, || self.all_arrived(seq));
+        Ok(())
+    }
+
+    pub(crate) fn broadcast(&self, comm: &CommState, root: usize, buffer: &mut [u8]) -> MpiResult<()> {
+        let seq = self.next();
+        if self.rank == root {
+            self.write(comm, seq, buffer);
+            self.arrive(comm, seq);
+            return Ok(());
+        }
+        self.arrive(comm, seq);
+        self.wait(comm, seq, || self.arena.arrived(root, seq));
+        self.check_len(root, seq, buffer.len())?;
+        buffer.copy_from_slice(self.arena.read(root, seq));
+        Ok(())
+    }
+
+    /// Gather of equal blocks: rank i's `block` lands in part i of the root's `output`.
+    pub(crate) fn gather(&self, comm: &CommState, root: usize, block: &[u8], output: Option<&mut [u8]>) -> MpiResult<()> {
+        let seq = self.next();
+        self.write(comm, seq, block);
+        self.arrive(comm, seq);
+        let Some(output) = output else { return Ok(()) };
+        debug_assert_eq!(self.rank, root);
+        self.wait(comm, seq, || self.all_arrived(seq));
+        for (rank, part) in output.chunks_mut(block.len().max(1)).enumerate().take(if block.is_empty() { 0 } else { self.arena.members() }) {
+            self.check_len(rank, seq, block.len())?;
+            part.copy_from_slice(self.arena.read(rank, seq));
+        }
+        Ok(())
+    }
+
+    /// Scatter of equal blocks: part i of the root's `input` lands in rank i's `output`.
+    pub(crate) fn scatter(&self, comm: &CommState, root: usize, input: Option<&[u8]>, output: &mut [u8]) -> MpiResult<()> {
+        let seq = self.next();
+        let block = output.len();
+        if let Some(input) = input {
+            self.write(comm, seq, input);
+            self.arrive(comm, seq);
+            output.copy_from_slice(&input[root * block..(root + 1) * block]);
+            return Ok(());
+        }
+        self.arrive(comm, seq);
+        self.wait(comm, seq, || self.arena.arrived(root, seq));
+        self.check_len(root, seq, block * self.arena.members())?;
+        output.copy_from_slice(&self.arena.read(root, seq)[self.rank * block..(self.rank + 1) * block]);
+        Ok(())
+    }
+
+    /// Reduce (`output` on the root only) or, with every rank passing `output`, all-reduce.
+    pub(crate) fn reduce(&self, comm: &CommState, input: &[u8], output: Option<&mut [u8]>, op: &dyn Operation, datatype: DatatypeRef) -> MpiResult<()> {
+        let seq = self.next();
+        self.write(comm, seq, input);
+        self.arrive(comm, seq);
+        let Some(output) = output else { return Ok(()) };
+        self.wait(comm, seq, || self.all_arrived(seq));
+        let mut accumulated = AlignedBytes::zeroed(input.len());
+        for rank in 0..self.arena.members() {
+            self.check_len(rank, seq, input.len())?;
+            let value = self.arena.read(rank, seq);
+            if rank == 0 {
+                accumulated.as_mut().copy_from_slice(value);
+                continue;
+            }
+            // Ranks 0..rank are in `accumulated`: it goes first (rank order).
+            let mut next = AlignedBytes::from_bytes(value);
+            op.reduce(accumulated.as_ref(), next.as_mut(), datatype, Token(()))?;
+            accumulated = next;
+        }
+        output.copy_from_slice(accumulated.as_ref());
+        Ok(())
+    }
+}
