@@ -12,7 +12,8 @@
 //!   ends within 2 s naming it;
 //! - a peer VM that ends mid-transfer: it closes its connection as it ends, rank 0's
 //!   transport gets the FIN with a message still in flight and ends the job naming VM 1
-//!   and its address.
+//!   and its address; again with rank 0 halted, blocked on the network (`halt`);
+//! - ranks that block on the network (`halt`): the checks and the large message.
 //!
 //! Every job runs under a watchdog; after every job no process of it may be left (the
 //! QEMUs carry `job=ID` on their kernel command line) and its TMPDIR must be empty.
@@ -262,20 +263,60 @@ fn peer_vm_killed_mid_transfer_ends_the_job_naming_it_within_2s() {
 
 #[test]
 fn peer_vm_ending_mid_transfer_is_named_by_the_transport() {
+    for accel in vmtest::accels() {
+        peer_vm_ends_mid_transfer(accel, &[]);
+    }
+}
+
+/// As above, with rank 0 blocked on the network (halted) when the FIN arrives: the
+/// NIC's interrupt must wake it.
+#[test]
+fn peer_vm_ending_mid_transfer_wakes_a_halted_rank() {
+    for accel in vmtest::accels() {
+        peer_vm_ends_mid_transfer(accel, &["halt"]);
+    }
+}
+
+fn peer_vm_ends_mid_transfer(accel: Accel, extra: &[&str]) {
+    let img = image();
+    let _one = serial();
+    let big = format!("big={}", big_mib(accel));
+    let mut args = vec![img, big.as_str(), "die"];
+    args.extend_from_slice(extra);
+    let mut job = start(accel, &args);
+    job.wait_for("[vm 1] toro: exit 0", limit(accel));
+    let t = Instant::now();
+    let status = job.wait(Duration::from_secs(10));
+    let took = t.elapsed();
+    let out = job.output();
+    // Rank 0's fatal hook: status 16, the inter-net message naming the peer VM.
+    assert_eq!(status.code(), Some(16), "{accel:?} {extra:?}:\n{out}");
+    assert!(out.lines().any(|l| l.starts_with("[rank 0] toro: inter-net: ") && l.contains("lost VM 1 (ranks [1]) at 169.254.1.2")), "{accel:?} {extra:?}:\n{out}");
+    assert!(took < Duration::from_secs(2), "{accel:?} {extra:?}: the job ended {took:?} after VM 1 ended:\n{out}");
+    eprintln!("{accel:?} {extra:?}: rank 0 reported the lost peer {took:?} after VM 1 ended");
+}
+
+/// Ranks that block on the network instead of spinning (`halt`: the NIC's receive
+/// interrupt routed to the cores, `Shared::prepare_wait`, timed halts): the data
+/// checks, the checked ping-pong and the large message all pass.
+#[test]
+fn halting_ranks_pass_the_checks_and_move_a_large_message() {
     let img = image();
     for accel in vmtest::accels() {
         let _one = serial();
-        let big = format!("big={}", big_mib(accel));
-        let mut job = start(accel, &[img, &big, "die"]);
-        job.wait_for("[vm 1] toro: exit 0", limit(accel));
-        let t = Instant::now();
-        let status = job.wait(Duration::from_secs(10));
-        let took = t.elapsed();
+        let mib = big_mib(accel);
+        let big = format!("big={mib}");
+        let mut job = start(accel, &[img, "halt", &big]);
+        let status = job.wait(limit(accel));
         let out = job.output();
-        // Rank 0's fatal hook: status 16, the inter-net message naming the peer VM.
-        assert_eq!(status.code(), Some(16), "{accel:?}:\n{out}");
-        assert!(out.lines().any(|l| l.starts_with("[rank 0] toro: inter-net: ") && l.contains("lost VM 1 (ranks [1]) at 169.254.1.2")), "{accel:?}:\n{out}");
-        assert!(took < Duration::from_secs(2), "{accel:?}: the job ended {took:?} after VM 1 ended:\n{out}");
-        eprintln!("{accel:?}: rank 0 reported the lost peer {took:?} after VM 1 ended");
+        assert_eq!(status.code(), Some(0), "{accel:?}:\n{out}");
+        for rank in 0..2 {
+            for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
+                assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?}: rank {rank}: no {needle:?}:\n{out}");
+            }
+        }
+        let line = format!("[rank 0] big message of {mib} MiB: ");
+        assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?}: no {line:?}:\n{out}");
+        eprintln!("{accel:?}: halting ranks: {}", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""));
     }
 }

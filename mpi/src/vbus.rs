@@ -24,7 +24,9 @@
 //! core) for `spin_ns`, then arm the endpoint (`prepare_wait`), and block through
 //! [`Notify::wait`] — the core runs its other ranks, or spins and halts. Whoever
 //! disarms the endpoint wakes the other waiters of its core, so they re-arm: a rank
-//! never sleeps on a disarmed endpoint. A non-blocking call that found nothing
+//! never sleeps on a disarmed endpoint. [`RankWaiter::relax_with`] arms a second
+//! [`WakeSource`] (the network of a job spanning VMs) after the endpoint and blocks
+//! through [`Machine::wait_until`] with its deadline. A non-blocking call that found nothing
 //! (`test`, `immediate_probe`) only yields ([`RankWaiter::yield_now`]): a rank polling
 //! in a loop must let the other ranks of its core run, one of them may be the rank it
 //! waits for.
@@ -53,6 +55,23 @@ pub trait Machine: Notify + Send + 'static {
     fn wake_all(&self, core: CoreId) {
         self.notify(core);
     }
+    /// `Notify::wait`, returning by `deadline_ns` (`now_ns` clock) at the latest; the
+    /// machine may then halt the core until an interrupt (see [`WakeSource`]).
+    fn wait_until(&self, core: CoreId, _deadline_ns: u64) {
+        self.wait(core);
+    }
+}
+
+/// A second thing a blocking rank waits for besides its core's rings: the network,
+/// in a job that spans VMs. It wakes the rank with the machine's `notify` (or an
+/// interrupt the machine turns into a wake-up).
+pub trait WakeSource {
+    /// The rank is about to block (its endpoint is armed): announce it, then
+    /// re-check. `None`: something is pending, look again instead of blocking.
+    /// `Some(deadline_ns)`: block, until then at the latest.
+    fn arm(&self) -> Option<u64>;
+    /// The rank woke up (or did not block); called after every `arm`.
+    fn disarm(&self);
 }
 
 /// Messages of one core: its endpoint and an inbox per rank living there.
@@ -143,7 +162,8 @@ pub struct RankWaiter<M: Machine> {
 }
 
 impl<M: Machine> RankWaiter<M> {
-    fn busy(&self) {
+    /// Something happened for this rank: its next wait starts with the spin budget.
+    pub fn busy(&self) {
         self.idle_since.set(0);
     }
 
@@ -185,6 +205,13 @@ impl<M: Machine> RankWaiter<M> {
 
     /// Waits a little for something to happen (see the module docs); always returns.
     pub fn relax(&self) {
+        self.relax_with(None)
+    }
+
+    /// `relax`, blocking on `also` too: after the spin budget the rank blocks only if
+    /// both its endpoint and `also` are armed, until either wakes it (or `also`'s
+    /// deadline).
+    pub fn relax_with(&self, also: Option<&dyn WakeSource>) {
         let machine = self.net.machine();
         machine.yield_now();
         let now = machine.now_ns().max(1);
@@ -201,7 +228,15 @@ impl<M: Machine> RankWaiter<M> {
         }
         if core.endpoint.prepare_wait() {
             drop(core);
-            machine.wait(self.core);
+            match also {
+                None => machine.wait(self.core),
+                Some(source) => {
+                    if let Some(deadline) = source.arm() {
+                        machine.wait_until(self.core, deadline);
+                    }
+                    source.disarm();
+                }
+            }
             core = self.net.cores[self.core].lock();
             core.endpoint.finish_wait();
         }

@@ -67,6 +67,18 @@ impl<'a> Cmdline<'a> {
             .skip(1)
             .filter(|w| !w.starts_with(QEMU_VIRTIO_MMIO_HINT))
     }
+
+    /// The interrupt (IOAPIC input) of the virtio-mmio transport at `address`,
+    /// from the `virtio_mmio.device=SIZE@ADDRESS:IRQ` hints QEMU appends for a
+    /// microvm without ACPI (anywhere on the line).
+    pub fn virtio_mmio_irq(&self, address: u64) -> Option<u32> {
+        self.text.split_ascii_whitespace().filter_map(|w| w.strip_prefix(QEMU_VIRTIO_MMIO_HINT)).find_map(|hint| {
+            let (_, place) = hint.split_once('@')?;
+            let (at, irq) = place.split_once(':')?;
+            (parse_u64(at)? == address).then_some(())?;
+            irq.parse().ok()
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +169,15 @@ mod tests {
         assert_eq!(Cmdline::new("").app_args().count(), 0);
         let c = Cmdline::new("cpus=1 -- a b virtio_mmio.device=512@0xfeb00e00:12");
         assert_eq!(c.app_args().collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn virtio_mmio_interrupts() {
+        let c = Cmdline::new("cpus=1 -- a virtio_mmio.device=512@0xfeb00c00:11 virtio_mmio.device=512@0xfeb00e00:12");
+        assert_eq!(c.virtio_mmio_irq(0xfeb0_0e00), Some(12));
+        assert_eq!(c.virtio_mmio_irq(0xfeb0_0c00), Some(11));
+        assert_eq!(c.virtio_mmio_irq(0xfeb0_0a00), None);
+        assert_eq!(Cmdline::new("virtio_mmio.device=512@0xfeb00e00").virtio_mmio_irq(0xfeb0_0e00), None);
     }
 
     #[test]

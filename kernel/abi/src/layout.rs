@@ -33,6 +33,8 @@ pub const MMIO_BASE: u64 = 0xFE00_0000;
 /// microvm's virtio-mmio window (ring 3 drivers map it).
 pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 pub const VIRTIO_MMIO_END: u64 = 0xFEC0_0000;
+/// The IOAPIC (microvm and q35; ring 0 only).
+pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
 pub const LAPIC_BASE: u64 = 0xFEE0_0000;
 
 // The regions are ordered and aligned (checked when this crate compiles).

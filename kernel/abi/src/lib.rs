@@ -13,7 +13,11 @@ pub mod memmap;
 pub mod trap {
     /// The DPL-3 interrupt gate every trap goes through.
     pub const TRAP_VECTOR: u8 = 0x81;
-    /// Halt this core until an interrupt arrives (the wake-up IPI). No arguments.
+    /// Halt this core until an interrupt arrives (the wake-up IPI, a device
+    /// interrupt routed by [`ROUTE_IRQ`], the timer). `rdi`: local APIC timer
+    /// ticks after which the timer ends the halt ([`crate::BootInfo::apic_timer_hz`]
+    /// per second, at most `u32::MAX`); 0: no timer (the timer armed by an
+    /// earlier halt keeps running either way).
     pub const HALT: u64 = 0;
     /// Send the wake-up IPI to core `rdi`.
     pub const SEND_IPI: u64 = 1;
@@ -21,12 +25,25 @@ pub mod trap {
     pub const EXIT: u64 = 2;
     /// Write `rsi` bytes at `rdi` to the console, atomically with respect to other cores.
     pub const CONSOLE_WRITE: u64 = 3;
+    /// Route IOAPIC input `rdi` (a GSI, 0..=23) to core `rsi` ([`ALL_CORES`]:
+    /// every core) as [`crate::DEVICE_VECTOR`], edge-triggered: a device
+    /// interrupt then ends the core's halt (and is acknowledged like the
+    /// wake-up IPI). For a device whose line rises on each event it should be
+    /// signalled for (virtio-mmio raises its line at every used-buffer
+    /// notification). May be called again to move the interrupt.
+    pub const ROUTE_IRQ: u64 = 4;
+    /// `ROUTE_IRQ`'s destination meaning every core.
+    pub const ALL_CORES: u64 = u64::MAX;
     /// Returned in `rax` by the kernel for an unknown trap or bad arguments.
     pub const ERROR: u64 = u64::MAX;
 }
 
 /// Vector of the wake-up IPI.
 pub const WAKE_VECTOR: u8 = 0xF0;
+/// Vector of the local APIC timer that bounds a timed halt.
+pub const TIMER_VECTOR: u8 = 0xF1;
+/// Vector of device interrupts routed by `trap::ROUTE_IRQ`.
+pub const DEVICE_VECTOR: u8 = 0xE0;
 
 /// Exit statuses the VM ends with besides what the app returns.
 pub mod status {
@@ -84,7 +101,7 @@ pub struct AppHeader {
 }
 
 pub const APP_MAGIC: [u8; 8] = *b"TOROAPP\0";
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Maximum number of cores (vCPUs) in one VM.
 pub const MAX_CPUS: usize = 64;
@@ -101,6 +118,8 @@ pub struct BootInfo {
     pub tsc_hz: u64,
     /// TSC value when the kernel started (for boot-time figures).
     pub tsc_at_boot: u64,
+    /// Local APIC timer ticks per second (divide by 1), measured against the TSC.
+    pub apic_timer_hz: u64,
     /// Usable memory for the runtime's heaps: `[heap_start, heap_end)`.
     pub heap_start: u64,
     pub heap_end: u64,
@@ -120,6 +139,7 @@ impl BootInfo {
             cpu_count: 0,
             tsc_hz: 0,
             tsc_at_boot: 0,
+            apic_timer_hz: 0,
             heap_start: 0,
             heap_end: 0,
             stack_arena: 0,

@@ -21,14 +21,28 @@
 //!   its endpoint ([`mpi::vbus`]).
 //! - Routes: self → loopback, same VM → intra-vbus, other VM → inter-net
 //!   (TCP through smoltcp on the VM's virtio-net, started once per VM when
-//!   the job has more than one VM). While the job spans VMs a waiting rank
-//!   keeps polling (spins, yielding to its core's other ranks) instead of
-//!   blocking: nothing else drives the network device.
+//!   the job has more than one VM).
 //! - Waiting: spin `mpispin=NS` (default 20 µs) yielding to the other rank
 //!   threads of the core, then block the rank thread; a core with nothing to
 //!   run spins (`spin=`) and halts until a peer's notify sends an IPI. A
 //!   `test`/`immediate_probe` that finds nothing yields to the core's other
 //!   rank threads (never blocks), so a polling loop cannot starve them.
+//! - Waiting while the job spans VMs: the same spin (it polls the NIC too),
+//!   then the rank blocks on its core's rings *and* the network
+//!   ([`NetWait`]): it is woken by a notify from its own VM, by whichever rank
+//!   polls the NIC and finds something for it (a message, a send completed),
+//!   by the NIC's receive interrupt (armed while any rank of the VM is blocked,
+//!   routed to every core: it ends the halt of every idle core, whose blocked
+//!   ranks then poll), or by the network's next timer (smoltcp's retransmission,
+//!   delayed ACK, keep-alive; at most [`NET_WAIT_LIMIT_NS`]). A core whose
+//!   ranks are all blocked that way halts at once with the APIC timer armed
+//!   for that deadline. `netwait=spin` (or a machine that names no interrupt
+//!   for the NIC) keeps the old way: waiting ranks spin, polling the NIC.
+//! - Tuning keys (`mpispin=`, `netwait=`, `netirq=CORE`: the NIC's interrupt
+//!   to that core only) are read from the kernel command line, else from the
+//!   environment as `TORO_MPISPIN`, `TORO_NETWAIT`, `TORO_NETIRQ`
+//!   (`toro-mpirun -x TORO_NETWAIT=spin`); `TORO_STATS=1` prints each VM's
+//!   traps, NIC register accesses and messages when it ends (jobs spanning VMs).
 //! - Errors are fatal by default: `toro: rank R: MPI error MPI_ERR_CLASS: ...`
 //!   and the VM ends with the error class as its status.
 #![no_std]
@@ -51,7 +65,7 @@ use intra_vbus::{Config, CoreId, Notify};
 use mpi::environment::{Environment, Location, Platform, RankSetup};
 use mpi::router::{Reach, RouteTable};
 use mpi::transport::{Header, SendTicket, Transport, TransportError};
-use mpi::vbus::{rank_port, CoreMap, Machine, RankWaiter, VbusNet};
+use mpi::vbus::{rank_port, CoreMap, Machine, RankWaiter, VbusNet, WakeSource};
 use spin::{Mutex, Once};
 
 pub use job::JobPlan;
@@ -97,6 +111,9 @@ impl Machine for RtMachine {
     fn wake_all(&self, core: CoreId) {
         toro_rt::waiters::wake_all(core);
     }
+    fn wait_until(&self, core: CoreId, deadline_ns: u64) {
+        toro_rt::waiters::wait_until(core, deadline_ns);
+    }
 }
 
 type InterNet = inter_net::vm::VmNet<toro_rt::virtio::IdentityHal>;
@@ -106,7 +123,16 @@ struct Job {
     net: Arc<VbusNet<RtMachine>>,
     /// The network to the other VMs, when there are any.
     inter: Option<Arc<InterNet>>,
+    /// Ranks may block on the network (its receive interrupt is routed to the cores).
+    net_blocks: bool,
+    /// A waiting rank spins this long before it blocks (`mpispin=`).
+    spin_ns: u64,
 }
+
+/// A rank blocked on the network looks again after this long at the latest, even
+/// with no network timer due: the bound on any missed wake-up. Each expiry costs a
+/// halted core a few VM exits (≈ 0.3 ms under PVM).
+pub const NET_WAIT_LIMIT_NS: u64 = 20_000_000;
 
 static JOB: Once<Job> = Once::new();
 static STARTED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
@@ -117,16 +143,63 @@ fn job() -> &'static Job {
         let cmdline = toro_rt::cmdline();
         let plan = JobPlan::from_cmdline(&cmdline, toro_rt::core_count())
             .unwrap_or_else(|e| fatal(&format!("bad job plan on the command line: {e}")));
-        let spin_ns = match cmdline.get_u64("mpispin") {
-            Ok(v) => v.unwrap_or(20_000),
-            Err(_) => fatal("mpispin= is not a number"),
+        let spin_ns = match setting("mpispin").map(|v| toro_abi::cmdline::parse_u64(&v)) {
+            None => 20_000,
+            Some(Some(ns)) => ns,
+            Some(None) => fatal("mpispin= is not a number"),
         };
         let net = VbusNet::new(Config::new(toro_rt::core_count()), RtMachine, spin_ns)
             .unwrap_or_else(|e| fatal(&format!("intra-vbus: {e}")));
         let spans_vms = plan.locations.iter().any(|l| l.vm != plan.vm);
         let inter = spans_vms.then(|| start_inter_net(&cmdline));
-        Job { plan, net: Arc::new(net), inter }
+        let net_blocks = match (&inter, setting("netwait").as_deref()) {
+            (None, _) => false,
+            (Some(_), Some("spin")) => false,
+            (Some(inter), None | Some("halt")) => {
+                inter.set_waker(wake_rank);
+                inter.set_idler(idle_on_network);
+                let core = setting("netirq").and_then(|v| v.parse::<usize>().ok());
+                inter_net::vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, core))
+            }
+            (Some(_), Some(other)) => fatal(&format!("netwait={other}: expected halt or spin")),
+        };
+        Job { plan, net: Arc::new(net), inter, net_blocks, spin_ns }
     })
+}
+
+/// A tuning key of this crate: `key=` on the kernel command line, else the
+/// application environment's `TORO_KEY` (`toro-mpirun -x TORO_MPISPIN=5000`).
+fn setting(key: &str) -> Option<String> {
+    let cmdline = toro_rt::cmdline();
+    match cmdline.get(key) {
+        Some(value) => Some(String::from(value)),
+        None => toro_rt::env_var(&format!("TORO_{}", key.to_ascii_uppercase())),
+    }
+}
+
+/// A rank reading a message whose rest has not arrived for `idle_us`: spins (yielding
+/// to its core's other ranks) for the spin budget, then blocks on the network alone
+/// (a message it is reading has to arrive before it can do anything else).
+fn idle_on_network(rank: u32, idle_us: u64) {
+    let Some(job) = JOB.get() else { return };
+    let (Some(net), Some(core)) = (&job.inter, job.plan.core_of.get(rank as usize).copied().flatten()) else { return };
+    if !job.net_blocks || idle_us.saturating_mul(1000) < job.spin_ns {
+        toro_rt::yield_now();
+        core::hint::spin_loop();
+        return;
+    }
+    let wait = NetWait { net: net.clone(), rank };
+    if let Some(deadline) = wait.arm() {
+        toro_rt::waiters::wait_until(core, deadline);
+    }
+    wait.disarm();
+}
+
+/// The network's waker: a poll found something for `rank`, blocked on its core.
+fn wake_rank(rank: u32) {
+    if let Some(core) = JOB.get().and_then(|job| job.plan.core_of.get(rank as usize).copied().flatten()) {
+        toro_rt::waiters::notify(core);
+    }
 }
 
 fn start_inter_net(cmdline: &toro_abi::cmdline::Cmdline<'static>) -> Arc<InterNet> {
@@ -181,6 +254,16 @@ pub fn rank_returned() {
         }
         // Tell the peers we are gone (a FIN on each connection), so none waits for us.
         net.close(100_000);
+        if setting("stats").is_some() {
+            let traps = toro_rt::trap_counts();
+            let nic = inter_net::vm::exits();
+            let node = net.node.lock().stats();
+            toro_rt::println!(
+                "toro: vm {} stats: {} halts, {} timed halts ({} timer armings), {} IPIs sent, {} NIC notifies, {} other NIC register accesses; {} messages sent, {} received, {} frames sent, {} received",
+                job.plan.vm, traps.halts, traps.timed_halts, traps.timer_arms, traps.ipis, nic.notifies, nic.other,
+                node.messages_sent, node.messages_received, node.frames_sent, node.frames_received
+            );
+        }
     }
 }
 
@@ -205,11 +288,16 @@ impl Platform for RtPlatform {
         let (port, waiter) = rank_port(job.net.clone(), rank, Rc::new(core_of));
         let locations = job.plan.locations.clone();
         let elsewhere: Box<dyn Transport> = match &job.inter {
-            Some(net) => inter_net::NetEndpoint::boxed(net.clone(), rank),
+            Some(net) => Box::new(NetPort { inner: inter_net::NetEndpoint::new(net.clone(), rank), waiter: waiter.clone() }),
             None => Box::new(NoInterVm { me: rank, locations: locations.clone() }),
         };
+        let network = match &job.inter {
+            Some(net) if job.net_blocks => Network::Blocks(NetWait { net: net.clone(), rank }),
+            Some(_) => Network::Spins,
+            None => Network::None,
+        };
         Some(RankSetup {
-            environment: Box::new(RankEnv { rank, locations, waiter, polls_network: job.inter.is_some() }),
+            environment: Box::new(RankEnv { rank, locations, waiter, network }),
             transports: vec![Box::new(port), elsewhere],
             routes: RouteTable::loopback_only().with(Reach::SameVm, 0).with(Reach::OtherVm, 1),
         })
@@ -226,8 +314,65 @@ struct RankEnv {
     rank: u32,
     locations: Vec<Location>,
     waiter: Rc<RankWaiter<RtMachine>>,
-    /// Messages from other VMs arrive only while some rank polls the NIC.
-    polls_network: bool,
+    network: Network,
+}
+
+/// How a waiting rank treats the network to other VMs.
+enum Network {
+    /// The job lives in one VM.
+    None,
+    /// Waiting ranks keep polling the NIC (`netwait=spin`, or no NIC interrupt).
+    Spins,
+    /// Waiting ranks block on the network too.
+    Blocks(NetWait),
+}
+
+/// The network as a [`WakeSource`] of one rank (see the crate docs).
+pub struct NetWait {
+    net: Arc<InterNet>,
+    rank: u32,
+}
+
+impl WakeSource for NetWait {
+    fn arm(&self) -> Option<u64> {
+        let limit = toro_rt::now_ns() + NET_WAIT_LIMIT_NS;
+        let due_us = self.net.prepare_wait(self.rank)?;
+        Some(due_us.saturating_mul(1000).min(limit))
+    }
+    fn disarm(&self) {
+        self.net.finish_wait(self.rank);
+    }
+}
+
+/// The inter-VM transport of one rank, telling its waiter when something happened
+/// (so its next wait starts with the spin budget again).
+struct NetPort {
+    inner: inter_net::NetEndpoint<inter_net::vm::VirtioNet<toro_rt::virtio::IdentityHal, inter_net::vm::MmioTransport<'static>>>,
+    waiter: Rc<RankWaiter<RtMachine>>,
+}
+
+impl Transport for NetPort {
+    fn start_send(&mut self, header: &Header, payload: &[u8]) -> Result<SendTicket, TransportError> {
+        self.waiter.busy();
+        self.inner.start_send(header, payload)
+    }
+    fn send_complete(&mut self, ticket: SendTicket) -> bool {
+        let done = self.inner.send_complete(ticket);
+        if done {
+            self.waiter.busy();
+        }
+        done
+    }
+    fn peek(&mut self) -> Option<Header> {
+        let found = self.inner.peek();
+        if found.is_some() {
+            self.waiter.busy();
+        }
+        found
+    }
+    fn receive_payload(&mut self, into: &mut [u8]) {
+        self.inner.receive_payload(into)
+    }
 }
 
 impl Environment for RankEnv {
@@ -244,11 +389,13 @@ impl Environment for RankEnv {
         PLATFORM.clock_resolution_ns()
     }
     fn relax(&self) {
-        if self.polls_network {
-            self.waiter.yield_now();
-            core::hint::spin_loop();
-        } else {
-            self.waiter.relax();
+        match &self.network {
+            Network::None => self.waiter.relax(),
+            Network::Spins => {
+                self.waiter.yield_now();
+                core::hint::spin_loop();
+            }
+            Network::Blocks(net) => self.waiter.relax_with(Some(net)),
         }
     }
     fn collective_arena(&self, context: u32, group: &[u32]) -> Option<Arc<mpi::environment::Arena>> {

@@ -2,8 +2,9 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu::{cpuid, rdmsr, wrmsr};
-use toro_abi::layout::LAPIC_BASE;
+use crate::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
+use toro_abi::layout::{IOAPIC_BASE, LAPIC_BASE};
+use toro_abi::TIMER_VECTOR;
 
 /// Read by the wake-up interrupt stub to pick the EOI method.
 #[no_mangle]
@@ -22,6 +23,12 @@ const LVT_LINT0: u32 = 0x350;
 const LVT_LINT1: u32 = 0x360;
 const ICR_LO: u32 = 0x300;
 const ICR_HI: u32 = 0x310;
+const LVT_TIMER: u32 = 0x320;
+const TIMER_INITIAL: u32 = 0x380;
+const TIMER_CURRENT: u32 = 0x390;
+const TIMER_DIVIDE: u32 = 0x3E0;
+/// Divide configuration value for "divide by 1".
+const DIVIDE_BY_1: u32 = 0b1011;
 
 fn x2apic() -> bool {
     X2APIC_MODE.load(Ordering::Relaxed)
@@ -73,6 +80,9 @@ pub fn init(boot_cpu: bool) {
     // No legacy interrupts through LINT0/LINT1 (SeaBIOS leaves the PIC and PIT running on q35).
     write(LVT_LINT0, 1 << 16);
     write(LVT_LINT1, 1 << 16);
+    // One-shot timer, stopped until a timed halt writes its initial count.
+    write(TIMER_DIVIDE, DIVIDE_BY_1);
+    write(LVT_TIMER, TIMER_VECTOR as u32);
     if boot_cpu {
         READY.store(true, Ordering::Release);
     }
@@ -122,4 +132,65 @@ pub fn broadcast_startup(page: u64) {
 #[allow(dead_code)]
 pub fn eoi() {
     write(EOI, 0);
+}
+
+/// Starts this CPU's timer counting down from `ticks` (one-shot; 0 stops it).
+/// One register write: a VM exit under PVM.
+pub fn arm_timer(ticks: u32) {
+    write(TIMER_INITIAL, ticks);
+}
+
+/// Timer calibration, first half: starts the timer from its largest count
+/// and returns the TSC at that moment (call `timer_hz` after a few ms).
+pub fn start_timer_calibration() -> u64 {
+    arm_timer(u32::MAX);
+    rdtsc()
+}
+
+/// Timer calibration, second half: the timer's ticks per second, from the
+/// count elapsed since `start_timer_calibration` returned `tsc_start`.
+/// KVM and QEMU both emulate a 1 GHz timer; that is the answer when the
+/// measurement is impossible (timer expired, no time elapsed).
+pub fn timer_hz(tsc_start: u64, tsc_hz: u64) -> u64 {
+    let current = read(TIMER_CURRENT);
+    let tsc_end = rdtsc();
+    arm_timer(0);
+    let ticks = (u32::MAX - current) as u64;
+    let elapsed = tsc_end.wrapping_sub(tsc_start);
+    if current == 0 || elapsed == 0 || ticks == 0 {
+        return 1_000_000_000;
+    }
+    (ticks as u128 * tsc_hz as u128 / elapsed as u128) as u64
+}
+
+/// IOAPIC registers: the index register, then the data window.
+const IOREGSEL: u64 = IOAPIC_BASE;
+const IOWIN: u64 = IOAPIC_BASE + 0x10;
+/// Redirection table entry `n`: registers 0x10 + 2n (low) and 0x11 + 2n (high).
+const REDIRECTION_TABLE: u32 = 0x10;
+pub const IOAPIC_PINS: u64 = 24;
+
+/// Held while a CPU uses the IOAPIC's index/data register pair.
+static IOAPIC_BUSY: AtomicBool = AtomicBool::new(false);
+
+fn ioapic_write(register: u32, value: u32) {
+    // SAFETY: the IOAPIC page is identity mapped (uncached) for ring 0; the
+    // index/data pair is used while IOAPIC_BUSY is held only.
+    unsafe {
+        core::ptr::write_volatile(IOREGSEL as *mut u32, register);
+        core::ptr::write_volatile(IOWIN as *mut u32, value);
+    }
+}
+
+/// Routes IOAPIC input `pin` to the CPU with APIC id `destination` (0xFF:
+/// every CPU) as `vector`: fixed delivery, physical destination, active high,
+/// edge-triggered, unmasked. Four register writes (VM exits).
+pub fn route(pin: u8, vector: u8, destination: u8) {
+    while IOAPIC_BUSY.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        core::hint::spin_loop();
+    }
+    let entry = REDIRECTION_TABLE + 2 * pin as u32;
+    ioapic_write(entry + 1, (destination as u32) << 24);
+    ioapic_write(entry, vector as u32);
+    IOAPIC_BUSY.store(false, Ordering::Release);
 }

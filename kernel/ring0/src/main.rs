@@ -1,6 +1,6 @@
 //! Toro's ring-0 kernel. It boots (PVH), builds nothing it can build at
 //! compile time, starts every CPU, and enters the application in ring 3 on
-//! each. Afterwards it only serves four traps and reports exceptions: under
+//! each. Afterwards it only serves five traps and reports exceptions: under
 //! KVM PVM every ring-0 instruction is emulated, so ring 0 stays small.
 #![no_std]
 #![no_main]
@@ -167,10 +167,13 @@ extern "C" fn kmain(start_info: u64) -> ! {
     apic::disable_pic();
     apic::init(true);
     boot.apic_ids[0] = apic::id();
+    // The APIC timer is measured over the PIT calibration's window (no extra wait).
+    let timer_start = apic::start_timer_calibration();
     boot.tsc_hz = pit::calibrate_tsc().unwrap_or_else(|| {
         kprintln!("PIT does not count; assuming a {} MHz TSC", pit::FALLBACK_HZ / 1_000_000);
         pit::FALLBACK_HZ
     });
+    boot.apic_timer_hz = apic::timer_hz(timer_start, boot.tsc_hz);
 
     let cmdline = Cmdline::new(boot.cmdline());
     let expected = match cmdline.get_u64("cpus") {

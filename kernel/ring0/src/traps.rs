@@ -6,7 +6,7 @@ use core::sync::atomic::Ordering;
 
 use crate::cpu::{self, Gate};
 use crate::{apic, exit, kprintln, serial, BOOT};
-use toro_abi::{status, trap, WAKE_VECTOR};
+use toro_abi::{status, trap, DEVICE_VECTOR, WAKE_VECTOR};
 
 global_asm!(
     r#"
@@ -93,8 +93,9 @@ trap_entry:
     addq $8, %rsp
     iretq
 
-    /* Wake-up IPI: taken inside the halt trap (or in ring 3 if a
-       hypervisor leaves interrupts on there); only acknowledges. */
+    /* Wake-up IPI, timer and device interrupts: taken inside the halt trap
+       (or in ring 3 if a hypervisor leaves interrupts on there); only
+       acknowledges (all are edge-triggered: no IOAPIC EOI). */
     .global wake_entry
 wake_entry:
     pushq %rax
@@ -228,8 +229,12 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
 extern "C" fn trap_dispatch(number: u64, a0: u64, a1: u64, _a2: u64) -> u64 {
     match number {
         trap::HALT => {
+            if a0 != 0 {
+                apic::arm_timer(a0.min(u32::MAX as u64) as u32);
+            }
             // `sti; hlt` is atomic with respect to interrupts: a wake-up IPI
-            // that arrived while ring 3 ran (interrupts masked) ends the hlt.
+            // (or device or timer interrupt) that arrived while ring 3 ran
+            // (interrupts masked) ends the hlt.
             // SAFETY: enables interrupts only for the duration of the halt.
             unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
             0
@@ -243,6 +248,19 @@ extern "C" fn trap_dispatch(number: u64, a0: u64, a1: u64, _a2: u64) -> u64 {
             0
         }
         trap::EXIT => exit(a0.min(127) as u8),
+        trap::ROUTE_IRQ => {
+            let boot = BOOT.get();
+            let destination = match a1 {
+                trap::ALL_CORES => 0xFF,
+                core if core < boot.cpu_count as u64 => boot.apic_ids[core as usize],
+                _ => return trap::ERROR,
+            };
+            if a0 >= apic::IOAPIC_PINS || destination > 0xFF {
+                return trap::ERROR;
+            }
+            apic::route(a0 as u8, DEVICE_VECTOR, destination as u8);
+            0
+        }
         trap::CONSOLE_WRITE => {
             let ram_end = BOOT.get().heap_end;
             if !toro_abi::layout::is_user_range(a0, a1, ram_end) {

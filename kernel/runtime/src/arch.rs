@@ -210,8 +210,17 @@ fn trap(number: u64, a0: u64, a1: u64) -> u64 {
     ret
 }
 
-pub fn halt() {
-    trap(trap::HALT, 0, 0);
+/// Halts until an interrupt (wake-up IPI, routed device interrupt, timer);
+/// `timer_ticks` > 0 first arms the APIC timer to end the halt after that
+/// many ticks (one more VM exit under PVM).
+pub fn halt(timer_ticks: u32) {
+    trap(trap::HALT, timer_ticks as u64, 0);
+}
+
+/// Routes IOAPIC input `gsi` to `core`, or every core (see `trap::ROUTE_IRQ`).
+pub fn route_irq(gsi: u32, core: Option<usize>) -> bool {
+    let destination = core.map_or(trap::ALL_CORES, |c| c as u64);
+    trap(trap::ROUTE_IRQ, gsi as u64, destination) != trap::ERROR
 }
 
 pub fn send_ipi(core: usize) {

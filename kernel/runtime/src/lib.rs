@@ -43,7 +43,7 @@ pub mod waiters;
 #[cfg(not(test))]
 pub use {
     console::{_print, flush},
-    sched::{block, core_count, current_core, migrate, spawn, spawn_on, wake, yield_now, JoinHandle},
+    sched::{block, core_count, current_core, migrate, spawn, spawn_on, trap_counts, wake, yield_now, JoinHandle, TrapCounts},
     start::{args, boot_info, cmdline, env_var, exit, heap_free_bytes, rank},
     time::{now_ns, now_secs},
 };

@@ -20,6 +20,9 @@ impl<T> RunQueue<T> {
     }
 
     /// Queues `t`. True: the owning core announced a halt and must be sent the wake-up IPI.
+    /// Only the first push after an announcement gets true: the IPI it sends wakes the
+    /// owner for everything queued (a core that takes 0.1–1 ms to wake under PVM would
+    /// otherwise collect an IPI, a trap for its sender, per thread woken meanwhile).
     #[must_use]
     pub fn push(&self, t: T) -> bool {
         {
@@ -27,7 +30,7 @@ impl<T> RunQueue<T> {
             q.push_back(t);
             self.queued.fetch_add(1, Ordering::SeqCst);
         }
-        self.sleeping.load(Ordering::SeqCst)
+        self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst)
     }
 
     pub fn pop(&self) -> Option<T> {
@@ -92,7 +95,9 @@ mod tests {
         let q = RunQueue::new();
         assert!(q.announce_halt());
         assert!(q.push(7), "pushing onto a halting core must ask for the IPI");
+        assert!(!q.push(8), "one IPI per halt");
         q.end_halt();
+        assert_eq!((q.pop(), q.pop()), (Some(7), Some(8)));
         assert!(!q.push(8));
         assert!(!q.announce_halt(), "work is queued: the owner must not halt");
         assert!(!q.push(9), "the refused halt left no announcement behind");

@@ -1,14 +1,16 @@
 //! Cooperative threads: each has its own stack slot (guard page below),
 //! each core has a run queue and a scheduler context on its boot stack.
 //! A thread runs until it yields, blocks, migrates or ends; an idle core
-//! spins for the configured budget, then halts until a wake-up IPI.
+//! spins for the configured budget, then halts until a wake-up IPI (or, when
+//! its threads wait with deadlines, until the earliest deadline or a device
+//! interrupt: see `waiters`).
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
@@ -16,6 +18,7 @@ use toro_abi::layout::{STACK_ARENA, STACK_SLOT_SIZE};
 use crate::arch::{self, SLOT_RESERVED};
 use crate::runq::RunQueue;
 use crate::state::ThreadState;
+use crate::waiters::Waiting;
 
 pub const NO_RANK: u32 = u32::MAX;
 
@@ -80,6 +83,12 @@ struct Core {
     after: UnsafeCell<After>,
     idle: Arc<Thread>,
     switches: AtomicUsize,
+    /// The APIC timer this core armed last: when it fires (`now_ns` clock), and a
+    /// time before which it surely has not fired yet (the timer's rate is measured,
+    /// not exact). A halt with a later deadline leaves it running instead of
+    /// arming it again (each arming is a VM exit under PVM).
+    timer_fires_at: AtomicU64,
+    timer_pending_until: AtomicU64,
 }
 
 // SAFETY: scheduler_context and after are used only on the core itself.
@@ -88,6 +97,33 @@ unsafe impl Sync for Core {}
 static CORES: Once<Vec<Core>> = Once::new();
 static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static SPIN_NS: AtomicUsize = AtomicUsize::new(0);
+static HALTS: AtomicU64 = AtomicU64::new(0);
+static TIMED_HALTS: AtomicU64 = AtomicU64::new(0);
+static TIMER_ARMS: AtomicU64 = AtomicU64::new(0);
+static IPIS: AtomicU64 = AtomicU64::new(0);
+
+/// Traps the scheduler made since boot (each costs VM exits under PVM: the
+/// trap itself, the halt, the interrupt's acknowledgement, the timer's arming).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapCounts {
+    /// Halts until an IPI (no waiters).
+    pub halts: u64,
+    /// Halts bounded by the APIC timer (waiters with deadlines).
+    pub timed_halts: u64,
+    /// Times the timer was armed for them (the others left an earlier arming running).
+    pub timer_arms: u64,
+    /// Wake-up IPIs sent.
+    pub ipis: u64,
+}
+
+pub fn trap_counts() -> TrapCounts {
+    TrapCounts {
+        halts: HALTS.load(Ordering::Relaxed),
+        timed_halts: TIMED_HALTS.load(Ordering::Relaxed),
+        timer_arms: TIMER_ARMS.load(Ordering::Relaxed),
+        ipis: IPIS.load(Ordering::Relaxed),
+    }
+}
 
 fn cores() -> &'static [Core] {
     CORES.get().expect("scheduler not initialised")
@@ -148,6 +184,8 @@ pub(crate) fn init(core_count: usize, total_slots: usize, spin_ns: u64) {
                 after: UnsafeCell::new(After::Yield),
                 idle: Thread::new(c, c, NO_RANK, None, None),
                 switches: AtomicUsize::new(0),
+                timer_fires_at: AtomicU64::new(0),
+                timer_pending_until: AtomicU64::new(0),
             })
             .collect()
     });
@@ -202,6 +240,24 @@ fn run(me: &Core, core: usize, t: Arc<Thread>) {
 }
 
 fn idle(me: &Core, core: usize) {
+    // Every waiter gave a deadline: they spun before they blocked, and may be
+    // waiting for a device interrupt, which only a halt lets in. Halt at once
+    // until the earliest deadline (or an IPI, or a device interrupt), then let
+    // them all look again. No spinning, and no page touching either: it would
+    // hold the interrupt back (≈ 70 µs a step) and burn the host CPU the
+    // waiting is meant to give back.
+    if let Waiting::Until(deadline) = crate::waiters::waiting(core) {
+        if me.run_queue.announce_halt() {
+            let now = crate::time::now_ns();
+            if deadline > now {
+                TIMED_HALTS.fetch_add(1, Ordering::Relaxed);
+                arch::halt(timer_for(me, now, deadline));
+            }
+        }
+        me.run_queue.end_halt();
+        crate::waiters::wake_all(core);
+        return;
+    }
     let budget = SPIN_NS.load(Ordering::Relaxed) as u64;
     let start = crate::time::now_ns();
     while crate::time::now_ns() - start < budget {
@@ -217,9 +273,10 @@ fn idle(me: &Core, core: usize) {
     if crate::start::pretouch_step(core, 4) {
         return;
     }
-    // Threads blocked on this core's wait lists are made to look again
-    // rather than slept on: a transport's wake-up that raced their blocking
-    // must not leave them (and the VM) stuck with the core halted.
+    // Threads blocked on this core's wait lists without a deadline are made
+    // to look again rather than slept on: a transport's wake-up that raced
+    // their blocking must not leave them (and the VM) stuck with the core
+    // halted.
     if crate::waiters::has_waiters(core) {
         crate::waiters::wake_all(core);
         return;
@@ -228,13 +285,28 @@ fn idle(me: &Core, core: usize) {
     // before the halt trap stays pending (ring 3 runs with interrupts
     // masked) and ends the halt at once.
     if me.run_queue.announce_halt() {
-        arch::halt();
+        HALTS.fetch_add(1, Ordering::Relaxed);
+        arch::halt(0);
     }
     me.run_queue.end_halt();
 }
 
+/// The ticks to arm the APIC timer with for a halt until `deadline`, or 0 when
+/// the timer armed earlier fires before `deadline` and has not fired yet.
+fn timer_for(me: &Core, now: u64, deadline: u64) -> u32 {
+    if me.timer_pending_until.load(Ordering::Relaxed) > now && me.timer_fires_at.load(Ordering::Relaxed) <= deadline {
+        return 0;
+    }
+    let ns = deadline - now;
+    me.timer_fires_at.store(deadline, Ordering::Relaxed);
+    me.timer_pending_until.store(now + ns - ns / 16, Ordering::Relaxed);
+    TIMER_ARMS.fetch_add(1, Ordering::Relaxed);
+    crate::time::timer_ticks(ns)
+}
+
 fn push(core: usize, t: Arc<Thread>) {
     if cores()[core].run_queue.push(t) && core != current_core() {
+        IPIS.fetch_add(1, Ordering::Relaxed);
         arch::send_ipi(core);
     }
 }
@@ -257,7 +329,11 @@ fn is_idle_thread(t: &Thread) -> bool {
 /// Lets the other threads of this core run.
 pub fn yield_now() {
     let t = current();
-    if is_idle_thread(t) || cores()[t.core()].run_queue.is_empty() {
+    if is_idle_thread(t) {
+        return;
+    }
+    crate::waiters::wake_expired(t.core());
+    if cores()[t.core()].run_queue.is_empty() {
         return;
     }
     switch_to_scheduler(After::Yield);

@@ -84,7 +84,7 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
     let cores = info.cpu_count as usize;
     if core == 0 {
         let copy = arch::detect_copy_strategy();
-        time::init(info.tsc_hz, info.tsc_at_boot);
+        time::init(info.tsc_hz, info.tsc_at_boot, info.apic_timer_hz);
         // SAFETY: the kernel handed us [heap_start, heap_end), mapped, unused.
         unsafe { POOLS.init(info.heap_start as usize, info.heap_end as usize, cores) };
         let spin = cmdline().get_u64("spin").unwrap_or_else(|_| fatal(format_args!("spin= is not a number")));
@@ -93,8 +93,9 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
         let virtio_console = console::init();
         if cmdline().flag("verbose") {
             console::info_line(format_args!(
-                "toro: {cores} cores, TSC {} MHz, heap {} MiB, copy {copy}, console {}",
+                "toro: {cores} cores, TSC {} MHz, APIC timer {} MHz, heap {} MiB, copy {copy}, console {}",
                 info.tsc_hz / 1_000_000,
+                info.apic_timer_hz / 1_000_000,
                 (info.heap_end - info.heap_start) >> 20,
                 if virtio_console { "virtio" } else { "serial" }
             ));

@@ -8,9 +8,14 @@ static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number.
 static NS_PER_TICK_FP32: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(1);
+/// APIC timer ticks per nanosecond, as a 32.32 fixed-point number.
+static TIMER_TICKS_PER_NS_FP32: AtomicU64 = AtomicU64::new(1 << 32);
 
-pub(crate) fn init(tsc_hz: u64, tsc_at_boot: u64) {
+pub(crate) fn init(tsc_hz: u64, tsc_at_boot: u64, apic_timer_hz: u64) {
     TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+    if apic_timer_hz != 0 {
+        TIMER_TICKS_PER_NS_FP32.store(((apic_timer_hz as u128) << 32) as u64 / 1_000_000_000 | 1, Ordering::Relaxed);
+    }
     TSC_AT_BOOT.store(tsc_at_boot, Ordering::Relaxed);
     NS_PER_TICK_FP32.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Ordering::Relaxed);
 }
@@ -33,6 +38,12 @@ pub fn resolution_secs() -> f64 {
 
 pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// APIC timer ticks in `ns` nanoseconds, for a timed halt (at least 1).
+pub(crate) fn timer_ticks(ns: u64) -> u32 {
+    let ticks = (ns as u128 * TIMER_TICKS_PER_NS_FP32.load(Ordering::Relaxed) as u128) >> 32;
+    ticks.clamp(1, u32::MAX as u128) as u32
 }
 
 /// Busy-waits (no yield) for `ns` nanoseconds.

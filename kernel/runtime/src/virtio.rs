@@ -74,3 +74,15 @@ pub fn find_mmio(kind: DeviceType, n: usize) -> Option<MmioTransport<'static>> {
     }
     None
 }
+
+/// Routes the interrupt of the virtio-mmio transport at `address` to `core`
+/// (`None`: every core), so that the device's used-buffer notifications end
+/// halts (see `waiters::wait_until`). False when the machine named no
+/// interrupt for it (QEMU names them on the command line for a microvm
+/// without ACPI) or the kernel refused it.
+pub fn route_interrupt(address: usize, core: Option<usize>) -> bool {
+    match crate::cmdline().virtio_mmio_irq(address as u64) {
+        Some(gsi) => crate::arch::route_irq(gsi, core),
+        None => false,
+    }
+}

@@ -231,6 +231,14 @@ pub trait Nic: Device {
     fn transmit_pending(&mut self) -> bool {
         false
     }
+    /// Ranks are about to block: ask the device to interrupt when a frame arrives.
+    /// False if a frame is already waiting (poll instead of blocking). A device
+    /// without interrupts returns true: its blocked ranks rely on their deadline.
+    fn arm_receive(&mut self) -> bool {
+        true
+    }
+    /// No rank is blocked any more: no interrupts needed.
+    fn disarm_receive(&mut self) {}
 }
 
 impl Nic for crate::sim::SimPort {}
@@ -281,6 +289,21 @@ pub struct Node<D: Nic> {
     next_local_port: u16,
     failure: Option<String>,
     stats: NodeStats,
+    /// Local ranks blocked between `prepare_wait` and `finish_wait` (the receive
+    /// interrupt is armed while there are any).
+    blocked: Vec<u32>,
+    /// Local ranks something happened for (a chunk arrived for them, a send of
+    /// theirs completed) since they last called `prepare_wait`, while not blocked.
+    touched: Vec<u32>,
+    /// Blocked ranks something happened for, to be woken (by `Shared`, after
+    /// releasing the node's lock).
+    to_wake: Vec<u32>,
+}
+
+fn add_once(list: &mut Vec<u32>, rank: u32) {
+    if !list.contains(&rank) {
+        list.push(rank);
+    }
 }
 
 impl<D: Nic> Node<D> {
@@ -318,7 +341,24 @@ impl<D: Nic> Node<D> {
         let local = (0..topo.world()).filter(|&r| topo.vm_of(r) == Some(config.vm));
         let inboxes = Inboxes::new(local);
         let next_local_port = 49152 + (config.seed as u16 % 1000);
-        Node { config, topo, iface, sockets, device, slots, inboxes, clock, started_us: now_us, next_ticket: 0, next_local_port, failure: None, stats: NodeStats::default() }
+        Node {
+            config,
+            topo,
+            iface,
+            sockets,
+            device,
+            slots,
+            inboxes,
+            clock,
+            started_us: now_us,
+            next_ticket: 0,
+            next_local_port,
+            failure: None,
+            stats: NodeStats::default(),
+            blocked: Vec::new(),
+            touched: Vec::new(),
+            to_wake: Vec::new(),
+        }
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -478,7 +518,84 @@ impl<D: Nic> Node<D> {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
         }
         self.device.flush();
+        self.note_touched();
         moved || wrote
+    }
+
+    /// Sorts the ranks this poll did something for: blocked ones are to be woken,
+    /// the others will not block on their next `prepare_wait`.
+    fn note_touched(&mut self) {
+        let mut ranks = core::mem::take(&mut self.inboxes.touched);
+        for slot in self.slots.iter_mut().flatten() {
+            ranks.append(&mut slot.link.completed_senders);
+        }
+        if ranks.is_empty() {
+            self.inboxes.touched = ranks;
+            return;
+        }
+        for rank in ranks.drain(..) {
+            match self.blocked.iter().position(|&b| b == rank) {
+                Some(i) => {
+                    self.blocked.swap_remove(i);
+                    add_once(&mut self.to_wake, rank);
+                }
+                None => add_once(&mut self.touched, rank),
+            }
+        }
+        self.inboxes.touched = ranks;
+        if self.blocked.is_empty() {
+            self.device.disarm_receive();
+        }
+    }
+
+    /// Local rank `rank` has nothing to do and is about to block (announce, then
+    /// re-check). Returns `None` if it should look again instead: something happened
+    /// for it since its last `prepare_wait`, a frame waits in the NIC, or the node
+    /// needs a poll now. Otherwise the rank is registered as blocked (a poll that
+    /// finds something for it puts it in the wake list, see `Shared`), the NIC's
+    /// receive interrupt is armed, and the result is when the node must be polled
+    /// again at the latest, in the clock's µs (`u64::MAX`: no timer of its own runs).
+    /// Call `finish_wait` after waking, whatever this returned.
+    pub fn prepare_wait(&mut self, rank: u32) -> Option<u64> {
+        if let Some(i) = self.touched.iter().position(|&r| r == rank) {
+            self.touched.swap_remove(i);
+            return None;
+        }
+        if self.failure.is_some() {
+            return None;
+        }
+        add_once(&mut self.blocked, rank);
+        if !self.device.arm_receive() {
+            return None;
+        }
+        let now_us = (self.clock)();
+        let due = self.poll_due_us(now_us);
+        (due > now_us).then_some(due)
+    }
+
+    /// `rank` woke up (or did not block): it no longer needs waking.
+    pub fn finish_wait(&mut self, rank: u32) {
+        if let Some(i) = self.blocked.iter().position(|&b| b == rank) {
+            self.blocked.swap_remove(i);
+        }
+        if self.blocked.is_empty() {
+            self.device.disarm_receive();
+        }
+    }
+
+    /// When the node must be polled next even if no frame arrives: smoltcp's timers
+    /// (retransmission, delayed ACK, keep-alive, timeout) and connection attempts.
+    fn poll_due_us(&mut self, now_us: u64) -> u64 {
+        let now = Instant::from_micros(now_us as i64);
+        let mut due = self.iface.poll_at(now, &self.sockets).map_or(u64::MAX, |at| at.total_micros().max(0) as u64);
+        for slot in self.slots.iter().flatten() {
+            if let ConnState::Connecting { attempt_at } = slot.state {
+                if self.sockets.get::<tcp::Socket>(slot.socket).state() == tcp::State::Closed {
+                    due = due.min(attempt_at);
+                }
+            }
+        }
+        due
     }
 
     /// Connection set-up and loss detection for one peer.
@@ -596,20 +713,79 @@ impl<D: Nic> Node<D> {
     }
 }
 
+/// Wakes a blocked local rank (see `Shared::set_waker`).
+pub type Waker = fn(rank: u32);
+/// Called while a local rank waits for the rest of a message that is arriving, with
+/// the µs since the last chunk came in (see `Shared::set_idler`).
+pub type Idler = fn(rank: u32, idle_us: u64);
+
 /// A node shared by the ranks of one VM.
 pub struct Shared<D: Nic> {
     pub node: spin::Mutex<Node<D>>,
     fatal: Fatal,
+    waker: spin::Mutex<Option<Waker>>,
+    idler: spin::Mutex<Option<Idler>>,
 }
 
 impl<D: Nic> Shared<D> {
     pub fn new(node: Node<D>, fatal: Fatal) -> Arc<Shared<D>> {
-        Arc::new(Shared { node: spin::Mutex::new(node), fatal })
+        Arc::new(Shared { node: spin::Mutex::new(node), fatal, waker: spin::Mutex::new(None), idler: spin::Mutex::new(None) })
+    }
+
+    /// How ranks blocked in `prepare_wait` are woken when a poll (by any rank) finds
+    /// something for them. Without a waker, ranks must not block.
+    pub fn set_waker(&self, waker: Waker) {
+        *self.waker.lock() = Some(waker);
+    }
+
+    /// What a rank does between polls while the rest of a message it is reading
+    /// has not arrived (`NetEndpoint::receive_payload`): spin, yield, or block
+    /// through `prepare_wait`. Without an idler it spins.
+    pub fn set_idler(&self, idler: Idler) {
+        *self.idler.lock() = Some(idler);
+    }
+
+    /// Runs `f` on the node, then wakes the blocked ranks it found something for,
+    /// after releasing the lock (a wake-up may cost an IPI).
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node<D>) -> R) -> R {
+        let mut node = self.node.lock();
+        let result = f(&mut node);
+        self.wake(node);
+        result
+    }
+
+    /// Releases the lock, then wakes the ranks in the node's wake list.
+    fn wake(&self, mut node: spin::MutexGuard<'_, Node<D>>) {
+        let to_wake = core::mem::take(&mut node.to_wake);
+        drop(node);
+        if to_wake.is_empty() {
+            return;
+        }
+        if let Some(waker) = *self.waker.lock() {
+            for rank in to_wake {
+                waker(rank);
+            }
+        }
     }
 
     /// Polls the node once, unless another rank is doing it right now.
     pub fn poll(&self) -> bool {
-        self.node.try_lock().is_some_and(|mut node| node.poll())
+        let Some(mut node) = self.node.try_lock() else { return false };
+        let moved = node.poll();
+        self.wake(node);
+        moved
+    }
+
+    /// `rank` has nothing to do and is about to block: see `Node::prepare_wait`
+    /// (`None`: look again instead; else poll the node by then at the latest, µs).
+    /// Call `finish_wait` after waking, whatever this returned.
+    pub fn prepare_wait(&self, rank: u32) -> Option<u64> {
+        self.with_node(|node| node.prepare_wait(rank))
+    }
+
+    /// `rank` woke up (or did not block).
+    pub fn finish_wait(&self, rank: u32) {
+        self.with_node(|node| node.finish_wait(rank))
     }
 
     /// Before the VM ends (its ranks have all returned): polls until what we
@@ -683,12 +859,11 @@ impl<D: Nic + Send + 'static> NetEndpoint<D> {
 
 impl<D: Nic + Send> Transport for NetEndpoint<D> {
     fn start_send(&mut self, header: &Header, payload: &[u8]) -> Result<SendTicket, TransportError> {
-        let outcome = {
-            let mut node = self.shared.node.lock();
+        let outcome = self.shared.with_node(|node| {
             let outcome = node.send(header, payload, true);
             node.poll();
             outcome
-        };
+        });
         match outcome {
             Ok(ticket) => Ok(SendTicket(ticket)),
             Err(message) => (self.shared.fatal)(&message),
@@ -696,13 +871,13 @@ impl<D: Nic + Send> Transport for NetEndpoint<D> {
     }
 
     fn send_complete(&mut self, ticket: SendTicket) -> bool {
-        let mut node = self.shared.node.lock();
-        if node.send_done(ticket.0) {
-            return true;
-        }
-        node.poll();
-        let done = node.send_done(ticket.0);
-        drop(node);
+        let done = self.shared.with_node(|node| {
+            if node.send_done(ticket.0) {
+                return true;
+            }
+            node.poll();
+            node.send_done(ticket.0)
+        });
         if !done {
             self.shared.check();
         }
@@ -710,16 +885,14 @@ impl<D: Nic + Send> Transport for NetEndpoint<D> {
     }
 
     fn peek(&mut self) -> Option<Header> {
-        let found = {
-            let mut node = self.shared.node.lock();
-            match node.peek(self.rank) {
-                Some(header) => Some(header),
-                None => {
-                    node.poll();
-                    node.peek(self.rank)
-                }
+        let rank = self.rank;
+        let found = self.shared.with_node(|node| match node.peek(rank) {
+            Some(header) => Some(header),
+            None => {
+                node.poll();
+                node.peek(rank)
             }
-        };
+        });
         if found.is_none() {
             self.shared.check();
         }
@@ -727,20 +900,31 @@ impl<D: Nic + Send> Transport for NetEndpoint<D> {
     }
 
     fn receive_payload(&mut self, into: &mut [u8]) {
+        let rank = self.rank;
+        let idler = *self.shared.idler.lock();
+        let mut last = (0, 0);
         loop {
-            let outcome = {
-                let mut node = self.shared.node.lock();
-                match node.read(self.rank, into) {
+            let (outcome, read, now_us) = self.shared.with_node(|node| {
+                let outcome = match node.read(rank, into) {
                     Ok(false) => {
                         node.poll();
-                        node.read(self.rank, into)
+                        node.read(rank, into)
                     }
                     other => other,
-                }
-            };
+                };
+                (outcome, node.inboxes.bytes_read, (node.clock)())
+            });
             match outcome {
                 Ok(true) => return,
-                Ok(false) => core::hint::spin_loop(),
+                Ok(false) => {
+                    if read != last.0 || last.1 == 0 {
+                        last = (read, now_us);
+                    }
+                    match idler {
+                        Some(idle) => idle(rank, now_us.saturating_sub(last.1)),
+                        None => core::hint::spin_loop(),
+                    }
+                }
                 Err(message) => (self.shared.fatal)(&message),
             }
         }

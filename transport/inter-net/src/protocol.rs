@@ -77,11 +77,15 @@ pub struct Inboxes {
     by_rank: BTreeMap<u32, VecDeque<Incoming>>,
     /// Wire bytes read by local ranks and not yet granted back, per (remote source, local dest).
     to_grant: BTreeMap<(u32, u32), usize>,
+    /// Local ranks a chunk arrived for since the node last took this list (each once).
+    pub(crate) touched: Vec<u32>,
+    /// Payload bytes copied out by `read_into` so far (progress of receptions).
+    pub(crate) bytes_read: u64,
 }
 
 impl Inboxes {
     pub fn new(local_ranks: impl Iterator<Item = u32>) -> Inboxes {
-        Inboxes { by_rank: local_ranks.map(|r| (r, VecDeque::new())).collect(), to_grant: BTreeMap::new() }
+        Inboxes { by_rank: local_ranks.map(|r| (r, VecDeque::new())).collect(), to_grant: BTreeMap::new(), touched: Vec::new(), bytes_read: 0 }
     }
 
     /// Header of `rank`'s next message, if its first chunk arrived.
@@ -106,6 +110,7 @@ impl Inboxes {
             let end = (message.read + chunk.bytes.len()).min(into.len());
             into[start..end].copy_from_slice(&chunk.bytes[..end - start]);
             message.read += chunk.bytes.len();
+            self.bytes_read += chunk.bytes.len() as u64;
             granted += chunk.wire;
         }
         let source = message.header.source;
@@ -129,6 +134,9 @@ impl Inboxes {
         if let Some(message) = queue.iter_mut().rev().find(|m| m.header.source == frame.source && m.seq == frame.seq) {
             message.arrived += bytes.len();
             message.chunks.push_back(Chunk { bytes, wire });
+            if !self.touched.contains(&frame.dest) {
+                self.touched.push(frame.dest);
+            }
         }
     }
 
@@ -213,6 +221,8 @@ pub struct Link {
     rx: RxState,
     /// Tickets whose message was written out completely.
     pub completed: BTreeSet<u64>,
+    /// Local source rank of each ticket added to `completed` since the node last took this list.
+    pub(crate) completed_senders: Vec<u32>,
     /// Counters.
     pub frames_sent: u64,
     pub frames_received: u64,
@@ -232,6 +242,7 @@ impl Link {
             rx_pairs: BTreeMap::new(),
             rx: RxState::Header { bytes: [0; HEADER_LEN], have: 0 },
             completed: BTreeSet::new(),
+            completed_senders: Vec::new(),
             frames_sent: 0,
             frames_received: 0,
         }
@@ -358,6 +369,9 @@ impl Link {
                         if pair.queue.front().is_some_and(|m| end == m.header.len) {
                             if let Some(done) = pair.queue.pop_front() {
                                 self.completed.insert(done.ticket);
+                                if done.ticket != 0 {
+                                    self.completed_senders.push(done.header.source);
+                                }
                             }
                         }
                     }

@@ -8,9 +8,12 @@
 //! the end (`Nic::flush`) each queue that got buffers is notified once — after a full
 //! fence, and only if the device's used-ring flags do not suppress it right then (see
 //! `Control::flush` for the missed-notify race this closes). VIRTIO_F_EVENT_IDX is not
-//! negotiated. Interrupts are disabled on both queues (a flag in ring memory) and never
-//! acknowledged; completions are found by reading the used rings. Every register
-//! access is counted (`exits`).
+//! negotiated. Completions are found by reading the used rings. Interrupts are
+//! disabled on both queues (a flag in ring memory), except the receive queue's while
+//! `Nic::arm_receive` asks for them (ranks of the VM are about to halt: see
+//! `node::Shared::prepare_wait`); they are never acknowledged (the glue routes the
+//! line edge-triggered, and virtio-mmio raises it at every notification). Every
+//! register access is counted (`exits`).
 //!
 //! Frame size: the launcher's hub (and QEMU's datagram netdev) carries frames up to
 //! QEMU's NET_BUFSIZE, so the interface's MTU is `NetConfig::mtu`, by default IPv4's
@@ -41,7 +44,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -88,6 +91,13 @@ pub fn rx_slots(mtu: usize) -> usize {
 }
 
 static NOTIFIES: AtomicU64 = AtomicU64::new(0);
+/// MMIO address of the network device `probe_mmio` found (0: none yet).
+static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// The virtio-mmio address of the network device (to route its interrupt).
+pub fn device_address() -> Option<usize> {
+    Some(DEVICE_ADDRESS.load(Ordering::Relaxed)).filter(|a| *a != 0)
+}
 static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Register accesses (each a VM exit under PVM) since boot.
@@ -147,6 +157,8 @@ struct Control<T: Transport> {
     added: u64,
     /// Address of each queue's used ring (the device area), as set up; identity mapped.
     used_rings: [usize; 2],
+    /// Address of each queue's available ring (the driver area), as set up; identity mapped.
+    avail_rings: [usize; 2],
 }
 
 /// VIRTQ_USED_F_NO_NOTIFY: the device does not want to be notified (it is busy with
@@ -196,6 +208,21 @@ impl<T: Transport> Control<T> {
                 self.inner.notify(queue);
             }
         }
+    }
+}
+
+impl<T: Transport> Control<T> {
+    /// Asks the device for used-buffer notifications (interrupts) on `queue`, or not:
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT in the available ring's flags (memory, no VM exit).
+    fn set_interrupts(&self, queue: u16, enabled: bool) {
+        let Some(&avail) = self.avail_rings.get(queue as usize).filter(|a| **a != 0) else { return };
+        // SAFETY: `avail` is the address of this queue's available ring (DMA memory,
+        // identity mapped, kept allocated by `virtio-drivers` as long as the device
+        // exists, which `Control` does not outlive); its first field is the 16-bit flags
+        // word, 2-aligned, which `virtio-drivers` writes only in `enable_interrupts` /
+        // `disable_interrupts` (called once, in `VirtioNet::new`).
+        let flags = unsafe { &*(avail as *const core::sync::atomic::AtomicU16) };
+        flags.store(if enabled { 0 } else { 1 }, Ordering::SeqCst);
     }
 }
 
@@ -260,6 +287,9 @@ impl<T: Transport> Transport for Counting<T> {
         if let Some(slot) = control.used_rings.get_mut(queue as usize) {
             // Identity mapped (the Hal's contract here): the device address is the pointer.
             *slot = device_area as usize;
+        }
+        if let Some(slot) = control.avail_rings.get_mut(queue as usize) {
+            *slot = driver_area as usize;
         }
         control.inner.queue_set(queue, size, descriptors, driver_area, device_area)
     }
@@ -333,7 +363,7 @@ pub enum StartError {
 impl<H: Hal, T: Transport> VirtioNet<H, T> {
     /// Sets the device up for frames of IP MTU `mtu` (see `NetConfig::mtu`).
     pub fn new(transport: T, mtu: usize) -> Result<VirtioNet<H, T>, virtio_drivers::Error> {
-        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2] }));
+        let control = Arc::new(spin::Mutex::new(Control { inner: transport, batching: false, pending: 0, added: 0, used_rings: [0; 2], avail_rings: [0; 2] }));
         let mut raw = Raw::<H, T>::new(Counting { control: control.clone() })?;
         raw.disable_interrupts();
         control.lock().batching = true;
@@ -381,6 +411,20 @@ impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
     fn transmit_pending(&mut self) -> bool {
         self.tx.reclaim();
         self.tx.in_flight.iter().any(Option::is_some)
+    }
+
+    /// Enables the receive queue's interrupt, then looks at its used ring: false if a
+    /// frame is already there (it came before the device could see the flag, so it
+    /// raised no interrupt). The device does the mirror image (publishes the used
+    /// index, full barrier, reads the flags), so one of the two sees the other.
+    fn arm_receive(&mut self) -> bool {
+        self.control.lock().set_interrupts(QUEUE_RECEIVE, true);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.tx.raw.poll_receive().is_none()
+    }
+
+    fn disarm_receive(&mut self) {
+        self.control.lock().set_interrupts(QUEUE_RECEIVE, false);
     }
 }
 
@@ -522,6 +566,7 @@ pub unsafe fn probe_mmio() -> Option<MmioTransport<'static>> {
             continue;
         }
         let header = NonNull::new(address as *mut VirtIOHeader)?;
+        DEVICE_ADDRESS.store(address, Ordering::Relaxed);
         // SAFETY: as above; the slot holds the network device, which only we drive.
         return unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE) }.ok();
     }
@@ -621,7 +666,7 @@ mod tests {
         let rx_flags = Box::new(core::sync::atomic::AtomicU16::new(0));
         let tx_flags = Box::new(core::sync::atomic::AtomicU16::new(USED_F_NO_NOTIFY));
         let used_rings = [&*rx_flags as *const _ as usize, &*tx_flags as *const _ as usize];
-        let mut control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings };
+        let mut control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings, avail_rings: [0; 2] };
         // Nothing added: no exit.
         control.flush();
         assert!(control.inner.notified.is_empty());
@@ -642,5 +687,19 @@ mod tests {
         control.flush();
         assert_eq!(control.inner.notified, [QUEUE_RECEIVE, QUEUE_TRANSMIT, QUEUE_RECEIVE]);
         assert_eq!((control.pending, control.added), (0, 0));
+    }
+
+    #[test]
+    fn receive_interrupts_are_a_flag_in_the_available_ring() {
+        // The available rings' flags words (their first field); VIRTQ_AVAIL_F_NO_INTERRUPT set.
+        let rx_flags = Box::new(core::sync::atomic::AtomicU16::new(1));
+        let tx_flags = Box::new(core::sync::atomic::AtomicU16::new(1));
+        let avail_rings = [&*rx_flags as *const _ as usize, &*tx_flags as *const _ as usize];
+        let control = Control { inner: Recorder::default(), batching: true, pending: 0, added: 0, used_rings: [0; 2], avail_rings };
+        control.set_interrupts(QUEUE_RECEIVE, true);
+        assert_eq!((rx_flags.load(Ordering::SeqCst), tx_flags.load(Ordering::SeqCst)), (0, 1));
+        control.set_interrupts(QUEUE_RECEIVE, false);
+        assert_eq!(rx_flags.load(Ordering::SeqCst), 1);
+        assert!(control.inner.notified.is_empty(), "no register access");
     }
 }

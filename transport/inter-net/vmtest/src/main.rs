@@ -8,7 +8,11 @@
 //!   with `hold`: rank 1 takes its first chunk, then only keeps the connection alive
 //!   (the transfer stays in flight; a test kills the VM);
 //!   with `die`: rank 1's VM ends in the middle (rank 0 must end the job naming VM 1);
-//! - `watch`: a thread printing the node's state every 3 s (debugging a stall).
+//! - `watch`: a thread printing the node's state every 3 s (debugging a stall);
+//! - `halt`: a rank that waits spins 20 µs, then blocks on the network
+//!   (`Shared::prepare_wait`, the NIC's receive interrupt routed to the cores, the
+//!   runtime's `waiters::wait_until`) as MPI ranks do, instead of spinning; the bench
+//!   then also counts halts, timer armings and IPIs per message.
 #![no_std]
 #![no_main]
 
@@ -30,6 +34,30 @@ static PHASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new
 static BEAT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 static WATCH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// `halt`: waiting ranks block on the network after `SPIN_NS`.
+static HALT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+const SPIN_NS: u64 = 20_000;
+/// A blocked rank looks again after this long at the latest.
+const WAIT_LIMIT_NS: u64 = 20_000_000;
+
+/// Nothing to do since `idle_since` (now_ns): spin, or block on the network (`halt`).
+fn idle(me: u32, idle_since: u64) {
+    let now = toro_rt::now_ns();
+    if !HALT.load(core::sync::atomic::Ordering::Relaxed) || now - idle_since < SPIN_NS {
+        beat();
+        return;
+    }
+    let net = net();
+    if let Some(due_us) = net.prepare_wait(me) {
+        toro_rt::waiters::wait_until(toro_rt::current_core(), due_us.saturating_mul(1000).min(now + WAIT_LIMIT_NS));
+    }
+    net.finish_wait(me);
+}
+
+/// The network's waker: each VM has one rank (on the core that runs it).
+fn wake(_rank: u32) {
+    toro_rt::waiters::notify(0);
+}
 
 fn beat() {
     BEAT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -84,8 +112,9 @@ fn header(me: u32, peer: u32, tag: i32, len: usize) -> Header {
 
 fn send(t: &mut Endpoint, h: Header, data: &[u8]) {
     let ticket = t.start_send(&h, data).unwrap_or_else(|e| fatal(&alloc::format!("send: {:?}", e)));
+    let since = toro_rt::now_ns();
     while !t.send_complete(ticket) {
-        beat();
+        idle(h.source, since);
     }
 }
 
@@ -100,7 +129,7 @@ fn receive(t: &mut Endpoint, into: &mut Vec<u8>) -> Header {
             let device = node.device();
             fatal(&alloc::format!("nothing to receive for 30 s: {:?} {:?} rx {} tx {}\n{}", vm::exits(), node.stats(), device.frames_received, device.frames_sent, node.describe()));
         }
-        beat();
+        idle(my_rank(), since);
         if let Some(h) = t.peek() {
             into.resize(h.len, 0);
             // `receive_payload` without its endless wait: the same reads and polls, watched.
@@ -118,7 +147,6 @@ fn receive(t: &mut Endpoint, into: &mut Vec<u8>) -> Header {
                         other => other,
                     }
                 };
-                beat();
                 match done {
                     Ok(true) => return h,
                     Ok(false) => {}
@@ -130,6 +158,7 @@ fn receive(t: &mut Endpoint, into: &mut Vec<u8>) -> Header {
                     last_arrived = arrived;
                     since = toro_rt::now_ns();
                 }
+                idle(h.dest, since);
                 if toro_rt::now_ns() - since > 5_000_000_000 {
                     let node = net.node.lock();
                     let device = node.device();
@@ -138,6 +167,11 @@ fn receive(t: &mut Endpoint, into: &mut Vec<u8>) -> Header {
             }
         }
     }
+}
+
+/// This VM's rank (one per VM here).
+fn my_rank() -> u32 {
+    toro_rt::rank().unwrap_or(0)
 }
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
@@ -154,6 +188,15 @@ fn main() -> i32 {
     let flag = |name: &str| args.iter().any(|a| a == name);
     let value = |name: &str| args.iter().find_map(|a| a.strip_prefix(name).and_then(|v| v.strip_prefix('='))).and_then(|v| v.parse::<usize>().ok());
     let (bench, die, hold) = (flag("bench"), flag("die"), flag("hold"));
+    if flag("halt") {
+        let net = net();
+        net.set_waker(wake);
+        let routed = vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, None));
+        if !routed {
+            fatal("halt: the NIC's interrupt could not be routed");
+        }
+        HALT.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
     let big = value("big").unwrap_or(0);
     let iterations = value("iters").unwrap_or(1000);
     let net = net();
@@ -257,10 +300,12 @@ fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &m
         let data = vec![1u8; len];
         let warmup = iterations / 10;
         let mut exits_before = vm::exits().notifies;
+        let mut traps_before = toro_rt::trap_counts();
         let mut start = toro_rt::now_ns();
         for i in 0..warmup + iterations {
             if i == warmup {
                 exits_before = vm::exits().notifies;
+                traps_before = toro_rt::trap_counts();
                 start = toro_rt::now_ns();
             }
             if me == 0 {
@@ -274,10 +319,11 @@ fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &m
         let elapsed = toro_rt::now_ns() - start;
         let exits = vm::exits().notifies - exits_before;
         *report += &alloc::format!(
-            "bench latency {} B: {:.1} us one-way, {:.2} VM exits (notifies) per message sent\n",
+            "bench latency {} B: {:.1} us one-way, {:.2} VM exits (notifies) per message sent{}\n",
             len,
             elapsed as f64 / 1000.0 / (2 * iterations) as f64,
-            exits as f64 / iterations as f64
+            exits as f64 / iterations as f64,
+            traps_per(traps_before, iterations)
         );
     }
     // Bandwidth: a window of 16 messages, then a 4-byte reply (osu_bw).
@@ -285,17 +331,20 @@ fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &m
         let data = vec![2u8; len];
         let rounds = if len > 100_000 { 8 } else { 32 };
         let mut exits_before = vm::exits().notifies;
+        let mut traps_before = toro_rt::trap_counts();
         let mut start = toro_rt::now_ns();
         for round in 0..rounds + 2 {
             if round == 2 {
                 exits_before = vm::exits().notifies;
+                traps_before = toro_rt::trap_counts();
                 start = toro_rt::now_ns();
             }
             if me == 0 {
                 let tickets: Vec<_> = (0..16).map(|_| t.start_send(&header(me, peer, 2, len), &data).unwrap_or_else(|_| fatal("send"))).collect();
                 for ticket in tickets {
+                    let since = toro_rt::now_ns();
                     while !t.send_complete(ticket) {
-                        beat();
+                        idle(me, since);
                     }
                 }
                 receive(t, &mut buffer);
@@ -310,12 +359,28 @@ fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &m
         let exits = vm::exits().notifies - exits_before;
         let bytes = (len * 16 * rounds) as f64;
         *report += &alloc::format!(
-            "bench bandwidth {} B: {:.1} MB/s, {:.2} VM exits (notifies) per message\n",
+            "bench bandwidth {} B: {:.1} MB/s, {:.2} VM exits (notifies) per message{}\n",
             len,
             bytes / (elapsed as f64 / 1e9) / 1e6,
-            exits as f64 / (16 * rounds) as f64
+            exits as f64 / (16 * rounds) as f64,
+            traps_per(traps_before, 16 * rounds)
         );
     }
+}
+
+/// With `halt`: halts, timer armings and IPIs since `before`, per message.
+fn traps_per(before: toro_rt::TrapCounts, messages: usize) -> String {
+    if !HALT.load(core::sync::atomic::Ordering::Relaxed) {
+        return String::new();
+    }
+    let now = toro_rt::trap_counts();
+    let per = |n: u64| n as f64 / messages as f64;
+    alloc::format!(
+        "; per message: {:.2} halts ({:.2} timer armings), {:.2} IPIs",
+        per(now.timed_halts + now.halts - before.timed_halts - before.halts),
+        per(now.timer_arms - before.timer_arms),
+        per(now.ipis - before.ipis)
+    )
 }
 
 /// One large message rank 0 → rank 1, checked, then an empty reply. `hold`: rank 1
