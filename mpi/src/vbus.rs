@@ -184,6 +184,11 @@ impl<M: Machine> RankWaiter<M> {
     /// the thread is on the core's wait list, so a wake-up sent after the caller's last
     /// check cannot be taken by another rank of the core in between.
     pub fn block(&self) {
+        self.block_with(None)
+    }
+
+    /// `block`, blocking on `also` too (as `relax_with`).
+    pub fn block_with(&self, also: Option<&dyn WakeSource>) {
         if self.holding.get() {
             return;
         }
@@ -194,7 +199,15 @@ impl<M: Machine> RankWaiter<M> {
         }
         if core.endpoint.prepare_wait() {
             drop(core);
-            machine.wait(self.core);
+            match also {
+                None => machine.wait(self.core),
+                Some(source) => {
+                    if let Some(deadline) = source.arm() {
+                        machine.wait_until(self.core, deadline);
+                    }
+                    source.disarm();
+                }
+            }
             core = self.net.cores[self.core].lock();
             core.endpoint.finish_wait();
         }

@@ -402,10 +402,10 @@ impl Environment for RankEnv {
         Some(self.waiter.net().collective_arena(context, group))
     }
     fn block(&self) {
-        if self.polls_network {
-            self.relax();
-        } else {
-            self.waiter.block();
+        match &self.network {
+            Network::None => self.waiter.block(),
+            Network::Spins => self.relax(),
+            Network::Blocks(net) => self.waiter.block_with(Some(net)),
         }
     }
     fn wake(&self, world_rank: u32) {
