@@ -187,7 +187,8 @@ impl<M: Machine> RankWaiter<M> {
         self.block_with(None)
     }
 
-    /// `block`, blocking on `also` too (as `relax_with`).
+    /// `block`, on `also` too: the rank blocks only if both its endpoint and `also` are
+    /// armed, until either wakes it (or `also`'s deadline).
     pub fn block_with(&self, also: Option<&dyn WakeSource>) {
         if self.holding.get() {
             return;
@@ -221,9 +222,7 @@ impl<M: Machine> RankWaiter<M> {
         self.relax_with(None)
     }
 
-    /// `relax`, blocking on `also` too: after the spin budget the rank blocks only if
-    /// both its endpoint and `also` are armed, until either wakes it (or `also`'s
-    /// deadline).
+    /// `relax`, blocking on `also` too (`block_with`) once the spin budget is spent.
     pub fn relax_with(&self, also: Option<&dyn WakeSource>) {
         let machine = self.net.machine();
         machine.yield_now();
@@ -235,27 +234,7 @@ impl<M: Machine> RankWaiter<M> {
             core::hint::spin_loop();
             return;
         }
-        let mut core = self.net.cores[self.core].lock();
-        if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
-            return;
-        }
-        if core.endpoint.prepare_wait() {
-            drop(core);
-            match also {
-                None => machine.wait(self.core),
-                Some(source) => {
-                    if let Some(deadline) = source.arm() {
-                        machine.wait_until(self.core, deadline);
-                    }
-                    source.disarm();
-                }
-            }
-            core = self.net.cores[self.core].lock();
-            core.endpoint.finish_wait();
-        }
-        drop(core);
-        // The endpoint is disarmed now: the other waiters of this core re-check and re-arm.
-        machine.wake_all(self.core);
+        self.block_with(also);
     }
 }
 
