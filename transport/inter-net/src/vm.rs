@@ -91,7 +91,6 @@ pub fn rx_slots(mtu: usize) -> usize {
 }
 
 static NOTIFIES: AtomicU64 = AtomicU64::new(0);
-static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 /// MMIO address of the network device `probe_mmio` found (0: none yet).
 static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 
@@ -99,6 +98,7 @@ static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 pub fn device_address() -> Option<usize> {
     Some(DEVICE_ADDRESS.load(Ordering::Relaxed)).filter(|a| *a != 0)
 }
+static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Register accesses (each a VM exit under PVM) since boot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
