@@ -2,7 +2,7 @@
 //! reduce, all-reduce, gather and scatter of at most [`SHM_BYTES`] per line.
 //!
 //! Ranks of a VM are threads of one address space, so a barrier or an 8-byte
-//! all-reduce need not travel as messages: every rank owns two cache lines of an
+//! all-reduce need not travel as messages: every rank owns a few cache lines of an
 //! [`Arena`], writes its contribution there and stamps it with the collective's
 //! sequence number; the others read it once the stamp appears. A barrier between two
 //! ranks then costs one line transfer each way instead of a message each way through
@@ -10,7 +10,7 @@
 //!
 //! Protocol, per communicator (all ranks call collectives in the same order, so they
 //! agree on the sequence number `s` of each one that comes here):
-//! - *arrive*: rank `i` writes its data (at most [`SHM_BYTES`]) and length into its line
+//! - *arrive*: rank `i` writes its length and data (at most [`SHM_BYTES`]) into its line
 //!   `s % LINES`, then stores `s` in that line's stamp with Release. "Rank `j` arrived
 //!   at `t`" is `line[j][t % LINES].stamp >= t` (Acquire).
 //! - *read*: a rank reads `j`'s data of collective `s` only after seeing `j` arrived
@@ -28,10 +28,12 @@
 //! While it waits a rank keeps polling its transports (`Engine::progress`): a peer
 //! blocked sending to it into a full ring must get through.
 //!
-//! Ranks whose counts differ are reported (count error) when both lengths are at most
-//! [`SHM_BYTES`]; when one rank's length is above it and another's below, they take
-//! different paths and wait for each other forever (an erroneous program that the
-//! message path would have reported).
+//! *Too large*: a collective above [`SHM_BYTES`] travels as messages, but on a
+//! communicator that has an arena it still takes a sequence number here: every rank
+//! announces its length (no data) and checks the others' before sending (`announce`).
+//! Ranks whose counts differ are so reported (count error) on every path, also when
+//! one rank's length is above [`SHM_BYTES`] and another's below: without the
+//! announcement they would take different paths and wait for each other forever.
 //!
 //! Reductions fold every rank's value in rank order on every rank, so all-reduce
 //! results are bit-identical everywhere and non-commutative operations are correct.
@@ -41,7 +43,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::collective::operation::Operation;
 use crate::communicator::CommState;
@@ -62,11 +64,12 @@ const YIELD_EVERY: u32 = 2;
 /// Poll the transports every this many empty checks.
 const PROGRESS_EVERY: u32 = 16;
 
-/// One rank's line for collectives of one parity.
+/// One rank's line for one collective in `LINES`.
 #[repr(C, align(64))]
 struct Line {
     stamp: AtomicU64,
-    len: AtomicU32,
+    /// The rank's length for this collective; above [`SHM_BYTES`] with no data.
+    len: AtomicU64,
     data: UnsafeCell<[u128; SHM_BYTES / 16]>,
 }
 
@@ -99,7 +102,7 @@ impl Arena {
     /// Made by the environment's registry (the `vbus` feature's `VbusNet`).
     #[cfg_attr(not(any(test, feature = "vbus")), allow(dead_code))]
     pub(crate) fn new(members: usize) -> Arena {
-        let line = || Line { stamp: AtomicU64::new(0), len: AtomicU32::new(0), data: UnsafeCell::new([0; SHM_BYTES / 16]) };
+        let line = || Line { stamp: AtomicU64::new(0), len: AtomicU64::new(0), data: UnsafeCell::new([0; SHM_BYTES / 16]) };
         Arena {
             slots: (0..members).map(|_| Slot { lines: core::array::from_fn(|_| line()), sleeping: CacheLine(AtomicU64::new(0)) }).collect(),
         }
@@ -122,7 +125,7 @@ impl Arena {
     /// Only after `arrived(rank, seq)`, and before this rank arrives at `seq + 1`.
     fn read(&self, rank: usize, seq: u64) -> &[u8] {
         let line = self.line(rank, seq);
-        let len = (line.len.load(Ordering::Relaxed) as usize).min(SHM_BYTES);
+        let len = self.len(rank, seq).min(SHM_BYTES);
         // SAFETY: the owner wrote these bytes before its Release store of the stamp we
         // Acquire-loaded (`arrived`), and rewrites them only after we arrive at
         // `seq + 1` (reuse rule, which waits for `seq + LINES − LINES + 1`), which our
@@ -130,16 +133,24 @@ impl Arena {
         unsafe { core::slice::from_raw_parts(line.data.get().cast::<u8>(), len) }
     }
 
-    /// Stores this rank's payload for collective `seq`.
+    /// The length `rank` announced for collective `seq` (same conditions as `read`).
+    fn len(&self, rank: usize, seq: u64) -> usize {
+        self.line(rank, seq).len.load(Ordering::Relaxed) as usize
+    }
+
+    /// Stores this rank's payload for collective `seq`, or only its length when the
+    /// collective is too large for the arena (`payload` is `None`).
     ///
     /// Only after every rank arrived at `seq − LINES + 1`.
-    fn write(&self, rank: usize, seq: u64, payload: &[u8]) {
+    fn write(&self, rank: usize, seq: u64, len: usize, payload: Option<&[u8]>) {
         let line = self.line(rank, seq);
-        assert!(payload.len() <= SHM_BYTES);
-        // SAFETY: only this rank writes its lines, and (reuse rule, our caller's
-        // contract) nobody reads this one until we store the new stamp.
-        unsafe { core::slice::from_raw_parts_mut(line.data.get().cast::<u8>(), payload.len()).copy_from_slice(payload) };
-        line.len.store(payload.len() as u32, Ordering::Relaxed);
+        if let Some(payload) = payload {
+            assert!(payload.len() == len && len <= SHM_BYTES);
+            // SAFETY: only this rank writes its lines, and (reuse rule, our caller's
+            // contract) nobody reads this one until we store the new stamp.
+            unsafe { core::slice::from_raw_parts_mut(line.data.get().cast::<u8>(), len).copy_from_slice(payload) };
+        }
+        line.len.store(len as u64, Ordering::Relaxed);
     }
 }
 
@@ -222,13 +233,17 @@ impl ShmComm {
 
     /// Waits until the line for `seq` may be written (reuse rule), then writes it.
     fn write(&self, comm: &CommState, seq: u64, payload: &[u8]) {
+        self.write_len(comm, seq, payload.len(), Some(payload));
+    }
+
+    fn write_len(&self, comm: &CommState, seq: u64, len: usize, payload: Option<&[u8]>) {
         let reused_after = (seq + 1).saturating_sub(LINES);
         self.wait(comm, seq, || self.all_arrived(reused_after));
-        self.arena.write(self.rank, seq, payload);
+        self.arena.write(self.rank, seq, len, payload);
     }
 
     fn check_len(&self, rank: usize, seq: u64, expected: usize) -> MpiResult<()> {
-        let len = self.arena.read(rank, seq).len();
+        let len = self.arena.len(rank, seq);
         if len != expected {
             return fail(
                 ErrorClass::Count,
@@ -236,6 +251,16 @@ impl ShmComm {
             );
         }
         Ok(())
+    }
+
+    /// A collective of `len` bytes (above [`SHM_BYTES`]) about to travel as messages:
+    /// announces `len` and checks that every rank announced the same (module docs).
+    pub(crate) fn announce(&self, comm: &CommState, len: usize) -> MpiResult<()> {
+        let seq = self.next();
+        self.write_len(comm, seq, len, None);
+        self.arrive(comm, seq);
+        self.wait(comm, seq, || self.all_arrived(seq));
+        self.others().try_for_each(|rank| self.check_len(rank, seq, len))
     }
 
     pub(crate) fn barrier(&self, comm: &CommState) -> MpiResult<()> {

@@ -183,3 +183,50 @@ fn differing_small_counts_are_a_count_error() {
     });
     assert!(errors.iter().all(|e| *e == Some(ErrorClass::Count)), "{errors:?}");
 }
+
+/// Counts on both sides of `SHM_BYTES` (rank 1 above it, the others below) take
+/// different paths, yet are a count error on every rank that waits for another, not a
+/// hang; the communicator stays usable for the next collective.
+#[test]
+fn counts_straddling_the_shared_memory_limit_are_a_count_error() {
+    use mpi::collective::shm::SHM_BYTES;
+    let large = SHM_BYTES / 4 + 4;
+    let results = spawn_world_with(world(3, 0, false), move |universe| {
+        let world = universe.world();
+        let rank = world.rank();
+        let count = if rank == 1 { large } else { 2 };
+        let input = vec![1u32; count];
+        let mut output = vec![0u32; count];
+        let mut errors = Vec::new();
+        errors.push(catch_error(&world, || world.all_reduce_into(&input[..], &mut output[..], SystemOperation::sum())));
+        for root in [0, 1] {
+            let mut buffer = input.clone();
+            errors.push(catch_error(&world, || world.process_at_rank(root).broadcast_into(&mut buffer[..])));
+        }
+        let mut gathered = vec![0u32; count * 3];
+        errors.push(catch_error(&world, || {
+            if rank == 0 {
+                world.process_at_rank(0).gather_into_root(&input[..], &mut gathered[..])
+            } else {
+                world.process_at_rank(0).gather_into(&input[..])
+            }
+        }));
+        let mut sum = 0u64;
+        world.all_reduce_into(&(rank as u64), &mut sum, SystemOperation::sum());
+        (errors.into_iter().map(|e| e.err().map(|e| e.class)).collect::<Vec<_>>(), sum)
+    });
+    let count = Some(ErrorClass::Count);
+    // Per collective, the ranks that must see the error: those that wait for a rank
+    // whose count differs from theirs.
+    let expected = [
+        vec![count, count, count],            // all-reduce: everyone waits for everyone
+        vec![None, count, None],              // broadcast from small rank 0: rank 1
+        vec![count, count, count],            // broadcast from large rank 1: everyone
+        vec![count, count, None],             // gather to rank 0: the root and rank 1
+    ];
+    for (rank, (errors, sum)) in results.iter().enumerate() {
+        let mine: Vec<_> = expected.iter().map(|row| row[rank]).collect();
+        assert_eq!(errors, &mine, "rank {rank}");
+        assert_eq!(*sum, 3, "rank {rank}: the communicator broke after the errors");
+    }
+}
