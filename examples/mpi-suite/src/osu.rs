@@ -29,6 +29,12 @@ toro::main!(main);
 /// inflates the mean; the fastest batch shows what the code path itself costs.
 const BATCH: usize = 100;
 
+/// Iterations per batch for a run of `iterations`: [`BATCH`], or the whole run when it
+/// is shorter (one batch, so the best batch is the mean rather than no figure at all).
+fn batch_of(iterations: usize) -> usize {
+    BATCH.min(iterations).max(1)
+}
+
 /// One-way latency in µs: (mean over all iterations, mean of the fastest batch of `BATCH`).
 fn latency(world: &SimpleCommunicator, size: usize, iterations: usize) -> (f64, f64) {
     let rank = world.rank();
@@ -38,17 +44,21 @@ fn latency(world: &SimpleCommunicator, size: usize, iterations: usize) -> (f64, 
     let warm = iterations / 10;
     let mut start = 0.0;
     let mut batch_start = 0.0;
+    let batch = batch_of(iterations);
     let mut best = f64::MAX;
-    for i in 0..warm + iterations {
+    for i in 0..=warm + iterations {
         if i == warm {
             world.barrier();
             start = mpi::time();
             batch_start = start;
         }
-        if i > warm && (i - warm) % BATCH == 0 {
+        if i > warm && (i - warm) % batch == 0 {
             let now = mpi::time();
             best = best.min(now - batch_start);
             batch_start = now;
+        }
+        if i == warm + iterations {
+            break;
         }
         if rank == 0 {
             peer.send(&out[..]);
@@ -58,8 +68,8 @@ fn latency(world: &SimpleCommunicator, size: usize, iterations: usize) -> (f64, 
             peer.send(&out[..]);
         }
     }
-    let mean = (mpi::time() - start) * 1e6 / (2.0 * iterations as f64);
-    (mean, best * 1e6 / (2.0 * BATCH as f64))
+    let mean = (mpi::time() - start) * 1e6 / (2.0 * iterations.max(1) as f64);
+    (mean, best * 1e6 / (2.0 * batch as f64))
 }
 
 fn bandwidth(world: &SimpleCommunicator, size: usize, loops: usize) -> f64 {
@@ -101,16 +111,20 @@ fn collective(world: &SimpleCommunicator, name: &str, iterations: usize, mut f: 
     world.barrier();
     let start = mpi::time();
     let mut batch_start = start;
+    let batch = batch_of(iterations);
     let mut best = f64::MAX;
-    for i in 0..iterations {
-        if i > 0 && i % BATCH == 0 {
+    for i in 0..=iterations {
+        if i > 0 && i % batch == 0 {
             let now = mpi::time();
             best = best.min(now - batch_start);
             batch_start = now;
         }
+        if i == iterations {
+            break;
+        }
         f();
     }
-    let mine = [(mpi::time() - start) * 1e6 / iterations as f64, best * 1e6 / BATCH as f64];
+    let mine = [(mpi::time() - start) * 1e6 / iterations.max(1) as f64, best * 1e6 / batch as f64];
     let mut worst = [0.0f64; 2];
     world.all_reduce_into(&mine[..], &mut worst[..], SystemOperation::max());
     if world.rank() == 0 {
