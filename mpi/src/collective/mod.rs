@@ -31,12 +31,12 @@ pub fn force_messages(messages: bool) {
 ///
 /// A collective too large for it on a communicator that has one is announced there
 /// first, so that counts straddling the limit are an error rather than a hang.
-fn shm_path(comm: &CommState, len: usize) -> MpiResult<Option<&shm::ShmComm>> {
+fn shm_path(comm: &CommState, len: usize, compare: shm::Compare) -> MpiResult<Option<&shm::ShmComm>> {
     if FORCED_MESSAGES.load(core::sync::atomic::Ordering::Relaxed) {
         return Ok(None);
     }
     match comm.shm() {
-        Some(shm) if len > shm::SHM_BYTES => shm.announce(comm, len).map(|()| None),
+        Some(shm) if len > shm::SHM_BYTES => shm.announce(comm, len, compare).map(|()| None),
         shm => Ok(shm),
     }
 }
@@ -84,7 +84,7 @@ pub trait CommunicatorCollectives: Communicator {
     fn barrier(&self) {
         let comm = self.comm_state();
         run(comm, || {
-            if let Some(shm) = shm_path(comm, 0)? {
+            if let Some(shm) = shm_path(comm, 0, shm::Compare::Everyone)? {
                 return shm.barrier(comm);
             }
             let group = Group::new(comm, DatatypeRef::primitive(crate::datatype::Primitive::U8));
@@ -163,7 +163,7 @@ pub trait CommunicatorCollectives: Communicator {
             check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
             let output = recvbuf.bytes_mut(Token(()));
             check_len("all_reduce_into receive buffer", output.len(), sendbuf.bytes().len())?;
-            if let Some(shm) = shm_path(comm, output.len())? {
+            if let Some(shm) = shm_path(comm, output.len(), shm::Compare::Everyone)? {
                 return shm.reduce(comm, sendbuf.bytes(), Some(output), &op, datatype);
             }
             let group = Group::new(comm, datatype);
@@ -276,7 +276,7 @@ impl Root for Process<'_> {
             self.comm.check_rank(self.rank, ErrorClass::Root)?;
             let group = Group::new(self.comm, buffer.buffer_datatype());
             let (root, buffer) = (self.rank as usize, buffer.bytes_mut(Token(())));
-            if let Some(shm) = shm_path(self.comm, buffer.len())? {
+            if let Some(shm) = shm_path(self.comm, buffer.len(), shm::Compare::Root(root))? {
                 return shm.broadcast(self.comm, root, buffer);
             }
             match topology::plan(self.comm) {
@@ -289,7 +289,7 @@ impl Root for Process<'_> {
     fn gather_into<S: ?Sized + Buffer>(&self, sendbuf: &S) {
         run(self.comm, || {
             let root = self.root_for(false)?;
-            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len())? {
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len(), shm::Compare::Nobody)? {
                 return shm.gather(self.comm, root, sendbuf.bytes(), None);
             }
             internal::gather(&Group::new(self.comm, sendbuf.buffer_datatype()), root, sendbuf.bytes(), None)
@@ -302,7 +302,7 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("gather_into_root receive buffer", output.len(), sendbuf.bytes().len() * group.size)?;
-            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len())? {
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len(), shm::Compare::Everyone)? {
                 return shm.gather(self.comm, root, sendbuf.bytes(), Some(output));
             }
             internal::gather(&group, root, sendbuf.bytes(), Some(output))
@@ -332,7 +332,7 @@ impl Root for Process<'_> {
             let root = self.root_for(false)?;
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
-            if let Some(shm) = shm_path(self.comm, output.len() * group.size)? {
+            if let Some(shm) = shm_path(self.comm, output.len() * group.size, shm::Compare::Root(root))? {
                 return shm.scatter(self.comm, root, None, output);
             }
             internal::scatter(&group, root, None, output)
@@ -345,7 +345,7 @@ impl Root for Process<'_> {
             let group = Group::new(self.comm, recvbuf.buffer_datatype());
             let output = recvbuf.bytes_mut(Token(()));
             check_len("scatter_into_root send buffer", sendbuf.bytes().len(), output.len() * group.size)?;
-            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len())? {
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len(), shm::Compare::Root(root))? {
                 return shm.scatter(self.comm, root, Some(sendbuf.bytes()), output);
             }
             internal::scatter(&group, root, Some(sendbuf.bytes()), output)
@@ -376,7 +376,7 @@ impl Root for Process<'_> {
             let root = self.root_for(false)?;
             let datatype = sendbuf.buffer_datatype();
             check_reduction(datatype, datatype, &op)?;
-            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len())? {
+            if let Some(shm) = shm_path(self.comm, sendbuf.bytes().len(), shm::Compare::Nobody)? {
                 return shm.reduce(self.comm, sendbuf.bytes(), None, &op, datatype);
             }
             reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), None, &op)
@@ -390,7 +390,7 @@ impl Root for Process<'_> {
             check_reduction(sendbuf.buffer_datatype(), datatype, &op)?;
             let output = recvbuf.bytes_mut(Token(()));
             check_len("reduce_into_root receive buffer", output.len(), sendbuf.bytes().len())?;
-            if let Some(shm) = shm_path(self.comm, output.len())? {
+            if let Some(shm) = shm_path(self.comm, output.len(), shm::Compare::Everyone)? {
                 return shm.reduce(self.comm, sendbuf.bytes(), Some(output), &op, datatype);
             }
             reduce(&Group::new(self.comm, datatype), root, sendbuf.bytes(), Some(output), &op)

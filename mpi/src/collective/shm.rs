@@ -30,10 +30,13 @@
 //!
 //! *Too large*: a collective above [`SHM_BYTES`] travels as messages, but on a
 //! communicator that has an arena it still takes a sequence number here: every rank
-//! announces its length (no data) and checks the others' before sending (`announce`).
-//! Ranks whose counts differ are so reported (count error) on every path, also when
-//! one rank's length is above [`SHM_BYTES`] and another's below: without the
-//! announcement they would take different paths and wait for each other forever.
+//! announces its length (no data) and, before sending, checks the lengths it would
+//! check on the arena path: the root's (broadcast, scatter), everyone's (the root of a
+//! gather or reduce, all-reduce) or nobody's (`announce`, [`Compare`]). So counts that
+//! differ are reported (count error) on every path, also when one rank's length is
+//! above [`SHM_BYTES`] and another's below, where the two would otherwise wait on
+//! different paths for each other forever. A rank that checks nobody may still wait
+//! for a rank that found the error; by default that rank ends the job.
 //!
 //! Reductions fold every rank's value in rank order on every rank, so all-reduce
 //! results are bit-identical everywhere and non-commutative operations are correct.
@@ -154,6 +157,19 @@ impl Arena {
     }
 }
 
+/// The ranks whose announced length a rank of a collective too large for the arena
+/// checks before sending: the same ranks whose length it checks on the arena path,
+/// so that every mismatch is seen by a rank that waits (and, by default, ends the job).
+#[derive(Clone, Copy)]
+pub(crate) enum Compare {
+    /// All-reduce; the root of a reduce or gather.
+    Everyone,
+    /// Every rank of a broadcast or scatter (the root itself compares with nobody).
+    Root(usize),
+    /// A rank that only contributes: the non-roots of a reduce or gather.
+    Nobody,
+}
+
 /// A communicator's use of its arena: which slot is ours and the sequence number.
 pub(crate) struct ShmComm {
     arena: Arc<Arena>,
@@ -254,13 +270,22 @@ impl ShmComm {
     }
 
     /// A collective of `len` bytes (above [`SHM_BYTES`]) about to travel as messages:
-    /// announces `len` and checks that every rank announced the same (module docs).
-    pub(crate) fn announce(&self, comm: &CommState, len: usize) -> MpiResult<()> {
+    /// announces `len` and checks it against the ranks in `compare` (module docs).
+    pub(crate) fn announce(&self, comm: &CommState, len: usize, compare: Compare) -> MpiResult<()> {
         let seq = self.next();
         self.write_len(comm, seq, len, None);
         self.arrive(comm, seq);
-        self.wait(comm, seq, || self.all_arrived(seq));
-        self.others().try_for_each(|rank| self.check_len(rank, seq, len))
+        match compare {
+            Compare::Everyone => {
+                self.wait(comm, seq, || self.all_arrived(seq));
+                self.others().try_for_each(|rank| self.check_len(rank, seq, len))
+            }
+            Compare::Root(root) if root != self.rank => {
+                self.wait(comm, seq, || self.arena.arrived(root, seq));
+                self.check_len(root, seq, len)
+            }
+            Compare::Root(_) | Compare::Nobody => Ok(()),
+        }
     }
 
     pub(crate) fn barrier(&self, comm: &CommState) -> MpiResult<()> {

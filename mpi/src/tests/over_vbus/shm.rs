@@ -185,8 +185,8 @@ fn differing_small_counts_are_a_count_error() {
 }
 
 /// Counts on both sides of `SHM_BYTES` (rank 1 above it, the others below) take
-/// different paths, yet are a count error on every rank that waits for another, not a
-/// hang; the communicator stays usable for the next collective.
+/// different paths, yet are a count error, not a hang; the communicator stays usable
+/// for the next small collective.
 #[test]
 fn counts_straddling_the_shared_memory_limit_are_a_count_error() {
     use mpi::collective::shm::SHM_BYTES;
@@ -216,13 +216,14 @@ fn counts_straddling_the_shared_memory_limit_are_a_count_error() {
         (errors.into_iter().map(|e| e.err().map(|e| e.class)).collect::<Vec<_>>(), sum)
     });
     let count = Some(ErrorClass::Count);
-    // Per collective, the ranks that must see the error: those that wait for a rank
-    // whose count differs from theirs.
+    // Per collective, the ranks that see the error: those that compare their count with
+    // rank 1's (all-reduce: everyone with everyone; broadcast: everyone with the root;
+    // gather: the root with everyone).
     let expected = [
-        vec![count, count, count],            // all-reduce: everyone waits for everyone
-        vec![None, count, None],              // broadcast from small rank 0: rank 1
-        vec![count, count, count],            // broadcast from large rank 1: everyone
-        vec![count, count, None],             // gather to rank 0: the root and rank 1
+        vec![count, count, count], // all-reduce
+        vec![None, count, None],   // broadcast from small rank 0
+        vec![count, None, count],  // broadcast from large rank 1
+        vec![count, None, None],   // gather to rank 0
     ];
     for (rank, (errors, sum)) in results.iter().enumerate() {
         let mine: Vec<_> = expected.iter().map(|row| row[rank]).collect();
