@@ -46,17 +46,20 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 
 use crate::collective::operation::Operation;
 use crate::communicator::CommState;
 use crate::datatype::{DatatypeRef, Token};
 use crate::error::{fail, ErrorClass, MpiResult};
-use crate::raw::AlignedBytes;
 
-/// Largest payload a collective carries through the arena: what fits one line beside
-/// the stamp and length (and keeps 16-byte alignment).
-pub const SHM_BYTES: usize = 48;
+/// Largest payload a collective carries through the arena (per rank; a scatter's whole
+/// input). Above it, messages: the tree and ring algorithms move less data per rank
+/// than every rank reading every other's (chosen by measurement, BENCHMARKS.md).
+pub const SHM_BYTES: usize = 2048;
+/// Payloads up to this size live in the line itself, beside the stamp and length
+/// (keeping 16-byte alignment): the line that carries the stamp carries the data.
+const INLINE_BYTES: usize = 48;
 
 /// Spin this long before sleeping (like the ring waiter's default budget).
 const SPIN_NS: u64 = 20_000;
@@ -73,7 +76,8 @@ struct Line {
     stamp: AtomicU64,
     /// The rank's length for this collective; above [`SHM_BYTES`] with no data.
     len: AtomicU64,
-    data: UnsafeCell<[u128; SHM_BYTES / 16]>,
+    /// The payload if it is at most [`INLINE_BYTES`]; else it is in the slot's overflow.
+    data: UnsafeCell<[u128; INLINE_BYTES / 16]>,
 }
 
 /// One rank's lines, and the line that says whether it sleeps.
@@ -82,7 +86,14 @@ struct Slot {
     lines: [Line; LINES as usize],
     /// Sequence number the rank sleeps at (0: awake).
     sleeping: CacheLine,
+    /// [`SHM_BYTES`] for each line, for payloads above [`INLINE_BYTES`]: allocated by the
+    /// owner at its first such payload (null before), freed with the arena. Published
+    /// to readers by the stamp, like the data.
+    overflow: AtomicPtr<u128>,
 }
+
+/// Words of one slot's overflow area.
+const OVERFLOW_WORDS: usize = LINES as usize * SHM_BYTES / 16;
 
 #[repr(C, align(64))]
 struct CacheLine(AtomicU64);
@@ -105,10 +116,13 @@ impl Arena {
     /// Made by the environment's registry (the `vbus` feature's `VbusNet`).
     #[cfg_attr(not(any(test, feature = "vbus")), allow(dead_code))]
     pub(crate) fn new(members: usize) -> Arena {
-        let line = || Line { stamp: AtomicU64::new(0), len: AtomicU64::new(0), data: UnsafeCell::new([0; SHM_BYTES / 16]) };
-        Arena {
-            slots: (0..members).map(|_| Slot { lines: core::array::from_fn(|_| line()), sleeping: CacheLine(AtomicU64::new(0)) }).collect(),
-        }
+        let line = || Line { stamp: AtomicU64::new(0), len: AtomicU64::new(0), data: UnsafeCell::new([0; INLINE_BYTES / 16]) };
+        let slot = |_| Slot {
+            lines: core::array::from_fn(|_| line()),
+            sleeping: CacheLine(AtomicU64::new(0)),
+            overflow: AtomicPtr::new(core::ptr::null_mut()),
+        };
+        Arena { slots: (0..members).map(slot).collect() }
     }
 
     pub(crate) fn members(&self) -> usize {
@@ -127,13 +141,25 @@ impl Arena {
     ///
     /// Only after `arrived(rank, seq)`, and before this rank arrives at `seq + 1`.
     fn read(&self, rank: usize, seq: u64) -> &[u8] {
-        let line = self.line(rank, seq);
         let len = self.len(rank, seq).min(SHM_BYTES);
-        // SAFETY: the owner wrote these bytes before its Release store of the stamp we
-        // Acquire-loaded (`arrived`), and rewrites them only after we arrive at
-        // `seq + 1` (reuse rule, which waits for `seq + LINES − LINES + 1`), which our
-        // caller has not done yet. u128 words are plain bytes.
-        unsafe { core::slice::from_raw_parts(line.data.get().cast::<u8>(), len) }
+        let data = self.data(rank, seq, len);
+        // SAFETY: the owner wrote these bytes (and allocated the overflow area) before
+        // its Release store of the stamp we Acquire-loaded (`arrived`), and rewrites
+        // them only after we arrive at `seq + 1` (reuse rule, which waits for
+        // `seq + LINES − LINES + 1`), which our caller has not done yet. u128 words are
+        // plain bytes; `data` points at room for `len` of them.
+        unsafe { core::slice::from_raw_parts(data, len) }
+    }
+
+    /// Where `rank`'s payload of `len` bytes for collective `seq` lives: in the line,
+    /// or in the slot's overflow area (which must exist).
+    fn data(&self, rank: usize, seq: u64, len: usize) -> *mut u8 {
+        if len <= INLINE_BYTES {
+            return self.line(rank, seq).data.get().cast::<u8>();
+        }
+        let overflow = self.slots[rank].overflow.load(Ordering::Relaxed);
+        assert!(!overflow.is_null(), "collective payload without its overflow area");
+        overflow.cast::<u8>().wrapping_add((seq % LINES) as usize * SHM_BYTES)
     }
 
     /// The length `rank` announced for collective `seq` (same conditions as `read`).
@@ -149,9 +175,16 @@ impl Arena {
         let line = self.line(rank, seq);
         if let Some(payload) = payload {
             assert!(payload.len() == len && len <= SHM_BYTES);
-            // SAFETY: only this rank writes its lines, and (reuse rule, our caller's
-            // contract) nobody reads this one until we store the new stamp.
-            unsafe { core::slice::from_raw_parts_mut(line.data.get().cast::<u8>(), len).copy_from_slice(payload) };
+            let overflow = &self.slots[rank].overflow;
+            if len > INLINE_BYTES && overflow.load(Ordering::Relaxed).is_null() {
+                let area = Box::into_raw(alloc::vec![0u128; OVERFLOW_WORDS].into_boxed_slice());
+                overflow.store(area.cast::<u128>(), Ordering::Relaxed);
+            }
+            let data = self.data(rank, seq, len);
+            // SAFETY: only this rank writes its lines and overflow area, and (reuse
+            // rule, our caller's contract) nobody reads this part of them until we store
+            // the new stamp; `data` has room for `len` bytes.
+            unsafe { core::slice::from_raw_parts_mut(data, len).copy_from_slice(payload) };
         }
         line.len.store(len as u64, Ordering::Relaxed);
     }
@@ -168,6 +201,19 @@ pub(crate) enum Compare {
     Root(usize),
     /// A rank that only contributes: the non-roots of a reduce or gather.
     Nobody,
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for slot in self.slots.iter() {
+            let area = slot.overflow.load(Ordering::Relaxed);
+            if !area.is_null() {
+                // SAFETY: allocated in `write` as a boxed slice of OVERFLOW_WORDS words;
+                // nobody else holds the arena any more (`&mut self`).
+                drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(area, OVERFLOW_WORDS)) });
+            }
+        }
+    }
 }
 
 /// A communicator's use of its arena: which slot is ours and the sequence number.
@@ -348,20 +394,31 @@ impl ShmComm {
         self.arrive(comm, seq);
         let Some(output) = output else { return Ok(()) };
         self.wait(comm, seq, || self.all_arrived(seq));
-        let mut accumulated = AlignedBytes::zeroed(input.len());
+        // Scratch on the stack, aligned for any element type: the allocator costs more
+        // than a small reduction.
+        let (mut first, mut second) = ([0u128; SHM_BYTES / 16], [0u128; SHM_BYTES / 16]);
+        let (mut accumulated, mut next) = (bytes_of(&mut first, input.len()), bytes_of(&mut second, input.len()));
         for rank in 0..self.arena.members() {
             self.check_len(rank, seq, input.len())?;
             let value = self.arena.read(rank, seq);
             if rank == 0 {
-                accumulated.as_mut().copy_from_slice(value);
+                accumulated.copy_from_slice(value);
                 continue;
             }
             // Ranks 0..rank are in `accumulated`: it goes first (rank order).
-            let mut next = AlignedBytes::from_bytes(value);
-            op.reduce(accumulated.as_ref(), next.as_mut(), datatype, Token(()))?;
-            accumulated = next;
+            next.copy_from_slice(value);
+            op.reduce(accumulated, next, datatype, Token(()))?;
+            core::mem::swap(&mut accumulated, &mut next);
         }
-        output.copy_from_slice(accumulated.as_ref());
+        output.copy_from_slice(accumulated);
         Ok(())
     }
+}
+
+/// The first `len` bytes of `words`.
+fn bytes_of(words: &mut [u128], len: usize) -> &mut [u8] {
+    assert!(len <= words.len() * 16);
+    // SAFETY: u128 has no padding and any bytes are valid u128 words; `len` bytes are
+    // inside `words`, which we borrow mutably for the result's lifetime.
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
 }
