@@ -394,23 +394,36 @@ impl ShmComm {
         self.arrive(comm, seq);
         let Some(output) = output else { return Ok(()) };
         self.wait(comm, seq, || self.all_arrived(seq));
-        // Scratch on the stack, aligned for any element type: the allocator costs more
-        // than a small reduction.
-        let (mut first, mut second) = ([0u128; SHM_BYTES / 16], [0u128; SHM_BYTES / 16]);
-        let (mut accumulated, mut next) = (bytes_of(&mut first, input.len()), bytes_of(&mut second, input.len()));
+        // Scratch on the stack, aligned for any element type (the allocator costs more
+        // than a small reduction), and no bigger than needed: zeroing it is not free.
+        if input.len() <= 64 {
+            self.fold(seq, output, &mut [0u128; 4], op, datatype)
+        } else {
+            self.fold(seq, output, &mut [0u128; SHM_BYTES / 16], op, datatype)
+        }
+    }
+
+    /// Folds every rank's value of collective `seq` in rank order into `output`, with
+    /// `scratch` (at least `output.len()` bytes) as the other half of each step.
+    fn fold(&self, seq: u64, output: &mut [u8], scratch: &mut [u128], op: &dyn Operation, datatype: DatatypeRef) -> MpiResult<()> {
+        let len = output.len();
         for rank in 0..self.arena.members() {
-            self.check_len(rank, seq, input.len())?;
-            let value = self.arena.read(rank, seq);
-            if rank == 0 {
-                accumulated.copy_from_slice(value);
-                continue;
-            }
-            // Ranks 0..rank are in `accumulated`: it goes first (rank order).
-            next.copy_from_slice(value);
+            self.check_len(rank, seq, len)?;
+        }
+        let scratch = bytes_of(scratch, len);
+        // Ranks 0..rank are in `accumulated`; `op` takes it first (rank order) and leaves
+        // the result in rank's copy, which becomes `accumulated`.
+        let (mut accumulated, mut next) = (scratch, output);
+        accumulated.copy_from_slice(self.arena.read(0, seq));
+        for rank in 1..self.arena.members() {
+            next.copy_from_slice(self.arena.read(rank, seq));
             op.reduce(accumulated, next, datatype, Token(()))?;
             core::mem::swap(&mut accumulated, &mut next);
         }
-        output.copy_from_slice(accumulated);
+        if (self.arena.members() - 1) % 2 == 0 {
+            // An even number of swaps: the result is in the scratch, `next` is `output`.
+            next.copy_from_slice(accumulated);
+        }
         Ok(())
     }
 }

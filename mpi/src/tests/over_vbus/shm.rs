@@ -144,31 +144,40 @@ fn split_communicators_do_not_share_lines() {
 /// process-wide, so tests running in parallel must not toggle it.)
 #[test]
 fn rank_order_and_identical_results() {
-    let results = spawn_world_with(world(5, 0, false), |universe| {
-        let world = universe.world();
-        let rank = world.rank();
-        // Products of 2x2 integer matrices: associative, not commutative.
-        let matmul = mpi::collective::UserOperation::associative(|x, y| {
-            let x: &[i64] = x.downcast().expect("i64");
-            let y: &mut [i64] = y.downcast().expect("i64");
-            let r = [x[0] * y[0] + x[1] * y[2], x[0] * y[1] + x[1] * y[3], x[2] * y[0] + x[3] * y[2], x[2] * y[1] + x[3] * y[3]];
-            y.copy_from_slice(&r);
+    for size in 2..=5 {
+        let results = spawn_world_with(world(size, 0, false), |universe| {
+            let world = universe.world();
+            let rank = world.rank();
+            // Products of 2x2 integer matrices: associative, not commutative.
+            let matmul = mpi::collective::UserOperation::associative(|x, y| {
+                let x: &[i64] = x.downcast().expect("i64");
+                let y: &mut [i64] = y.downcast().expect("i64");
+                for (x, y) in x.chunks_exact(4).zip(y.chunks_exact_mut(4)) {
+                    let r = [x[0] * y[0] + x[1] * y[2], x[0] * y[1] + x[1] * y[3], x[2] * y[0] + x[3] * y[2], x[2] * y[1] + x[3] * y[3]];
+                    y.copy_from_slice(&r);
+                }
+            });
+            let mine = [1 + rank as i64, 2, 0, 1];
+            let mut product = [0i64; 4];
+            world.all_reduce_into(&mine[..], &mut product[..], &matmul);
+            // 32 matrices (1 KiB): through the rank's overflow area.
+            let many: Vec<i64> = mine.iter().copied().cycle().take(128).collect();
+            let mut products = vec![0i64; 128];
+            world.all_reduce_into(&many[..], &mut products[..], &matmul);
+            assert!(products.chunks_exact(4).all(|p| p == product), "1 KiB product differs from the 32 B one");
+            let mut float = [0f64];
+            world.all_reduce_into(&[0.1f64 * (rank as f64 + 1.0).powi(7)][..], &mut float[..], SystemOperation::sum());
+            (product, float[0].to_bits())
         });
-        let mine = [1 + rank as i64, 2, 0, 1];
-        let mut product = [0i64; 4];
-        world.all_reduce_into(&mine[..], &mut product[..], &matmul);
-        let mut float = [0f64];
-        world.all_reduce_into(&[0.1f64 * (rank as f64 + 1.0).powi(7)][..], &mut float[..], SystemOperation::sum());
-        (product, float[0].to_bits())
-    });
-    let mut expected = [1i64, 0, 0, 1];
-    for rank in 0..5 {
-        let m = [1 + rank as i64, 2, 0, 1];
-        let e = expected;
-        expected = [e[0] * m[0] + e[1] * m[2], e[0] * m[1] + e[1] * m[3], e[2] * m[0] + e[3] * m[2], e[2] * m[1] + e[3] * m[3]];
+        let mut expected = [1i64, 0, 0, 1];
+        for rank in 0..size {
+            let m = [1 + rank as i64, 2, 0, 1];
+            let e = expected;
+            expected = [e[0] * m[0] + e[1] * m[2], e[0] * m[1] + e[1] * m[3], e[2] * m[0] + e[3] * m[2], e[2] * m[1] + e[3] * m[3]];
+        }
+        assert!(results.iter().all(|r| r.0 == expected), "{size} ranks: {results:?}");
+        assert!(results.iter().all(|r| r.1 == results[0].1), "{size} ranks: all-reduce results differ between ranks");
     }
-    assert!(results.iter().all(|r| r.0 == expected), "{results:?}");
-    assert!(results.iter().all(|r| r.1 == results[0].1), "all-reduce results differ between ranks");
 }
 
 /// Counts that differ (both small) are a count error on the ranks that see them.
