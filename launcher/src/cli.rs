@@ -83,6 +83,10 @@ pub struct Cli {
     /// Environment variable for the application; -x NAME alone takes it from this environment.
     #[arg(short = 'x', value_name = "VAR=VALUE")]
     pub env: Vec<String>,
+    /// Carry a 2-VM job's frames through the launcher's L2 hub as with more VMs
+    /// (default: the two QEMUs share one socket pair, two fewer copies per frame).
+    #[arg(long)]
+    pub net_hub: bool,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
     #[arg(long, value_name = "NS")]
     pub spin: Option<u64>,
@@ -147,6 +151,8 @@ pub struct Options {
     pub dry_run: bool,
     pub qemu: Option<PathBuf>,
     pub spin: Option<u64>,
+    /// Two VMs go through the hub too (`--net-hub`).
+    pub net_hub: bool,
     pub env: Vec<(String, String)>,
     pub image: PathBuf,
     pub args: Vec<String>,
@@ -217,6 +223,7 @@ impl Options {
             dry_run: cli.dry_run,
             qemu: cli.qemu.or(cfg.qemu),
             spin: cli.spin.or(cfg.spin),
+            net_hub: cli.net_hub,
             env,
             image: cli.image,
             args: cli.args,
