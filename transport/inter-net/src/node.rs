@@ -56,6 +56,13 @@ pub struct NetConfig {
     /// 65495 bytes); `vm::start` sizes the receive buffers from it. Every VM of a job
     /// must use the same (a larger frame than a receiver's buffers is dropped by QEMU).
     pub mtu: usize,
+    /// Whether the virtio-net device computes and checks IPv4 and TCP checksums
+    /// (`netcsum=1`). Off by default: the VMs' segment is memory to memory on one host
+    /// (virtio rings, QEMU, a Unix socket pair), which corrupts nothing, and checksums
+    /// cost two passes over every byte (Linux's loopback skips them for the same
+    /// reason). Only `vm::VirtioNet` reads it; the in-memory test segment (`sim`)
+    /// always checksums, since its fault injector corrupts frames.
+    pub checksums: bool,
     /// A peer that has not connected by then is reported.
     pub connect_timeout_ms: u64,
     /// A connection silent for this long (data or keep-alives unacknowledged) is dead.
@@ -116,6 +123,7 @@ impl NetConfig {
             chunk: 64 << 10,
             eager_limit: 16 << 10,
             mtu: MAX_MTU,
+            checksums: false,
             connect_timeout_ms: 30_000,
             peer_timeout_ms: 60_000,
             keepalive_ms: 250,
@@ -126,7 +134,8 @@ impl NetConfig {
     /// From the launcher's kernel command-line keys (`vm= place= mac= ip= ipbase= job=`,
     /// see launcher/README.md); `get` looks a key up. Tuning keys: `netwindow=`,
     /// `netchunk=`, `netpeertimeout=` (ms), `netmtu=` (IP MTU, 576..65535; every VM of
-    /// the job needs the same), `netbuf=` (TCP buffer per connection, bytes).
+    /// the job needs the same), `netbuf=` (TCP buffer per connection, bytes), `netcsum=`
+    /// (1: IPv4 and TCP checksums on the virtio-net device; default 0).
     pub fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<NetConfig, String> {
         let vm: u32 = get("vm").unwrap_or("0").parse().map_err(|_| String::from("vm= is not a number"))?;
         let place = get("place").ok_or_else(|| String::from("no place= on the command line"))?;
@@ -207,6 +216,9 @@ impl NetConfig {
             }
             config.socket_buffer = bytes as usize;
         }
+        if let Some(on) = number("netcsum")? {
+            config.checksums = on != 0;
+        }
         config.seed ^= config.job.rotate_left(17) ^ u64::from(vm);
         Ok(config)
     }
@@ -272,6 +284,10 @@ mod tests {
         assert_eq!(with("netmtu", "big").unwrap_err(), "netmtu=big is not a number");
         assert_eq!(with("netbuf", "262144").unwrap().socket_buffer, 256 << 10);
         assert!(with("netbuf", "12").unwrap_err().starts_with("netbuf=12 is not in 4096.."));
+        assert!(!default.checksums);
+        assert!(with("netcsum", "1").unwrap().checksums);
+        assert!(!with("netcsum", "0").unwrap().checksums);
+        assert_eq!(with("netcsum", "yes").unwrap_err(), "netcsum=yes is not a number");
     }
 }
 
