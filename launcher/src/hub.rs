@@ -66,6 +66,12 @@ pub fn pair() -> std::io::Result<(UnixDatagram, UnixDatagram)> {
     Ok((a, b))
 }
 
+/// Whether a job of `vms` VMs gets the direct link rather than the hub (`--net-hub`
+/// asks for the hub even with two).
+pub fn is_direct(vms: usize, net_hub: bool) -> bool {
+    vms == 2 && !net_hub
+}
+
 /// The network of a two-VM job without the hub: one socket pair, an end for each
 /// VM's QEMU (the same contract as the ends `Hub::start` returns).
 pub fn direct_link() -> Result<Vec<UnixDatagram>, String> {

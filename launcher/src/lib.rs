@@ -87,7 +87,7 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, net_hub: bool) -> String {
         setup.machine.name(),
         setup.accel.name()
     );
-    if plan.vms.len() == 2 && !net_hub {
+    if hub::is_direct(plan.vms.len(), net_hub) {
         s += &format!(
             "network: one Unix datagram socket pair between the two QEMUs (fd {} in each; frames up to {} bytes), {}/{}\n",
             hub::QEMU_NET_FD,
