@@ -19,7 +19,8 @@ Examples:
   toro-mpirun -np 4 --vms 2 --dry-run app.elf   print the plan and the QEMU commands
   toro-mpirun --config configs/ci-tcg.toml -np 2 app.elf
 
-vCPUs: by default a VM gets min(its ranks, host cores) vCPUs; further ranks run as extra
+vCPUs: by default the job's vCPUs fit the host's cores: a VM gets min(its ranks, host
+cores / VMs, at least 1) vCPUs (one VM: min(ranks, cores)); further ranks run as extra
 rank threads on those vCPUs, switched cooperatively inside the VM (tens of ns) rather than
 as vCPU threads the host preempts (a spinning rank would hold a host core while the rank it
 waits for is descheduled). --cpus-per-vm overrides it.
@@ -47,7 +48,7 @@ pub struct Cli {
     /// Ranks per VM, the alternative to --vms.
     #[arg(long, value_name = "R", conflicts_with = "vms")]
     pub ranks_per_vm: Option<u32>,
-    /// vCPUs per VM (default: min(ranks in the VM, host cores)).
+    /// vCPUs per VM (default: min(ranks in the VM, host cores / VMs), at least 1).
     #[arg(long, value_name = "C")]
     pub cpus_per_vm: Option<u32>,
     /// How ranks are dealt to VMs.
@@ -83,6 +84,10 @@ pub struct Cli {
     /// Environment variable for the application; -x NAME alone takes it from this environment.
     #[arg(short = 'x', value_name = "VAR=VALUE")]
     pub env: Vec<String>,
+    /// Carry a 2-VM job's frames through the launcher's L2 hub as with more VMs
+    /// (default: the two QEMUs share one socket pair, two fewer copies per frame).
+    #[arg(long)]
+    pub net_hub: bool,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
     #[arg(long, value_name = "NS")]
     pub spin: Option<u64>,
@@ -147,6 +152,8 @@ pub struct Options {
     pub dry_run: bool,
     pub qemu: Option<PathBuf>,
     pub spin: Option<u64>,
+    /// Two VMs go through the hub too (`--net-hub`).
+    pub net_hub: bool,
     pub env: Vec<(String, String)>,
     pub image: PathBuf,
     pub args: Vec<String>,
@@ -217,6 +224,7 @@ impl Options {
             dry_run: cli.dry_run,
             qemu: cli.qemu.or(cfg.qemu),
             spin: cli.spin.or(cfg.spin),
+            net_hub: cli.net_hub,
             env,
             image: cli.image,
             args: cli.args,

@@ -1,4 +1,6 @@
-//! The job's Ethernet segment: an L2 hub on a thread of the launcher.
+//! The job's Ethernet segment: an L2 hub on a thread of the launcher, or, for a job of
+//! two VMs, one socket pair between their QEMUs ([`direct_link`]; `--net-hub` keeps
+//! the hub).
 //!
 //! Each VM's NIC is QEMU's `-netdev dgram` on one end of a Unix datagram socket pair
 //! (the child inherits it as fd [`QEMU_NET_FD`]); the hub holds the other ends. A
@@ -21,6 +23,18 @@
 //! transport/inter-net's README); the other ports go on. A dead VM (its QEMU exited, its end closed) makes sends fail
 //! with `ECONNREFUSED`: its port is closed and its frames dropped. The thread ends when
 //! the launcher drops its end of the stop socket (`Hub::stop`, or `Drop`).
+//!
+//! Socket buffers: every end asks for [`SOCKET_BUFFER`] of send buffer (a Unix datagram
+//! socket pair queues what one end sent charged to that end's send buffer, 208 KiB by
+//! default: three 64 KiB frames). With the default a sending QEMU found its socket full
+//! after three frames and waited for the hub (or the other QEMU) to be scheduled.
+//!
+//! Two VMs need no switch: [`direct_link`] gives their QEMUs the two ends of one socket
+//! pair, which saves the hub's two copies of every frame, two system calls and a thread
+//! to wake per frame (measured: 1 MiB bandwidth ×1.5–1.6 with the larger buffers,
+//! BENCHMARKS.md, inter-net). Nothing checks source MACs then (QEMU sends its NIC's
+//! frames as the guest wrote them; the guests check the job id in their hello), and a
+//! dead QEMU makes the other's sends fail just the same.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -39,6 +53,54 @@ pub const MAX_FRAME: usize = 69_632;
 pub fn queue_limit(vms: usize) -> usize {
     (2 << 20) * vms.saturating_sub(1).max(4)
 }
+/// Send buffer asked for on every socket end: room for more than a TCP window of
+/// 64 KiB frames (the kernel caps it at `net.core.wmem_max`, 208 KiB on a stock
+/// Debian host, 4 MiB on the test host; a smaller one only costs bandwidth).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A Unix datagram socket pair whose ends have `SOCKET_BUFFER` of send buffer.
+pub fn pair() -> std::io::Result<(UnixDatagram, UnixDatagram)> {
+    let (a, b) = UnixDatagram::pair()?;
+    set_send_buffer(&a, SOCKET_BUFFER)?;
+    set_send_buffer(&b, SOCKET_BUFFER)?;
+    Ok((a, b))
+}
+
+/// Whether a job of `vms` VMs gets the direct link rather than the hub (`--net-hub`
+/// asks for the hub even with two).
+pub fn is_direct(vms: usize, net_hub: bool) -> bool {
+    vms == 2 && !net_hub
+}
+
+/// The network of a two-VM job without the hub: one socket pair, an end for each
+/// VM's QEMU (the same contract as the ends `Hub::start` returns).
+pub fn direct_link() -> Result<Vec<UnixDatagram>, String> {
+    let (a, b) = pair().map_err(|e| format!("network: cannot create a socket pair: {e}"))?;
+    Ok(vec![a, b])
+}
+
+/// Asks for a send buffer of `bytes` (the kernel caps it at `net.core.wmem_max`).
+#[allow(unsafe_code)]
+fn set_send_buffer(socket: &UnixDatagram, bytes: usize) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `value`, a live local;
+    // the descriptor is the socket's own.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Frames taken from one port in a row before the others get their turn.
 const BATCH: usize = 32;
 
@@ -75,7 +137,7 @@ impl Hub {
         let mut vm_ends = Vec::new();
         let mut ports = Vec::new();
         for &mac in macs {
-            let (hub_end, vm_end) = UnixDatagram::pair().map_err(err)?;
+            let (hub_end, vm_end) = pair().map_err(err)?;
             hub_end.set_nonblocking(true).map_err(err)?;
             ports.push(Port { socket: Some(hub_end), mac, queue: VecDeque::new(), queued: 0 });
             vm_ends.push(vm_end);
@@ -418,6 +480,38 @@ mod tests {
         let stats = hub.stop();
         assert!(t.elapsed() < Duration::from_millis(500), "stop took {:?}", t.elapsed());
         assert!(stats.dropped_full > 0, "{stats:?}");
+    }
+
+    #[test]
+    fn direct_link_carries_frames_both_ways_and_its_ends_buffer_a_tcp_window() {
+        within_20s(|| {
+            let ends = direct_link().unwrap();
+            let big = frame(mac(1), mac(0), MAX_FRAME, 3);
+            ends[0].send(&big).unwrap();
+            assert_eq!(next(&ends[1]).as_deref(), Some(&big[..]));
+            let small = frame(mac(0), mac(1), 60, 4);
+            ends[1].send(&small).unwrap();
+            assert_eq!(next(&ends[0]).as_deref(), Some(&small[..]));
+            // Unread, an end takes more than three 64 KiB frames (the default send buffer's
+            // worth) before it would block — as many as the host's wmem_max allows.
+            let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            ends[0].set_nonblocking(true).unwrap();
+            let mut sent = 0;
+            while sent < 64 && ends[0].send(&frame(mac(1), mac(0), 65_549, sent as u8)).is_ok() {
+                sent += 1;
+            }
+            if wmem_max >= SOCKET_BUFFER {
+                assert!(sent >= 32, "only {sent} frames fit (wmem_max {wmem_max})");
+            }
+            // The other end gets them in order; a closed end makes sends fail.
+            assert_eq!(next(&ends[1]), Some(frame(mac(1), mac(0), 65_549, 0)));
+            let mut ends = ends;
+            drop(ends.remove(1));
+            assert!(ends[0].send(&small).is_err());
+        });
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn prepare(cli: Cli) -> Result<Prepared, String> {
 }
 
 /// The job plan and the command lines, as `--dry-run` prints them.
-pub fn describe(plan: &Plan, setup: &QemuSetup) -> String {
+pub fn describe(plan: &Plan, setup: &QemuSetup, net_hub: bool) -> String {
     let mut s = String::new();
     s += &format!("job {}\n", plan.job_id);
     s += &format!(
@@ -87,7 +87,15 @@ pub fn describe(plan: &Plan, setup: &QemuSetup) -> String {
         setup.machine.name(),
         setup.accel.name()
     );
-    if plan.vms.len() > 1 {
+    if hub::is_direct(plan.vms.len(), net_hub) {
+        s += &format!(
+            "network: one Unix datagram socket pair between the two QEMUs (fd {} in each; frames up to {} bytes), {}/{}\n",
+            hub::QEMU_NET_FD,
+            hub::MAX_FRAME,
+            plan::IP_BASE,
+            plan::IP_PREFIX
+        );
+    } else if plan.vms.len() > 1 {
         s += &format!(
             "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {} in QEMU; frames up to {} bytes), {}/{}\n",
             hub::QEMU_NET_FD,
@@ -147,7 +155,7 @@ pub fn main_with(argv: Vec<String>) -> i32 {
         }
     };
     if p.opts.dry_run {
-        let _ = std::io::stdout().write_all(describe(&p.plan, &p.setup).as_bytes());
+        let _ = std::io::stdout().write_all(describe(&p.plan, &p.setup, p.opts.net_hub).as_bytes());
         return 0;
     }
     match run::run(&p.plan, &p.setup, &p.opts) {

@@ -123,7 +123,12 @@ impl Plan {
                     "VM {k} would hold {n} ranks but a VM runs at most {STACK_SLOTS} rank threads: use more --vms"
                 ));
             }
-            let cpus = input.cpus_per_vm.unwrap_or(input.host_cores.max(1)).min(n).min(MAX_CPUS as u32);
+            // By default the job's vCPUs fit the host's cores: each VM gets its share
+            // (at least one). A vCPU more than the host has is a thread the host
+            // preempts while the rank it runs is waited for (BENCHMARKS.md: 2 VMs x 2
+            // ranks on 2 cores, barrier 794 us with 2 vCPUs per VM, 297 us with 1).
+            let share = (input.host_cores.max(1) / vm_count).max(1);
+            let cpus = input.cpus_per_vm.unwrap_or(share).min(n).min(MAX_CPUS as u32);
             let k = k as u32;
             vms.push(VmPlan {
                 index: k,
@@ -303,10 +308,12 @@ mod tests {
     fn ranks_per_vm_and_cores() {
         let mut i = input(10);
         i.ranks_per_vm = Some(4);
+        // 6 host cores for 3 VMs: 2 each.
+        i.host_cores = 6;
         let p = Plan::new(&i).unwrap();
         let counts: Vec<usize> = p.vms.iter().map(|v| v.ranks.len()).collect();
         assert_eq!(counts, vec![4, 4, 2]);
-        // 2 host cores: 4 ranks on 2 vCPUs, slots dealt round-robin to cores.
+        // 2 cores per VM: 4 ranks on 2 vCPUs, slots dealt round-robin to cores.
         assert_eq!(p.vms[0].cpus, 2);
         assert_eq!(p.location(0), Some((0, 0)));
         assert_eq!(p.location(1), Some((0, 1)));
@@ -318,6 +325,26 @@ mod tests {
         i.cpus_per_vm = Some(8);
         let p = Plan::new(&i).unwrap();
         assert_eq!(p.vms.iter().map(|v| v.cpus).collect::<Vec<_>>(), vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn default_vcpus_fit_the_host_cores() {
+        let cpus = |np: u32, vms: u32, host_cores: u32| {
+            let mut i = input(np);
+            i.vms = Some(vms);
+            i.host_cores = host_cores;
+            Plan::new(&i).unwrap().vms.iter().map(|v| v.cpus).collect::<Vec<_>>()
+        };
+        // One VM: min(ranks, cores), as before.
+        assert_eq!(cpus(4, 1, 2), vec![2]);
+        // 2 VMs x 2 ranks on 2 cores: one vCPU each, the ranks as threads on it.
+        assert_eq!(cpus(4, 2, 2), vec![1, 1]);
+        // More VMs than cores: still one each.
+        assert_eq!(cpus(8, 4, 2), vec![1, 1, 1, 1]);
+        // A large host: each VM its share, never more than its ranks.
+        assert_eq!(cpus(32, 4, 64), vec![8, 8, 8, 8]);
+        assert_eq!(cpus(64, 4, 32), vec![8, 8, 8, 8]);
+        assert_eq!(cpus(6, 2, 5), vec![2, 2]);
     }
 
     #[test]
@@ -356,6 +383,7 @@ mod tests {
     fn cmdline_round_trips_through_the_abi_parser() {
         let mut i = input(8);
         i.vms = Some(2);
+        i.host_cores = 4;
         i.map_by = MapBy::Cyclic;
         i.spin_ns = Some(5000);
         i.env = vec![("GREETING".into(), "hello world%".into())];

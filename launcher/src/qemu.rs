@@ -123,8 +123,9 @@ pub struct QemuSetup {
 }
 
 /// The full QEMU argument list of one VM. The network device is only added for a
-/// job with more than one VM: its netdev is the launcher's hub, through the socket
-/// QEMU inherits as fd `hub::QEMU_NET_FD` (see `hub`).
+/// job with more than one VM: its netdev is a socket QEMU inherits as fd
+/// `hub::QEMU_NET_FD`, whose other end is the other VM's QEMU (2 VMs) or the
+/// launcher's hub (see `hub`).
 pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));

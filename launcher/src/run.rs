@@ -361,8 +361,17 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     }
 
     // The network: only for more than one VM. Each QEMU gets its end of a socket
-    // pair; the launcher closes its copies once the QEMUs run (`vm_ends`).
-    let (hub, mut vm_ends) = if plan.vms.len() > 1 {
+    // pair; the launcher closes its copies once the QEMUs run (`vm_ends`). Two VMs
+    // share one pair (no hub) unless --net-hub asks for the hub.
+    let (hub, mut vm_ends) = if crate::hub::is_direct(plan.vms.len(), opts.net_hub) {
+        match crate::hub::direct_link() {
+            Ok(ends) => (None, ends.into_iter().map(Some).collect()),
+            Err(e) => {
+                sig_handle.close();
+                return Err(e);
+            }
+        }
+    } else if plan.vms.len() > 1 {
         let macs: Vec<[u8; 6]> = plan.vms.iter().map(|vm| vm.mac).collect();
         match Hub::start(&macs) {
             Ok((hub, ends)) => (Some(hub), ends.into_iter().map(Some).collect()),

@@ -208,7 +208,7 @@ fn dry_run_plan_and_commands() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "job t1");
     assert_eq!(lines[1], "world 6 ranks, 2 VMs, map-by block, machine microvm, accel tcg");
-    assert_eq!(lines[2], "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd 3 in QEMU; frames up to 69632 bytes), 169.254.1.1/16");
+    assert_eq!(lines[2], "network: one Unix datagram socket pair between the two QEMUs (fd 3 in each; frames up to 69632 bytes), 169.254.1.1/16");
     assert_eq!(lines[3], "vm 0: ranks 0-2, 2 vCPUs, 512M, mac 02:74:6f:00:00:00, ip 169.254.1.1/16");
     assert_eq!(lines[4], "vm 1: ranks 3-5, 2 vCPUs, 512M, mac 02:74:6f:00:00:01, ip 169.254.1.2/16");
     assert_eq!(&lines[5..11], ["rank 0: vm 0 core 0", "rank 1: vm 0 core 1", "rank 2: vm 0 core 0",
@@ -222,6 +222,14 @@ fn dry_run_plan_and_commands() {
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
         s.path("qemu").display()));
     assert_eq!(lines.len(), 13);
+    // --net-hub: the same VMs and command lines, the hub between them.
+    let hub = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-hub", &img, "a b", "-v"]);
+    let hub_lines: Vec<&str> = hub.lines().collect();
+    assert_eq!(hub_lines[2], "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd 3 in QEMU; frames up to 69632 bytes), 169.254.1.1/16");
+    assert_eq!(hub_lines[3..], lines[3..]);
+    // Three VMs always go through the hub.
+    let three = dry(&s, &["-np", "3", "--vms", "3", &img]);
+    assert!(three.contains("network: L2 hub in toro-mpirun"), "{three}");
 }
 
 #[test]

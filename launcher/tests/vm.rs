@@ -284,12 +284,12 @@ fn one_vm_four_ranks() {
 
 #[test]
 fn two_vms_two_ranks() {
-    layout(&["-np", "4", "--vms", "2"], 4, 2, 2);
+    layout(&["-np", "4", "--vms", "2", "--cpus-per-vm", "2"], 4, 2, 2);
 }
 
 #[test]
 fn four_vms_two_ranks() {
-    layout(&["-np", "8", "--vms", "4"], 8, 4, 2);
+    layout(&["-np", "8", "--vms", "4", "--cpus-per-vm", "2"], 8, 4, 2);
 }
 
 #[test]
@@ -322,13 +322,20 @@ fn mpi_programs_in_one_vm() {
 }
 
 /// An MPI program across VMs: 2 VMs × 2 ranks, MPI over virtio-bus inside
-/// each VM and over TCP (inter-net) between them.
+/// each VM and over TCP (inter-net) between them; with 2 vCPUs per VM, and with the
+/// default on a small host (the vCPUs fit the host's cores: on 2 cores, one per VM,
+/// its two ranks as threads on it).
 #[test]
 fn mpi_program_across_vms() {
     let img = images();
-    for accel in vmtest::accels() {
+    for (accel, cpus) in vmtest::accels().into_iter().flat_map(|a| [(a, "2"), (a, "")]) {
         let _one = serial();
-        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.pi]).run(limit(accel));
+        let mut args = vec!["-np", "4", "--vms", "2"];
+        if !cpus.is_empty() {
+            args.extend_from_slice(&["--cpus-per-vm", cpus]);
+        }
+        args.push(&img.pi);
+        let f = Job::new(accel, &args).run(limit(accel));
         f.assert_code(0);
         let line = f.stdout.lines().find(|l| l.contains("[rank 0] pi: 4 ranks,") && l.ends_with(": PASS"));
         assert!(line.is_some(), "{accel:?}: no PASS line\n{}", f.context());
@@ -347,7 +354,7 @@ fn mpi_program_across_vms() {
 fn mpi_suite_across_vms_with_hierarchical_collectives() {
     let img = images();
     for accel in vmtest::accels() {
-        for (np, layout) in [("4", &["--vms", "2"][..]), ("6", &["--vms", "2", "--map-by", "cyclic"][..])] {
+        for (np, layout) in [("4", &["--vms", "2", "--cpus-per-vm", "2"][..]), ("6", &["--vms", "2", "--cpus-per-vm", "2", "--map-by", "cyclic"][..])] {
             let _one = serial();
             let mut args = vec!["-np", np];
             args.extend_from_slice(layout);
@@ -376,7 +383,7 @@ fn mpi_suite_across_four_vms_of_two_ranks() {
     let img = images();
     let accel = Accel::Tcg;
     let _one = serial();
-    let f = Job::new(accel, &["-np", "8", "--vms", "4", img.suite.as_str(), "small"]).run(Duration::from_secs(480));
+    let f = Job::new(accel, &["-np", "8", "--vms", "4", "--cpus-per-vm", "2", img.suite.as_str(), "small"]).run(Duration::from_secs(480));
     f.assert_code(0);
     f.assert_stdout_has("[rank 0] suite: 8 ranks on 2 cores");
     f.assert_stdout_has("[rank 0] suite: 8 ranks in 4 VMs: hierarchical collectives");
@@ -414,7 +421,7 @@ fn panicking_rank_is_named_and_ends_the_job() {
     for accel in vmtest::accels() {
         let _one = serial();
         // Rank 3 (VM 1, core 1) panics; every other rank keeps running.
-        let f = Job::new(accel, &["-np", "4", "--vms", "2", &img.selftest, "panic-rank", "3"]).run(limit(accel));
+        let f = Job::new(accel, &["-np", "4", "--vms", "2", "--cpus-per-vm", "2", &img.selftest, "panic-rank", "3"]).run(limit(accel));
         f.assert_code(101);
         let v = f.verdict();
         assert!(

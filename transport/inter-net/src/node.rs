@@ -39,14 +39,16 @@ pub struct NetConfig {
     pub prefix_len: u8,
     /// VM i listens for VM j (j > i) on `port_base + j`.
     pub port_base: u16,
-    /// Credit per (source rank, destination rank) pair, wire bytes.
+    /// Credit per (source rank, destination rank) pair, wire bytes (default:
+    /// `default_window`, 4 MiB for 2 VMs × 1–2 ranks, at least 512 KiB).
     pub window: usize,
     /// Largest payload per frame.
     pub chunk: usize,
     /// Sends up to this size are copied and complete at once.
     pub eager_limit: usize,
     /// TCP send and receive buffer per connection (each). Several full-size segments
-    /// must fit in flight; the receive buffer's size sets the window scale.
+    /// must fit in flight; the receive buffer's size sets the window scale (default:
+    /// `default_socket_buffer`, 4 MiB for up to 3 VMs, at least 1 MiB).
     pub socket_buffer: usize,
     /// IP MTU: the largest IP packet (Ethernet frame minus its 14-byte header) the NIC
     /// sends and must be able to receive. The launcher's hub carries frames up to
@@ -54,6 +56,13 @@ pub struct NetConfig {
     /// 65495 bytes); `vm::start` sizes the receive buffers from it. Every VM of a job
     /// must use the same (a larger frame than a receiver's buffers is dropped by QEMU).
     pub mtu: usize,
+    /// Whether the virtio-net device computes and checks IPv4 and TCP checksums
+    /// (`netcsum=1`). Off by default: the VMs' segment is memory to memory on one host
+    /// (virtio rings, QEMU, a Unix socket pair), which corrupts nothing, and checksums
+    /// cost two passes over every byte (Linux's loopback skips them for the same
+    /// reason). Only `vm::VirtioNet` reads it; the in-memory test segment (`sim`)
+    /// always checksums, since its fault injector corrupts frames.
+    pub checksums: bool,
     /// A peer that has not connected by then is reported.
     pub connect_timeout_ms: u64,
     /// A connection silent for this long (data or keep-alives unacknowledged) is dead.
@@ -67,10 +76,43 @@ pub struct NetConfig {
     pub seed: u64,
 }
 
+/// Memory a VM may hold for arrived, unread chunks (credit windows) at the default
+/// window, and for its TCP buffers at the default size (send and receive, all peers).
+const CREDIT_BUDGET: usize = 16 << 20;
+const TCP_BUDGET: usize = 16 << 20;
+
+/// The default credit per (source, destination) rank pair: `CREDIT_BUDGET` shared by
+/// the rank pairs that send into the VM that has most of them, between 512 KiB and
+/// 4 MiB. A window smaller than a message in flight stalls the sender for a credit
+/// round trip: 512 KiB gave 0.54 GB/s at 1 MiB between 2 VMs, 4 MiB 0.71 GB/s
+/// (BENCHMARKS.md, inter-net). Both ends compute it from the same plan.
+pub fn default_window(vm_of_rank: &[u32]) -> usize {
+    let vms = vm_of_rank.iter().copied().max().map_or(1, |m| m as usize + 1);
+    let pairs = (0..vms)
+        .map(|vm| {
+            let inside = vm_of_rank.iter().filter(|&&v| v as usize == vm).count();
+            inside * (vm_of_rank.len() - inside)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    (CREDIT_BUDGET / pairs).clamp(512 << 10, 4 << 20)
+}
+
+/// The default TCP buffer per connection (send and receive each): `TCP_BUDGET` shared
+/// by the VM's connections (two buffers each), between 1 MiB and 4 MiB.
+pub fn default_socket_buffer(vm_of_rank: &[u32]) -> usize {
+    let vms = vm_of_rank.iter().copied().max().map_or(1, |m| m as usize + 1);
+    (TCP_BUDGET / (2 * vms.saturating_sub(1).max(1))).clamp(1 << 20, 4 << 20)
+}
+
 impl NetConfig {
-    /// Defaults for everything but the plan.
+    /// Defaults for everything but the plan; the credit window and the TCP buffers
+    /// depend on the plan (`default_window`, `default_socket_buffer`).
     pub fn new(vm: u32, vm_of_rank: Vec<u32>, mac: [u8; 6], ip_base: [u8; 4]) -> NetConfig {
         NetConfig {
+            window: default_window(&vm_of_rank),
+            socket_buffer: default_socket_buffer(&vm_of_rank),
             vm,
             vm_of_rank,
             job: 0,
@@ -78,11 +120,10 @@ impl NetConfig {
             ip_base,
             prefix_len: 16,
             port_base: 7400,
-            window: 512 << 10,
             chunk: 64 << 10,
             eager_limit: 16 << 10,
-            socket_buffer: 1 << 20,
             mtu: MAX_MTU,
+            checksums: false,
             connect_timeout_ms: 30_000,
             peer_timeout_ms: 60_000,
             keepalive_ms: 250,
@@ -93,7 +134,8 @@ impl NetConfig {
     /// From the launcher's kernel command-line keys (`vm= place= mac= ip= ipbase= job=`,
     /// see launcher/README.md); `get` looks a key up. Tuning keys: `netwindow=`,
     /// `netchunk=`, `netpeertimeout=` (ms), `netmtu=` (IP MTU, 576..65535; every VM of
-    /// the job needs the same), `netbuf=` (TCP buffer per connection, bytes).
+    /// the job needs the same), `netbuf=` (TCP buffer per connection, bytes), `netcsum=`
+    /// (1: IPv4 and TCP checksums on the virtio-net device; default 0).
     pub fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<NetConfig, String> {
         let vm: u32 = get("vm").unwrap_or("0").parse().map_err(|_| String::from("vm= is not a number"))?;
         let place = get("place").ok_or_else(|| String::from("no place= on the command line"))?;
@@ -174,6 +216,9 @@ impl NetConfig {
             }
             config.socket_buffer = bytes as usize;
         }
+        if let Some(on) = number("netcsum")? {
+            config.checksums = on != 0;
+        }
         config.seed ^= config.job.rotate_left(17) ^ u64::from(vm);
         Ok(config)
     }
@@ -207,19 +252,42 @@ mod tests {
     }
 
     #[test]
+    fn default_window_and_buffers_follow_the_plan() {
+        // 2 VMs x 1 rank: one pair into each VM, one connection: the largest sizes.
+        assert_eq!((default_window(&[0, 1]), default_socket_buffer(&[0, 1])), (4 << 20, 4 << 20));
+        // 2 VMs x 2: 4 pairs into each VM share 16 MiB.
+        assert_eq!(default_window(&[0, 0, 1, 1]), 4 << 20);
+        // 2 VMs x 8: 64 pairs: never below the former default, 512 KiB.
+        assert_eq!(default_window(&[0; 8].iter().chain(&[1; 8]).copied().collect::<Vec<_>>()), 512 << 10);
+        // 2 VMs x 4: 16 pairs, 1 MiB each.
+        assert_eq!(default_window(&[0, 0, 0, 0, 1, 1, 1, 1]), 1 << 20);
+        // Uneven: the VM with the most pairs sets it (3 x 5 = 15 pairs into VM 0 or 1).
+        assert_eq!(default_window(&[0, 0, 0, 1, 1, 1, 1, 1]), (16 << 20) / 15);
+        // 5 VMs: 4 connections of 2 buffers share 16 MiB (2 MiB each); 9 VMs and more: 1 MiB.
+        assert_eq!(default_socket_buffer(&[0, 1, 2, 3, 4]), 2 << 20);
+        assert_eq!(default_socket_buffer(&(0..16).collect::<Vec<_>>()), 1 << 20);
+        // One VM: nothing to share.
+        assert_eq!((default_window(&[0, 0]), default_socket_buffer(&[0, 0])), (4 << 20, 4 << 20));
+    }
+
+    #[test]
     fn mtu_and_buffer_keys() {
         let with = |key: &'static str, value: &'static str| {
             let line = [("vm", "0"), ("place", "0@1/1@1"), ("ipbase", "169.254.1.1"), (key, value)];
             NetConfig::from_keys(move |k: &str| line.iter().find(|(name, _)| *name == k).map(|(_, v)| *v))
         };
         let default = with("other", "1").unwrap();
-        assert_eq!((default.mtu, default.socket_buffer), (MAX_MTU, 1 << 20));
+        assert_eq!((default.mtu, default.socket_buffer, default.window), (MAX_MTU, 4 << 20, 4 << 20));
         assert_eq!(with("netmtu", "1500").unwrap().mtu, 1500);
         assert_eq!(with("netmtu", "65536").unwrap_err(), "netmtu=65536 is not in 576..65535");
         assert_eq!(with("netmtu", "100").unwrap_err(), "netmtu=100 is not in 576..65535");
         assert_eq!(with("netmtu", "big").unwrap_err(), "netmtu=big is not a number");
         assert_eq!(with("netbuf", "262144").unwrap().socket_buffer, 256 << 10);
         assert!(with("netbuf", "12").unwrap_err().starts_with("netbuf=12 is not in 4096.."));
+        assert!(!default.checksums);
+        assert!(with("netcsum", "1").unwrap().checksums);
+        assert!(!with("netcsum", "0").unwrap().checksums);
+        assert_eq!(with("netcsum", "yes").unwrap_err(), "netcsum=yes is not a number");
     }
 }
 

@@ -46,7 +46,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 pub use virtio_drivers::transport::mmio::MmioTransport;
@@ -345,6 +345,8 @@ pub struct VirtioNet<H: Hal, T: Transport> {
     /// Received buffers ready to be posted in place of the next received ones.
     rx_spare: Vec<Box<[u8]>>,
     mtu: usize,
+    /// `NetConfig::checksums`: compute and check IPv4 and TCP checksums.
+    checksums: bool,
     pub frames_received: u64,
     pub frames_sent: u64,
     /// The largest frame received, bytes (without the virtio-net header).
@@ -391,6 +393,7 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
             rx_current: None,
             rx_spare,
             mtu,
+            checksums: true,
             frames_received: 0,
             frames_sent: 0,
             largest_received: 0,
@@ -399,6 +402,11 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
 
     pub fn mac(&self) -> [u8; 6] {
         self.tx.raw.mac_address()
+    }
+
+    /// Whether smoltcp computes and checks IPv4 and TCP checksums (`NetConfig::checksums`).
+    pub fn set_checksums(&mut self, on: bool) {
+        self.checksums = on;
     }
 }
 
@@ -541,6 +549,9 @@ impl<H: Hal, T: Transport> Device for VirtioNet<H, T> {
         // smoltcp caps an advertised window at this many full segments (a hack for
         // NICs with a few small receive buffers); the ring holds `rx_slots` whole frames.
         caps.max_burst_size = Some(rx_slots(self.mtu));
+        if !self.checksums {
+            caps.checksum = ChecksumCapabilities::ignored();
+        }
         caps
     }
 }
@@ -584,7 +595,8 @@ pub type VmNet<H> = Shared<VirtioNet<H, MmioTransport<'static>>>;
 pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, clock: Clock, fatal: Fatal) -> Result<Arc<VmNet<H>>, StartError> {
     // SAFETY: the caller's contract.
     let transport = unsafe { probe_mmio() }.ok_or(StartError::NoDevice)?;
-    let device = VirtioNet::<H, _>::new(transport, config.mtu).map_err(StartError::Device)?;
+    let mut device = VirtioNet::<H, _>::new(transport, config.mtu).map_err(StartError::Device)?;
+    device.set_checksums(config.checksums);
     let mac = device.mac();
     if config.mac == [0; 6] {
         config.mac = mac;

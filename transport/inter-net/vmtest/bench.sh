@@ -7,6 +7,8 @@
 #   bash transport/inter-net/vmtest/bench.sh [ROUNDS] [ITERS]     (default 3 rounds, 200 iterations)
 #   BASE_MPIRUN=old/toro-mpirun BASE_IMAGE=old/ip.elf bash ...     (also an older build, column "base")
 #   NET_MTU=1500 bash ...                                          (also the current build at this MTU)
+#   HALT=1 bash ...                    (waiting ranks block on the network as MPI ranks do: `bench halt`)
+#   NO_TCG=1 bash ...                  (KVM columns only)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 rounds=${1:-3}
@@ -26,11 +28,13 @@ toro() { # MPIRUN IMAGE ACCEL [ENV...]
     local env=()
     for e in "$@"; do env+=(-x "$e"); done
     timeout 600 "$mpirun" -np 2 --vms 2 --accel "$accel" -x NET_PEER_TIMEOUT_MS=30000 "${env[@]}" \
-        "$image" bench "iters=$iters" 2>&1 | grep -E '^\[rank [01]\] bench ' || echo "failed" >&2
+        "$image" bench "iters=$iters" ${HALT:+halt} 2>&1 | grep -E '^\[rank [01]\] bench ' || echo "failed" >&2
 }
-systems=(kvm tcg)
-[ -n "${BASE_MPIRUN:-}" ] && systems+=(base-kvm base-tcg)
-[ -n "${NET_MTU:-}" ] && systems+=(mtu-kvm mtu-tcg)
+accels=(kvm tcg)
+[ -n "${NO_TCG:-}" ] && accels=(kvm)
+systems=("${accels[@]}")
+[ -n "${BASE_MPIRUN:-}" ] && systems+=("${accels[@]/#/base-}")
+[ -n "${NET_MTU:-}" ] && systems+=("${accels[@]/#/mtu-}")
 systems+=(openmpi)
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/load.txt"
 for round in $(seq "$rounds"); do

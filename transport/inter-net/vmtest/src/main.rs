@@ -93,6 +93,9 @@ fn net() -> Arc<VmNet<IdentityHal>> {
         if let Some(bytes) = toro_rt::env_var("NET_BUF").and_then(|v| v.parse::<usize>().ok()) {
             config.socket_buffer = bytes.clamp(4096, 1 << 30);
         }
+        if let Some(on) = toro_rt::env_var("NET_CSUM").and_then(|v| v.parse::<u8>().ok()) {
+            config.checksums = on != 0;
+        }
         if let Some(bytes) = toro_rt::env_var("NET_WINDOW").and_then(|v| v.parse::<usize>().ok()) {
             config.window = bytes.max(4096);
         }
