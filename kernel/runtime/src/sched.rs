@@ -101,6 +101,14 @@ static HALTS: AtomicU64 = AtomicU64::new(0);
 static TIMED_HALTS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ARMS: AtomicU64 = AtomicU64::new(0);
 static IPIS: AtomicU64 = AtomicU64::new(0);
+/// Idle cores make deadline-less waiters look again instead of halting (`idlepoll=`).
+static IDLE_POLL: AtomicBool = AtomicBool::new(true);
+
+/// Whether an idle core with deadline-less waiters makes them look again (true)
+/// or halts until an IPI (false).
+pub(crate) fn set_idle_poll(on: bool) {
+    IDLE_POLL.store(on, Ordering::Relaxed);
+}
 
 /// Traps the scheduler made since boot (each costs VM exits under PVM: the
 /// trap itself, the halt, the interrupt's acknowledgement, the timer's arming).
@@ -277,7 +285,7 @@ fn idle(me: &Core, core: usize) {
     // to look again rather than slept on: a transport's wake-up that raced
     // their blocking must not leave them (and the VM) stuck with the core
     // halted.
-    if crate::waiters::has_waiters(core) {
+    if IDLE_POLL.load(Ordering::Relaxed) && crate::waiters::has_waiters(core) {
         crate::waiters::wake_all(core);
         return;
     }
