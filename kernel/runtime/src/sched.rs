@@ -101,14 +101,6 @@ static HALTS: AtomicU64 = AtomicU64::new(0);
 static TIMED_HALTS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ARMS: AtomicU64 = AtomicU64::new(0);
 static IPIS: AtomicU64 = AtomicU64::new(0);
-/// Idle cores make deadline-less waiters look again instead of halting (`idlepoll=`).
-static IDLE_POLL: AtomicBool = AtomicBool::new(true);
-
-/// Whether an idle core with deadline-less waiters makes them look again (true)
-/// or halts until an IPI (false).
-pub(crate) fn set_idle_poll(on: bool) {
-    IDLE_POLL.store(on, Ordering::Relaxed);
-}
 
 /// Traps the scheduler made since boot (each costs VM exits under PVM: the
 /// trap itself, the halt, the interrupt's acknowledgement, the timer's arming).
@@ -281,17 +273,11 @@ fn idle(me: &Core, core: usize) {
     if crate::start::pretouch_step(core, 4) {
         return;
     }
-    // Threads blocked on this core's wait lists without a deadline are made
-    // to look again rather than slept on: a transport's wake-up that raced
-    // their blocking must not leave them (and the VM) stuck with the core
-    // halted.
-    if IDLE_POLL.load(Ordering::Relaxed) && crate::waiters::has_waiters(core) {
-        crate::waiters::wake_all(core);
-        return;
-    }
-    // A push after the announcement sends the IPI; an IPI that arrives
-    // before the halt trap stays pending (ring 3 runs with interrupts
-    // masked) and ends the halt at once.
+    // Threads blocked on this core's wait lists without a deadline sleep with
+    // the core: only a notify ends their wait, and the notify that makes one
+    // runnable pushes it onto this run queue. A push after the announcement
+    // sends the IPI; an IPI that arrives before the halt trap stays pending
+    // (ring 3 runs with interrupts masked) and ends the halt at once.
     if me.run_queue.announce_halt() {
         HALTS.fetch_add(1, Ordering::Relaxed);
         arch::halt(0);

@@ -90,8 +90,6 @@ extern "C" fn toro_rt_start(core: usize, info: *const BootInfo) -> ! {
         let spin = cmdline().get_u64("spin").unwrap_or_else(|_| fatal(format_args!("spin= is not a number")));
         sched::init(cores, layout::STACK_SLOTS as usize, spin.unwrap_or(DEFAULT_SPIN_NS));
         crate::waiters::init(cores);
-        let idle_poll = cmdline().get("idlepoll").map(String::from).or_else(|| env_var("TORO_IDLEPOLL"));
-        sched::set_idle_poll(idle_poll.as_deref() != Some("0"));
         let virtio_console = console::init();
         if cmdline().flag("verbose") {
             console::info_line(format_args!(
