@@ -24,15 +24,19 @@
 //! core) for `spin_ns`, then arm the endpoint (`prepare_wait`), and block through
 //! [`Notify::wait`] — the core runs its other ranks, or halts. Whoever disarms the
 //! endpoint wakes the other waiters of its core, so they re-arm: a rank never sleeps
-//! on a disarmed endpoint. Between a rank's last look at what it waits for and its
-//! block, no other rank of its core runs (`relax` does not yield before it blocks):
-//! they share the endpoint, and another rank's `test` or send takes returned
-//! descriptors back from the rings for all of them — a completed rendezvous send, a
-//! freed ring slot — without any notify, and `prepare_wait` re-checks only what is
-//! still on the rings (messages for other ranks land in their inboxes, which the
-//! block re-checks). A rank that yielded there and then blocked slept through its own
-//! completed send, for good once nothing else came to its core (the
-//! `tests::a_completion_taken_back_by_another_rank_of_the_core_is_not_slept_on` model). [`RankWaiter::relax_with`] arms a second
+//! on a disarmed endpoint. `relax` yields to the core's other ranks between the
+//! caller's last look at what it waits for and the block; they share the endpoint,
+//! and another rank's `test`, send or `prepare_wait` takes returned descriptors back
+//! from the rings for all of them — a completed rendezvous send, a freed ring slot —
+//! without any notify, while `prepare_wait` re-checks only what is still on the rings
+//! (messages for other ranks land in their inboxes, which the block re-checks). So
+//! every such call counts in the core's `reclaims`, and a rank that sees the count
+//! moved during its yield returns to look again instead of blocking. Without that it
+//! slept through its own completed send, for good once nothing else came to its core
+//! (`tests::a_completion_taken_back_by_another_rank_of_the_core_is_not_slept_on`).
+//! Not yielding before the block would close the window too, but then a rank alone on
+//! its core (host tests: an OS thread per rank) parks before its peer had a chance to
+//! answer: the host reduction test ran 3–70× slower. [`RankWaiter::relax_with`] arms a second
 //! [`WakeSource`] (the network of a job spanning VMs) after the endpoint and blocks
 //! through [`Machine::wait_until`] with its deadline. A non-blocking call that found nothing
 //! (`test`, `immediate_probe`) only yields ([`RankWaiter::yield_now`]): a rank polling
@@ -87,6 +91,10 @@ struct CoreNet<M: Machine> {
     endpoint: Endpoint<'static, M>,
     /// Messages for the ranks of this core that another rank took off a ring.
     inboxes: BTreeMap<WireRank, VecDeque<(Header, Vec<u8>)>>,
+    /// Counts the endpoint calls that may take returned descriptors back from the
+    /// rings (`test`, sends, `prepare_wait`): a rank that yielded before blocking
+    /// compares it with what it saw before the yield (see the module docs).
+    reclaims: u64,
 }
 
 /// The bus of one VM and every core's shared state. Build it once, share it (`Arc`)
@@ -115,7 +123,7 @@ impl<M: Machine> VbusNet<M> {
         let cores = (0..config.cores)
             .map(|core| {
                 let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
-                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new() })
+                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), reclaims: 0 })
             })
             .collect();
         Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
@@ -198,21 +206,25 @@ impl<M: Machine> RankWaiter<M> {
     /// `block`, on `also` too: the rank blocks only if both its endpoint and `also` are
     /// armed, until either wakes it (or `also`'s deadline).
     pub fn block_with(&self, also: Option<&dyn WakeSource>) {
-        self.try_block(also);
+        self.block_unless(also, None);
     }
 
-    /// `block_with`; false if it returned without waiting (something is there).
-    fn try_block(&self, also: Option<&dyn WakeSource>) -> bool {
+    /// `block_with`, unless another rank of the core called the endpoint since it
+    /// read `reclaims_seen` (then return: the caller looks again).
+    fn block_unless(&self, also: Option<&dyn WakeSource>, reclaims_seen: Option<u64>) {
         if self.holding.get() {
-            return false;
+            return;
         }
         let machine = self.net.machine();
         let mut core = self.net.cores[self.core].lock();
         if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
-            return false;
+            return;
         }
-        let waited = core.endpoint.prepare_wait();
-        if waited {
+        if reclaims_seen.is_some_and(|seen| seen != core.reclaims) {
+            return;
+        }
+        core.reclaims += 1;
+        if core.endpoint.prepare_wait() {
             drop(core);
             match also {
                 None => machine.wait(self.core),
@@ -229,7 +241,6 @@ impl<M: Machine> RankWaiter<M> {
         drop(core);
         // The endpoint is disarmed now: the other waiters of this core re-check and re-arm.
         machine.wake_all(self.core);
-        waited
     }
 
     /// Waits a little for something to happen (see the module docs); always returns.
@@ -249,12 +260,12 @@ impl<M: Machine> RankWaiter<M> {
             core::hint::spin_loop();
             return;
         }
-        // No yield before blocking (see the module docs): the caller checked what it
-        // waits for just now, and no other rank of the core may run before this rank
-        // is on the wait list. Yield only when returning to the caller, who checks again.
-        if !self.try_block(also) {
-            machine.yield_now();
-        }
+        // The caller looked at what it waits for just now; the other ranks of the core
+        // run in the yield and may take its completion off the rings (module docs):
+        // then it must look again rather than block.
+        let seen = self.net.cores[self.core].lock().reclaims;
+        machine.yield_now();
+        self.block_unless(also, Some(seen));
     }
 }
 
@@ -386,6 +397,7 @@ impl<M: Machine> Transport for VbusPort<M> {
         let handle = loop {
             let result = {
                 let mut core = self.net().cores[self.waiter.core].lock();
+                core.reclaims += 1;
                 // SAFETY: the MPI layer keeps `payload` alive and unwritten until
                 // `send_complete` returned true for the ticket (Transport contract);
                 // we say true only once `test` on this handle did, and a port dropped
@@ -419,7 +431,11 @@ impl<M: Machine> Transport for VbusPort<M> {
             return true;
         }
         let Some(handle) = self.sends.get(&ticket.0) else { return true };
-        let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(handle);
+        let done = {
+            let mut core = self.waiter.net.cores[self.waiter.core].lock();
+            core.reclaims += 1;
+            core.endpoint.test(handle)
+        };
         if done {
             self.sends.remove(&ticket.0);
             self.waiter.busy();
@@ -469,7 +485,11 @@ impl<M: Machine> Drop for VbusPort<M> {
         let pending: Vec<SendHandle> = core::mem::take(&mut self.sends).into_values().collect();
         for handle in pending {
             loop {
-                let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(&handle);
+                let done = {
+                    let mut core = self.waiter.net.cores[self.waiter.core].lock();
+                    core.reclaims += 1;
+                    core.endpoint.test(&handle)
+                };
                 if done {
                     break;
                 }
