@@ -460,7 +460,9 @@ fn vbus_plan(options: &WorldOptions, locations: &[Location], cores: usize) -> Re
             eager_max: options.eager_limit.min(intra_vbus::DEFAULT_EAGER_MAX),
             ..intra_vbus::Config::new(n)
         };
-        let machine = if options.cooperative { HostMachine::cooperative(n, park_limit) } else { HostMachine::new(n, park_limit) };
+        // Cooperative ranks wait like the VM's rank threads: only a notify ends the
+        // wait (the job's timeout bounds it), so a lost wake-up hangs the test.
+        let machine = if options.cooperative { HostMachine::cooperative(n, options.timeout) } else { HostMachine::new(n, park_limit) };
         let net = crate::vbus::VbusNet::new(config, machine, 20_000).map_err(|e| e.to_string())?;
         let net = Arc::new(net);
         for (position, &rank) in ranks.iter().enumerate() {

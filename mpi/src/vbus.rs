@@ -22,9 +22,21 @@
 //!
 //! Waiting ([`RankWaiter::relax`]): spin (yielding to the other rank threads of the
 //! core) for `spin_ns`, then arm the endpoint (`prepare_wait`), and block through
-//! [`Notify::wait`] — the core runs its other ranks, or spins and halts. Whoever
-//! disarms the endpoint wakes the other waiters of its core, so they re-arm: a rank
-//! never sleeps on a disarmed endpoint. [`RankWaiter::relax_with`] arms a second
+//! [`Notify::wait`] — the core runs its other ranks, or halts. Whoever disarms the
+//! endpoint wakes the other waiters of its core, so they re-arm: a rank never sleeps
+//! on a disarmed endpoint. `relax` yields to the core's other ranks between the
+//! caller's last look at what it waits for and the block; they share the endpoint,
+//! and another rank's `test`, send or `prepare_wait` takes returned descriptors back
+//! from the rings for all of them — a completed rendezvous send, a freed ring slot —
+//! without any notify, while `prepare_wait` re-checks only what is still on the rings
+//! (messages for other ranks land in their inboxes, which the block re-checks). So
+//! every such call counts in the core's `reclaims`, and a rank that sees the count
+//! moved during its yield returns to look again instead of blocking. Without that it
+//! slept through its own completed send, for good once nothing else came to its core
+//! (`tests::a_completion_taken_back_by_another_rank_of_the_core_is_not_slept_on`).
+//! Not yielding before the block would close the window too, but then a rank alone on
+//! its core (host tests: an OS thread per rank) parks before its peer had a chance to
+//! answer: the host reduction test ran 3–70× slower. [`RankWaiter::relax_with`] arms a second
 //! [`WakeSource`] (the network of a job spanning VMs) after the endpoint and blocks
 //! through [`Machine::wait_until`] with its deadline. A non-blocking call that found nothing
 //! (`test`, `immediate_probe`) only yields ([`RankWaiter::yield_now`]): a rank polling
@@ -79,6 +91,10 @@ struct CoreNet<M: Machine> {
     endpoint: Endpoint<'static, M>,
     /// Messages for the ranks of this core that another rank took off a ring.
     inboxes: BTreeMap<WireRank, VecDeque<(Header, Vec<u8>)>>,
+    /// Counts the endpoint calls that may take returned descriptors back from the
+    /// rings (`test`, sends, `prepare_wait`): a rank that yielded before blocking
+    /// compares it with what it saw before the yield (see the module docs).
+    reclaims: u64,
 }
 
 /// The bus of one VM and every core's shared state. Build it once, share it (`Arc`)
@@ -107,7 +123,7 @@ impl<M: Machine> VbusNet<M> {
         let cores = (0..config.cores)
             .map(|core| {
                 let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
-                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new() })
+                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), reclaims: 0 })
             })
             .collect();
         Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
@@ -190,6 +206,12 @@ impl<M: Machine> RankWaiter<M> {
     /// `block`, on `also` too: the rank blocks only if both its endpoint and `also` are
     /// armed, until either wakes it (or `also`'s deadline).
     pub fn block_with(&self, also: Option<&dyn WakeSource>) {
+        self.block_unless(also, None);
+    }
+
+    /// `block_with`, unless another rank of the core called the endpoint since it
+    /// read `reclaims_seen` (then return: the caller looks again).
+    fn block_unless(&self, also: Option<&dyn WakeSource>, reclaims_seen: Option<u64>) {
         if self.holding.get() {
             return;
         }
@@ -198,6 +220,10 @@ impl<M: Machine> RankWaiter<M> {
         if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
             return;
         }
+        if reclaims_seen.is_some_and(|seen| seen != core.reclaims) {
+            return;
+        }
+        core.reclaims += 1;
         if core.endpoint.prepare_wait() {
             drop(core);
             match also {
@@ -225,16 +251,21 @@ impl<M: Machine> RankWaiter<M> {
     /// `relax`, blocking on `also` too (`block_with`) once the spin budget is spent.
     pub fn relax_with(&self, also: Option<&dyn WakeSource>) {
         let machine = self.net.machine();
-        machine.yield_now();
         let now = machine.now_ns().max(1);
         if self.idle_since.get() == 0 {
             self.idle_since.set(now);
         }
         if now - self.idle_since.get() < self.net.spin_ns || self.holding.get() {
+            machine.yield_now();
             core::hint::spin_loop();
             return;
         }
-        self.block_with(also);
+        // The caller looked at what it waits for just now; the other ranks of the core
+        // run in the yield and may take its completion off the rings (module docs):
+        // then it must look again rather than block.
+        let seen = self.net.cores[self.core].lock().reclaims;
+        machine.yield_now();
+        self.block_unless(also, Some(seen));
     }
 }
 
@@ -366,6 +397,7 @@ impl<M: Machine> Transport for VbusPort<M> {
         let handle = loop {
             let result = {
                 let mut core = self.net().cores[self.waiter.core].lock();
+                core.reclaims += 1;
                 // SAFETY: the MPI layer keeps `payload` alive and unwritten until
                 // `send_complete` returned true for the ticket (Transport contract);
                 // we say true only once `test` on this handle did, and a port dropped
@@ -399,7 +431,11 @@ impl<M: Machine> Transport for VbusPort<M> {
             return true;
         }
         let Some(handle) = self.sends.get(&ticket.0) else { return true };
-        let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(handle);
+        let done = {
+            let mut core = self.waiter.net.cores[self.waiter.core].lock();
+            core.reclaims += 1;
+            core.endpoint.test(handle)
+        };
         if done {
             self.sends.remove(&ticket.0);
             self.waiter.busy();
@@ -449,12 +485,135 @@ impl<M: Machine> Drop for VbusPort<M> {
         let pending: Vec<SendHandle> = core::mem::take(&mut self.sends).into_values().collect();
         for handle in pending {
             loop {
-                let done = self.waiter.net.cores[self.waiter.core].lock().endpoint.test(&handle);
+                let done = {
+                    let mut core = self.waiter.net.cores[self.waiter.core].lock();
+                    core.reclaims += 1;
+                    core.endpoint.test(&handle)
+                };
                 if done {
                     break;
                 }
                 self.waiter.relax();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The waiting protocol of ranks sharing a core, step by step: a machine that
+    //! models the VM's scheduler with a script of what the other ranks do whenever
+    //! the waiting rank lets them run, and reports a wait that nothing ends.
+    use super::*;
+    use core::cell::RefCell;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    std::thread_local! {
+        /// What the other ranks do the next time the rank under test lets them run.
+        static OTHERS: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn others_run() {
+        let steps: Vec<Box<dyn FnOnce()>> = OTHERS.with(|o| core::mem::take(&mut *o.borrow_mut()));
+        for step in steps {
+            step();
+        }
+    }
+
+    /// One core's rank threads as the VM runs them: `yield_now` and `wait` let the
+    /// other ranks run (the script); a `wait` that no notify or wake-up ends blocks
+    /// for good, which is recorded instead.
+    #[derive(Default)]
+    struct Scripted {
+        waiting: AtomicBool,
+        woken: AtomicBool,
+        token: AtomicBool,
+        clock: AtomicU64,
+        waits: AtomicU64,
+        stuck: AtomicBool,
+    }
+
+    impl Notify for Scripted {
+        fn notify(&self, _core: CoreId) {
+            if self.waiting.load(Ordering::SeqCst) {
+                self.woken.store(true, Ordering::SeqCst);
+            } else {
+                self.token.store(true, Ordering::SeqCst);
+            }
+        }
+        fn wait(&self, _core: CoreId) {
+            if self.token.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            self.waits.fetch_add(1, Ordering::SeqCst);
+            self.waiting.store(true, Ordering::SeqCst);
+            self.woken.store(false, Ordering::SeqCst);
+            others_run();
+            self.waiting.store(false, Ordering::SeqCst);
+            if !self.woken.load(Ordering::SeqCst) {
+                self.stuck.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl Machine for Scripted {
+        fn yield_now(&self) {
+            others_run();
+        }
+        fn now_ns(&self) -> u64 {
+            self.clock.fetch_add(1_000, Ordering::SeqCst) + 1_000
+        }
+        fn wake_all(&self, _core: CoreId) {
+            if self.waiting.load(Ordering::SeqCst) {
+                self.woken.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn header(source: WireRank, dest: WireRank, len: usize) -> Header {
+        Header { source, dest, tag: 0, context: 0, len, kind: MessageKind::Data, cookie: 0 }
+    }
+
+    /// Ranks 1 and 2 share core 1 and both send rendezvous messages to rank 0 on core 0.
+    /// Rank 1 tests its send (not complete yet), then relaxes; while it lets rank 2 run,
+    /// rank 0 receives rank 1's message and rank 2's `test` takes rank 1's returned
+    /// descriptor back from the ring. Rank 1 must not then block on the rings: nothing
+    /// else will ever arrive for it (the jacobi 8-ranks-on-2-vCPUs hang at its final
+    /// gather, once idle cores halted instead of making waiters look again).
+    #[test]
+    fn a_completion_taken_back_by_another_rank_of_the_core_is_not_slept_on() {
+        let config = Config { queue_size: 4, eager_max: 64, ..Config::new(2) };
+        let net = Arc::new(VbusNet::new(config, Scripted::default(), 0).unwrap());
+        let core_of = Rc::new(alloc::vec![Some(0), Some(1), Some(1)]);
+        let (port0, _) = rank_port(net.clone(), 0, core_of.clone());
+        let port0 = Rc::new(RefCell::new(port0));
+        let (mut port1, waiter1) = rank_port(net.clone(), 1, core_of.clone());
+        let (port2, _) = rank_port(net.clone(), 2, core_of);
+        let (data1, data2) = (alloc::vec![1u8; 256], alloc::vec![2u8; 256]);
+        let ticket1 = port1.start_send(&header(1, 0, 256), &data1).unwrap();
+        let port2 = Rc::new(RefCell::new(port2));
+        let ticket2 = port2.borrow_mut().start_send(&header(2, 0, 256), &data2).unwrap();
+        assert!(!port1.send_complete(ticket1), "nobody received yet");
+        let (p0, p2) = (port0.clone(), port2.clone());
+        OTHERS.with(|o| {
+            o.borrow_mut().push(Box::new(move || {
+                let got = p0.borrow_mut().peek().expect("rank 1's message is on the ring");
+                assert_eq!(got.source, 1);
+                let mut into = alloc::vec![0u8; 256];
+                p0.borrow_mut().receive_payload(&mut into);
+                assert_eq!(into, alloc::vec![1u8; 256]);
+                assert!(!p2.borrow_mut().send_complete(ticket2), "rank 2's message is not received");
+            }))
+        });
+        waiter1.relax();
+        let stuck = net.machine().stuck.load(Ordering::SeqCst);
+        // Rank 0 takes rank 2's message too, so every send completes before the ports
+        // drop (a port waits for its sends in flight when dropped).
+        let mut into = alloc::vec![0u8; 256];
+        assert_eq!(port0.borrow_mut().peek().map(|h| h.source), Some(2));
+        port0.borrow_mut().receive_payload(&mut into);
+        assert!(port2.borrow_mut().send_complete(ticket2));
+        assert!(port1.send_complete(ticket1));
+        assert!(!stuck, "rank 1 blocked for good: its send had completed meanwhile");
     }
 }

@@ -273,17 +273,11 @@ fn idle(me: &Core, core: usize) {
     if crate::start::pretouch_step(core, 4) {
         return;
     }
-    // Threads blocked on this core's wait lists without a deadline are made
-    // to look again rather than slept on: a transport's wake-up that raced
-    // their blocking must not leave them (and the VM) stuck with the core
-    // halted.
-    if crate::waiters::has_waiters(core) {
-        crate::waiters::wake_all(core);
-        return;
-    }
-    // A push after the announcement sends the IPI; an IPI that arrives
-    // before the halt trap stays pending (ring 3 runs with interrupts
-    // masked) and ends the halt at once.
+    // Threads blocked on this core's wait lists without a deadline sleep with
+    // the core: only a notify ends their wait, and the notify that makes one
+    // runnable pushes it onto this run queue. A push after the announcement
+    // sends the IPI; an IPI that arrives before the halt trap stays pending
+    // (ring 3 runs with interrupts masked) and ends the halt at once.
     if me.run_queue.announce_halt() {
         HALTS.fetch_add(1, Ordering::Relaxed);
         arch::halt(0);

@@ -2,9 +2,12 @@
 //! (intra-vbus `Notify`) becomes on top of the scheduler.
 //!
 //! - [`wait`]`(core)` blocks the calling thread until [`notify`]`(core)`; the
-//!   other threads of its core run meanwhile. A core whose threads wait this
-//!   way never halts: with nothing else to run it spins, then makes them look
-//!   again ([`wake_all`]), and so on (the scheduler's idle loop).
+//!   other threads of its core run meanwhile. With nothing else to run the
+//!   core spins, then halts until the IPI of the notify that makes a waiter
+//!   runnable (the scheduler's idle loop). Nothing else ends such a wait: a
+//!   waiter must be on the list before the last moment its event could
+//!   happen without a notify (a transport's "arm, re-check"), or it sleeps
+//!   for good.
 //! - [`wait_until`]`(core, deadline)` blocks the same way, and lets the core
 //!   halt: a core with nothing to run whose waiters all gave a deadline halts
 //!   until the earliest one (the APIC timer), an IPI or a device interrupt
@@ -147,11 +150,10 @@ pub(crate) fn wake_expired(core: usize) {
 
 /// What the threads waiting on a core allow its idle loop to do.
 pub(crate) enum Waiting {
-    /// No thread waits: halt until an IPI.
-    Nobody,
-    /// Some thread waits without a deadline: keep making the waiters look.
-    Polling,
-    /// Every waiter gave a deadline: halt until the earliest.
+    /// No thread waits, or some thread waits without a deadline: spin, then
+    /// halt until an IPI (a notify's).
+    ForIpi,
+    /// Every waiter gave a deadline: halt at once until the earliest.
     Until(u64),
 }
 
@@ -160,9 +162,9 @@ pub(crate) fn waiting(core: usize) -> Waiting {
     let mut earliest = None::<u64>;
     for (_, deadline) in &l.threads {
         match deadline {
-            None => return Waiting::Polling,
+            None => return Waiting::ForIpi,
             Some(d) => earliest = Some(earliest.map_or(*d, |e| e.min(*d))),
         }
     }
-    earliest.map_or(Waiting::Nobody, Waiting::Until)
+    earliest.map_or(Waiting::ForIpi, Waiting::Until)
 }
