@@ -92,18 +92,30 @@ struct CoreNet<M: Machine> {
     /// Messages for the ranks of this core that another rank took off a ring.
     inboxes: BTreeMap<WireRank, VecDeque<(Header, Vec<u8>)>>,
     /// Counts the endpoint calls that may take returned descriptors back from the
-    /// rings (`test`, sends, `prepare_wait`): a rank that yielded before blocking
-    /// compares it with what it saw before the yield (see the module docs).
+    /// rings (`test`, sends, `prepare_wait`; all through `reclaiming`): a rank that
+    /// yielded before blocking compares it with what it saw before the yield (see the
+    /// module docs).
     reclaims: u64,
 }
+
+impl<M: Machine> CoreNet<M> {
+    /// The endpoint, for a call that may take returned descriptors back from the rings
+    /// (`test`, `try_isend`, `prepare_wait`): counted in `reclaims`.
+    fn reclaiming(&mut self) -> &mut Endpoint<'static, M> {
+        self.reclaims += 1;
+        &mut self.endpoint
+    }
+}
+
+/// Shared memory of small collectives, by (collective context, world ranks).
+type Arenas = BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>;
 
 /// The bus of one VM and every core's shared state. Build it once, share it (`Arc`)
 /// between the ranks.
 pub struct VbusNet<M: Machine> {
     /// Field order matters: the endpoints (which borrow the bus) drop first.
     cores: Vec<Mutex<CoreNet<M>>>,
-    /// Shared memory of small collectives, by (collective context, world ranks).
-    arenas: Mutex<BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>>,
+    arenas: Mutex<Arenas>,
     bus: *mut Bus<M>,
     spin_ns: u64,
 }
@@ -223,8 +235,7 @@ impl<M: Machine> RankWaiter<M> {
         if reclaims_seen.is_some_and(|seen| seen != core.reclaims) {
             return;
         }
-        core.reclaims += 1;
-        if core.endpoint.prepare_wait() {
+        if core.reclaiming().prepare_wait() {
             drop(core);
             match also {
                 None => machine.wait(self.core),
@@ -397,12 +408,11 @@ impl<M: Machine> Transport for VbusPort<M> {
         let handle = loop {
             let result = {
                 let mut core = self.net().cores[self.waiter.core].lock();
-                core.reclaims += 1;
                 // SAFETY: the MPI layer keeps `payload` alive and unwritten until
                 // `send_complete` returned true for the ticket (Transport contract);
                 // we say true only once `test` on this handle did, and a port dropped
                 // with sends in flight waits for them first (`Drop for VbusPort`).
-                unsafe { core.endpoint.try_isend(to, envelope, payload) }
+                unsafe { core.reclaiming().try_isend(to, envelope, payload) }
             };
             match result {
                 Ok(handle) => break handle,
@@ -431,11 +441,7 @@ impl<M: Machine> Transport for VbusPort<M> {
             return true;
         }
         let Some(handle) = self.sends.get(&ticket.0) else { return true };
-        let done = {
-            let mut core = self.waiter.net.cores[self.waiter.core].lock();
-            core.reclaims += 1;
-            core.endpoint.test(handle)
-        };
+        let done = self.waiter.net.cores[self.waiter.core].lock().reclaiming().test(handle);
         if done {
             self.sends.remove(&ticket.0);
             self.waiter.busy();
@@ -485,11 +491,7 @@ impl<M: Machine> Drop for VbusPort<M> {
         let pending: Vec<SendHandle> = core::mem::take(&mut self.sends).into_values().collect();
         for handle in pending {
             loop {
-                let done = {
-                    let mut core = self.waiter.net.cores[self.waiter.core].lock();
-                    core.reclaims += 1;
-                    core.endpoint.test(&handle)
-                };
+                let done = self.waiter.net.cores[self.waiter.core].lock().reclaiming().test(&handle);
                 if done {
                     break;
                 }

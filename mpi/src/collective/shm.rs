@@ -104,10 +104,10 @@ pub struct Arena {
     slots: Box<[Slot]>,
 }
 
-// SAFETY: the only non-atomic memory is each line's `data`, written by its owner rank
-// only while no other rank reads it, and read by others only after an Acquire load of
-// the stamp that the owner stored with Release after writing (module docs: arrive,
-// read, reuse).
+// SAFETY: the only non-atomic memory is each line's `data` and each slot's overflow
+// area, written by their owner rank only while no other rank reads them, and read by
+// others only after an Acquire load of the stamp that the owner stored with Release
+// after writing (module docs: arrive, read, reuse).
 unsafe impl Sync for Arena {}
 // SAFETY: plain memory and atomics; nothing tied to a thread.
 unsafe impl Send for Arena {}
@@ -190,19 +190,6 @@ impl Arena {
     }
 }
 
-/// The ranks whose announced length a rank of a collective too large for the arena
-/// checks before sending: the same ranks whose length it checks on the arena path,
-/// so that every mismatch is seen by a rank that waits (and, by default, ends the job).
-#[derive(Clone, Copy)]
-pub(crate) enum Compare {
-    /// All-reduce; the root of a reduce or gather.
-    Everyone,
-    /// Every rank of a broadcast or scatter (the root itself compares with nobody).
-    Root(usize),
-    /// A rank that only contributes: the non-roots of a reduce or gather.
-    Nobody,
-}
-
 impl Drop for Arena {
     fn drop(&mut self) {
         for slot in self.slots.iter() {
@@ -214,6 +201,19 @@ impl Drop for Arena {
             }
         }
     }
+}
+
+/// The ranks whose announced length a rank of a collective too large for the arena
+/// checks before sending: the same ranks whose length it checks on the arena path,
+/// so that every mismatch is seen by a rank that waits (and, by default, ends the job).
+#[derive(Clone, Copy)]
+pub(crate) enum Compare {
+    /// All-reduce; the root of a reduce or gather.
+    Everyone,
+    /// Every rank of a broadcast or scatter (the root itself compares with nobody).
+    Root(usize),
+    /// A rank that only contributes: the non-roots of a reduce or gather.
+    Nobody,
 }
 
 /// A communicator's use of its arena: which slot is ours and the sequence number.
