@@ -87,18 +87,15 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, net_hub: bool) -> String {
         setup.machine.name(),
         setup.accel.name()
     );
-    if hub::is_direct(plan.vms.len(), net_hub) {
+    if plan.vms.len() > 1 {
+        let fd = hub::QEMU_NET_FD;
+        let link = if hub::is_direct(plan.vms.len(), net_hub) {
+            format!("one Unix datagram socket pair between the two QEMUs (fd {fd} in each")
+        } else {
+            format!("L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {fd} in QEMU")
+        };
         s += &format!(
-            "network: one Unix datagram socket pair between the two QEMUs (fd {} in each; frames up to {} bytes), {}/{}\n",
-            hub::QEMU_NET_FD,
-            hub::MAX_FRAME,
-            plan::IP_BASE,
-            plan::IP_PREFIX
-        );
-    } else if plan.vms.len() > 1 {
-        s += &format!(
-            "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {} in QEMU; frames up to {} bytes), {}/{}\n",
-            hub::QEMU_NET_FD,
+            "network: {link}; frames up to {} bytes), {}/{}\n",
             hub::MAX_FRAME,
             plan::IP_BASE,
             plan::IP_PREFIX
