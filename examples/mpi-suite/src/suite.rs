@@ -383,6 +383,18 @@ fn main() -> i32 {
             world.barrier();
             return 0;
         }
+        Some("count-mismatch") => {
+            // Rank 0 broadcasts 8,000 bytes (messages), the others expect 16 (shared memory
+            // in one VM): fatal MPI_ERR_COUNT on the others, not two paths waiting forever.
+            let mut values = vec![7u64; if rank == 0 { 1000 } else { 2 }];
+            world.process_at_rank(0).broadcast_into(&mut values[..]);
+            if rank != 0 {
+                println!("suite: FAIL: mismatched broadcast returned");
+                return 1;
+            }
+            world.barrier();
+            return 0;
+        }
         Some("bad-rank") => {
             if rank == 2 {
                 world.process_at_rank(world.size() + 5).send(&1u8);

@@ -69,6 +69,15 @@ fn a_truncated_receive_ends_the_job_naming_rank_and_class() {
 }
 
 #[test]
+fn counts_that_differ_across_the_shared_memory_limit_are_fatal() {
+    let r = run("mpi-suite", "mpi-suite", Accel::Tcg, 2, &format!("{} -- count-mismatch", plan(2, 2)), 120);
+    r.assert_status(2);
+    let line = r.assert_line("toro: rank 1: MPI error MPI_ERR_COUNT:");
+    assert!(line.contains("rank 0 sent 8000 bytes, 16 expected"), "{line}");
+    assert!(!r.output.contains("FAIL"), "{}", r.output);
+}
+
+#[test]
 fn an_invalid_rank_is_fatal() {
     let r = run("mpi-suite", "mpi-suite", Accel::Tcg, 4, &format!("{} -- bad-rank", plan(4, 4)), 120);
     r.assert_status(6);
