@@ -10,7 +10,7 @@
 //! every send (as an application producing data does; the time spent writing
 //! is not counted); the threshold is chosen on those.
 //!
-//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency]
+//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -201,6 +201,26 @@ fn cache_line_one_way_ns() -> f64 {
     elapsed.as_secs_f64() * 1e9 / (2 * rounds) as f64
 }
 
+/// The instructions of one 8-byte message, send to release, without the
+/// line transfer: both endpoints on this thread, so every line is in its
+/// cache. What the latency figure adds to this is the core-to-core traffic.
+fn software_one_way_ns(config: Config) -> f64 {
+    let bus = Bus::new(config, Spin).unwrap();
+    let (mut a, mut b) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap());
+    let mut buf = [0u8; 8];
+    let rounds = 1_000_000;
+    let start = Instant::now();
+    for i in 0..rounds {
+        a.send(1, ENV, &(i as u64).to_le_bytes()).unwrap();
+        let m = b.recv();
+        b.receive_into(m, &mut buf).unwrap();
+        b.send(0, ENV, &buf).unwrap();
+        let m = a.recv();
+        a.receive_into(m, &mut buf).unwrap();
+    }
+    start.elapsed().as_secs_f64() * 1e9 / (2 * rounds) as f64
+}
+
 fn config(eager_max: usize) -> Config {
     Config { queue_size: 64, eager_max, spin_polls: 1_000_000, ..Config::new(2) }
 }
@@ -208,6 +228,11 @@ fn config(eager_max: usize) -> Config {
 fn main() {
     let scan = std::env::args().any(|a| a == "--scan");
     let default = config(DEFAULT_EAGER_MAX);
+    if std::env::args().any(|a| a == "--software") {
+        let ns = (0..RUNS).map(|_| software_one_way_ns(default)).fold(f64::INFINITY, f64::min);
+        println!("8 B one-way, software only (both endpoints on one thread): {ns:.1} ns (best of {RUNS} runs)");
+        return;
+    }
     if std::env::args().any(|a| a == "--latency") {
         // 8 B only, for profiling the small-message path.
         let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);

@@ -157,7 +157,14 @@ pub struct Endpoint<'bus, N: Notify> {
     waiting: bool,
     /// Outgoing rings whose used-buffer notifications we armed to sleep.
     armed_tx: u64,
+    /// Released eager descriptors not yet given back, as (source core, id):
+    /// see [`release`](Self::release).
+    deferred: [(CoreId, u16); DEFER_MAX],
+    deferred_len: usize,
 }
+
+/// At most this many released eager descriptors wait to be given back.
+const DEFER_MAX: usize = 8;
 
 impl<N: Notify> fmt::Debug for Endpoint<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,6 +185,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             next_source: 0,
             waiting: false,
             armed_tx: 0,
+            deferred: [(0, 0); DEFER_MAX],
+            deferred_len: 0,
         }
     }
 
@@ -211,6 +220,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// returned handle has returned true; forgetting the handle therefore
     /// means never freeing or writing `data` again. [`send`](Self::send) is
     /// the safe, blocking form.
+    #[inline]
     pub unsafe fn try_isend(
         &mut self,
         to: CoreId,
@@ -227,6 +237,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             protocol: if eager { Protocol::Eager } else { Protocol::Rendezvous },
         };
         if to == self.core {
+            self.give_back_deferred();
             self.local.push_back(LocalMessage { header, data: data.into() });
             if self.waiting {
                 // Another rank of this core is about to sleep on it.
@@ -239,10 +250,18 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         // driver of ring core→to, and tx[to] is that ring's driver state; the
         // rendezvous buffer contract is our caller's.
         let published = unsafe { ring.publish(&mut self.tx[to], &header, data) };
-        let published = published.ok_or(SendError::WouldBlock)?;
+        let Some(published) = published else {
+            self.give_back_deferred();
+            return Err(SendError::WouldBlock);
+        };
         if published.notify {
             self.bus.notifier().notify(to);
         }
+        // The message is out: now, off the receiver's critical path, the
+        // bookkeeping a send would otherwise do before it.
+        self.give_back_deferred();
+        // SAFETY: as above.
+        unsafe { ring.reclaim_if_half_out(&mut self.tx[to]) };
         Ok(if eager {
             SendHandle::COMPLETE
         } else {
@@ -259,6 +278,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
 
     /// Whether the send behind `handle` is complete (its buffer may be reused).
     pub fn test(&mut self, handle: &SendHandle) -> bool {
+        self.give_back_deferred();
         let Some(p) = handle.pending else { return true };
         assert_eq!(p.from, self.core, "send handle of another endpoint");
         let ring = self.bus.ring(self.core, p.to);
@@ -312,7 +332,9 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     /// Takes the next message from core `src`, if any (FIFO per core pair).
+    #[inline]
     pub fn poll_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
+        self.give_back_deferred();
         if src >= self.cores() {
             return None;
         }
@@ -337,14 +359,19 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     /// Takes the next message from any core, taking turns between sources.
+    #[inline]
     pub fn poll(&mut self) -> Option<Incoming<'bus>> {
+        // Sources in turn from `next_source`, wrapping without a division
+        // (this loop is on every receive's path).
         let n = self.cores();
-        for k in 0..n {
-            let src = (self.next_source + k) % n;
+        let mut src = self.next_source;
+        for _ in 0..n {
+            let next = if src + 1 == n { 0 } else { src + 1 };
             if let Some(m) = self.poll_from(src) {
-                self.next_source = (src + 1) % n;
+                self.next_source = next;
                 return Some(m);
             }
+            src = next;
         }
         None
     }
@@ -355,12 +382,29 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             if let Some(m) = self.poll() {
                 return m;
             }
-            self.wait_for_work();
+            // Spin on `poll` itself: the message is taken the moment its
+            // line arrives, not after a separate look for work.
+            for _ in 0..self.bus.config().spin_polls {
+                spin_hint();
+                if let Some(m) = self.poll() {
+                    return m;
+                }
+            }
+            self.sleep_until_work();
         }
     }
 
     /// Gives a received message back: its descriptor returns to the sender
     /// (completing a rendezvous send). Messages may be released in any order.
+    ///
+    /// An eager descriptor goes back at this endpoint's next call that
+    /// takes `&mut self` (send, test, poll, wait) or its drop, whichever
+    /// comes first (at once if [`DEFER_MAX`] already wait):
+    /// a receiver that answers a message then gives back after its answer
+    /// is out, so the give-back's fence is not on the round trip. Nobody
+    /// waits for one eager descriptor: a sender waits only for a rendezvous
+    /// descriptor, given back here at once, or for a full ring, which a
+    /// core that never calls the bus again would not empty anyway.
     pub fn release(&mut self, msg: Incoming<'bus>) {
         assert!(
             msg.dst_core == self.core && msg.bus == self.bus as *const Bus<N> as *const (),
@@ -368,10 +412,31 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         );
         let Source::Ring { id } = msg.source else { return };
         let src = msg.src_core;
+        if msg.header.protocol == Protocol::Eager {
+            if self.deferred_len == DEFER_MAX {
+                self.give_back_deferred();
+            }
+            self.deferred[self.deferred_len] = (src, id);
+            self.deferred_len += 1;
+        } else {
+            self.give_back(src, id);
+        }
+    }
+
+    /// Gives back every released descriptor still held.
+    #[inline]
+    fn give_back_deferred(&mut self) {
+        for k in 0..core::mem::take(&mut self.deferred_len) {
+            let (src, id) = self.deferred[k];
+            self.give_back(src, id);
+        }
+    }
+
+    fn give_back(&mut self, src: CoreId, id: u16) {
         let ring = self.bus.ring(src, self.core);
-        // SAFETY: this endpoint is ring src→core's only device; `msg` held
-        // descriptor `id` and is consumed here, so its payload can no longer
-        // be read.
+        // SAFETY: this endpoint is ring src→core's only device; the message
+        // that held descriptor `id` was consumed by `release`, so its payload
+        // can no longer be read.
         if unsafe { ring.give_back(&mut self.rx[src], id) } {
             self.bus.notifier().notify(src);
         }
@@ -389,7 +454,11 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         if dst.len() < len {
             return Err(msg);
         }
-        dst[..len].copy_from_slice(msg.payload());
+        let payload = msg.payload();
+        // SAFETY: `payload` is `len` bytes (the message's own slice) and
+        // `dst` holds at least `len`; the message's memory is the sender's
+        // or the ring's, never the caller's `&mut` buffer.
+        unsafe { crate::virtq::copy_small(payload.as_ptr(), dst.as_mut_ptr(), len) };
         self.release(msg);
         Ok(len)
     }
@@ -434,6 +503,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// this core. Returns false (and undoes the announcement) if work is
     /// already there. Call [`finish_wait`](Self::finish_wait) after waking.
     pub fn prepare_wait(&mut self) -> bool {
+        self.give_back_deferred();
         self.waiting = true;
         let mut reclaimed = false;
         for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
@@ -489,10 +559,23 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             }
             spin_hint();
         }
+        self.sleep_until_work();
+    }
+
+    /// Sleeps through [`Notify::wait`] unless work is already there.
+    fn sleep_until_work(&mut self) {
         if self.prepare_wait() {
             self.bus.notifier().wait(self.core);
             self.finish_wait();
         }
+    }
+}
+
+impl<N: Notify> Drop for Endpoint<'_, N> {
+    /// Released descriptors go back to their senders, even if this core
+    /// never calls the bus again.
+    fn drop(&mut self) {
+        self.give_back_deferred();
     }
 }
 

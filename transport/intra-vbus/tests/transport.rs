@@ -161,6 +161,57 @@ fn full_ring_is_back_pressure_never_loss() {
 }
 
 #[test]
+fn released_eager_descriptors_go_back_at_the_next_bus_call_or_drop() {
+    struct Quiet;
+    impl intra_vbus::Notify for Quiet {
+        fn notify(&self, _: CoreId) {}
+        fn wait(&self, _: CoreId) {}
+    }
+    let config = Config { queue_size: 4, eager_max: 16, ..Config::new(3) };
+    let bus = Bus::new(config, Quiet).unwrap();
+    let (mut a, mut b, mut c) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap(), bus.endpoint(2).unwrap());
+    // Eager sends to core 1: true if the ring took it.
+    let try_send = |a: &mut intra_vbus::Endpoint<'_, Quiet>, tag: u64| {
+        // SAFETY: eager (1 byte), complete at once.
+        match unsafe { a.try_isend(1, env(0, 1, tag), &[tag as u8]) } {
+            Ok(handle) => handle.is_complete(),
+            Err(e) => {
+                assert_eq!(e, SendError::WouldBlock);
+                false
+            }
+        }
+    };
+    assert!((0..4).all(|tag| try_send(&mut a, tag)));
+    assert!(!try_send(&mut a, 9), "the ring holds 4");
+    let take = |b: &mut intra_vbus::Endpoint<'_, Quiet>, tag: i32| {
+        let m = b.poll().unwrap();
+        assert_eq!((m.header().env.tag, m.payload()), (tag, &[tag as u8][..]));
+        b.release(m);
+    };
+    // Each way a receiver carries on gives back what it released:
+    // its next poll,
+    take(&mut b, 0);
+    assert!(b.poll_from(2).is_none());
+    assert!(try_send(&mut a, 10));
+    // its next send, to anyone,
+    take(&mut b, 1);
+    b.send(2, env(1, 2, 0), b"x").unwrap();
+    let to_c = c.recv();
+    c.release(to_c);
+    assert!(try_send(&mut a, 11));
+    // announcing a wait,
+    take(&mut b, 2);
+    if b.prepare_wait() {
+        b.finish_wait();
+    }
+    assert!(try_send(&mut a, 12));
+    // and dropping the endpoint.
+    take(&mut b, 3);
+    drop(b);
+    assert!(try_send(&mut a, 13));
+}
+
+#[test]
 fn peek_leaves_queued_and_held_messages_release_out_of_order() {
     struct Quiet;
     impl intra_vbus::Notify for Quiet {
