@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::plan::MapBy;
-use crate::qemu::{Accel, Machine};
+use crate::qemu::{Accel, Machine, NetBackend};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -88,6 +88,10 @@ pub struct Cli {
     /// (default: the two QEMUs share one socket pair, two fewer copies per frame).
     #[arg(long)]
     pub net_hub: bool,
+    /// How the VMs' NICs are connected: dgram = QEMU datagram sockets (a socket pair,
+    /// or the launcher's hub); vhost-user = the launcher copies frames from ring to ring.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub net_backend: Option<NetBackend>,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
     #[arg(long, value_name = "NS")]
     pub spin: Option<u64>,
@@ -105,7 +109,7 @@ pub struct Cli {
 /// Options that take a value, so the `-np` rewrite can skip their values.
 const VALUE_OPTIONS: &[&str] = &[
     "-n", "--np", "--vms", "--ranks-per-vm", "--cpus-per-vm", "--map-by", "--mem", "--machine", "--accel",
-    "--timeout", "--output-dir", "--qemu", "-x", "--spin", "--config",
+    "--timeout", "--output-dir", "--qemu", "-x", "--spin", "--config", "--net-backend",
 ];
 
 /// clap has no multi-letter short options: rewrite mpirun's `-np` to `--np`,
@@ -154,6 +158,7 @@ pub struct Options {
     pub spin: Option<u64>,
     /// Two VMs go through the hub too (`--net-hub`).
     pub net_hub: bool,
+    pub net_backend: NetBackend,
     pub env: Vec<(String, String)>,
     pub image: PathBuf,
     pub args: Vec<String>,
@@ -225,6 +230,7 @@ impl Options {
             qemu: cli.qemu.or(cfg.qemu),
             spin: cli.spin.or(cfg.spin),
             net_hub: cli.net_hub,
+            net_backend: cli.net_backend.unwrap_or(NetBackend::Dgram),
             env,
             image: cli.image,
             args: cli.args,

@@ -12,6 +12,8 @@ pub mod image;
 pub mod plan;
 pub mod qemu;
 pub mod run;
+pub mod switch;
+pub mod vhost_user;
 #[doc(hidden)]
 pub mod testutil;
 
@@ -70,7 +72,7 @@ fn prepare(cli: Cli) -> Result<Prepared, String> {
     if !opts.dry_run && run::JobDir::path_for(&plan.job_id).exists() {
         return Err(format!("job {} already exists ({})", plan.job_id, run::JobDir::path_for(&plan.job_id).display()));
     }
-    let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone() };
+    let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone(), net: opts.net_backend };
     Ok(Prepared { opts, plan, setup })
 }
 

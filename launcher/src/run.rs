@@ -17,7 +17,8 @@ use toro_abi::status;
 use crate::cli::Options;
 use crate::plan::{rank_list, Plan, VmPlan};
 use crate::hub::{Hub, QEMU_NET_FD};
-use crate::qemu::{qemu_args, QemuSetup};
+use crate::qemu::{qemu_args, NetBackend, QemuSetup};
+use crate::vhost_user::VhostNet;
 
 /// Launcher exit codes besides the VMs' own statuses.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -363,7 +364,20 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     // The network: only for more than one VM. Each QEMU gets its end of a socket
     // pair; the launcher closes its copies once the QEMUs run (`vm_ends`). Two VMs
     // share one pair (no hub) unless --net-hub asks for the hub.
-    let (hub, mut vm_ends) = if crate::hub::is_direct(plan.vms.len(), opts.net_hub) {
+    let mut vhost_net = None;
+    let (hub, mut vm_ends) = if plan.vms.len() > 1 && setup.net == NetBackend::VhostUser {
+        let macs: Vec<[u8; 6]> = plan.vms.iter().map(|vm| vm.mac).collect();
+        match VhostNet::start(job_dir.path(), &macs) {
+            Ok(net) => {
+                vhost_net = Some(net);
+                (None, Vec::new())
+            }
+            Err(e) => {
+                sig_handle.close();
+                return Err(e);
+            }
+        }
+    } else if crate::hub::is_direct(plan.vms.len(), opts.net_hub) {
         match crate::hub::direct_link() {
             Ok(ends) => (None, ends.into_iter().map(Some).collect()),
             Err(e) => {
@@ -526,6 +540,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     let mut pairs: Vec<(&mut Option<Child>, i32)> = vms.iter_mut().map(|v| (&mut v.child, v.pid)).collect();
     stop(&mut pairs);
     let hub_stats = hub.map(Hub::stop);
+    let switch_stats = vhost_net.map(VhostNet::stop);
     sig_handle.close();
     // Print what the VMs said before they ended.
     let until = Instant::now() + DRAIN;
@@ -547,6 +562,18 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             stats.unknown_source,
             mac.join(":")
         );
+    }
+    if let Some(stats) = switch_stats.filter(|s| s.dropped_gone + s.unknown_destination + s.oversized > 0) {
+        let _ = writeln!(
+            stderr,
+            "toro-mpirun: warning: the vhost-user switch dropped frames: {} to a VM that was gone, {} to an unknown MAC, {} larger than the receive buffer",
+            stats.dropped_gone, stats.unknown_destination, stats.oversized
+        );
+    }
+    if std::env::var_os("TORO_SWITCH_STATS").is_some() {
+        if let Some(stats) = switch_stats {
+            let _ = writeln!(stderr, "toro-mpirun: switch {stats:?}");
+        }
     }
     drop(job_dir);
     Ok(match failure {
