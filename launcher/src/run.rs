@@ -79,6 +79,8 @@ struct VmRun {
     done: bool,
     said: GuestReport,
     qemu_error: Option<String>,
+    /// QEMU could not start its vhost-user NIC (it would run on without a network).
+    network_error: Option<String>,
     log: Option<File>,
 }
 
@@ -423,6 +425,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
                     done: false,
                     said: GuestReport::default(),
                     qemu_error: None,
+                    network_error: None,
                     log: logs[k].take(),
                 });
             }
@@ -461,6 +464,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
                 }
                 if !line.contains("warning:") && !line.trim().is_empty() {
                     v.qemu_error = Some(line.clone());
+                }
+                if crate::vhost_user::is_fallback_line(&line) {
+                    v.network_error.get_or_insert(line.clone());
                 }
                 if !(stopping && line.contains("terminating on signal")) {
                     let _ = writeln!(stderr.lock(), "[vm {k}] {line}");
@@ -503,6 +509,13 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             })
             .collect();
         finished.sort_by_key(|&k| vms[k].exited_at);
+        if let Some((k, line)) = vms.iter().enumerate().find_map(|(k, v)| v.network_error.as_ref().map(|l| (k, l))) {
+            failure = Some(Failure {
+                code: EXIT_VM_DIED,
+                line: format!("vm {k}: QEMU could not start its vhost-user network ({}); try --net-backend dgram", line.trim()),
+            });
+            break;
+        }
         for k in finished {
             let v = &mut vms[k];
             v.done = true;
@@ -563,17 +576,14 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             mac.join(":")
         );
     }
-    if let Some(stats) = switch_stats.filter(|s| s.dropped_gone + s.unknown_destination + s.oversized > 0) {
+    // Frames to a VM that is gone are expected when one dies (the launcher names it); the
+    // others mean a guest sent something no VM of the job can take.
+    if let Some(stats) = switch_stats.filter(|s| s.unknown_destination + s.oversized > 0) {
         let _ = writeln!(
             stderr,
-            "toro-mpirun: warning: the vhost-user switch dropped frames: {} to a VM that was gone, {} to an unknown MAC, {} larger than the receive buffer",
-            stats.dropped_gone, stats.unknown_destination, stats.oversized
+            "toro-mpirun: warning: the vhost-user switch dropped {} frame(s) to a MAC no VM has and {} larger than the receiving VM's buffer",
+            stats.unknown_destination, stats.oversized
         );
-    }
-    if std::env::var_os("TORO_SWITCH_STATS").is_some() {
-        if let Some(stats) = switch_stats {
-            let _ = writeln!(stderr, "toro-mpirun: switch {stats:?}");
-        }
     }
     drop(job_dir);
     Ok(match failure {

@@ -29,6 +29,14 @@ use crate::switch::{Memory, Port, Switch, SwitchStats, Vring};
 
 /// How long a worker keeps polling the transmit rings after the last frame moved.
 pub const POLL_AFTER_WORK: Duration = Duration::from_micros(200);
+fn poll_after_work() -> Duration {
+    static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(*US.get_or_init(|| std::env::var("TORO_VHOST_POLL_US").ok().and_then(|v| v.parse().ok()).unwrap_or(POLL_AFTER_WORK.as_micros() as u64)))
+}
+fn yield_when_idle() -> bool {
+    static Y: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *Y.get_or_init(|| std::env::var_os("TORO_VHOST_YIELD").is_some())
+}
 /// The guests' virtio-net queues have 256 entries.
 const QUEUE_SIZE: usize = 256;
 
@@ -71,7 +79,7 @@ impl NetDevice {
                 last_work = Instant::now();
                 continue;
             }
-            if self.shared.stopping.load(Ordering::Relaxed) || last_work.elapsed() >= POLL_AFTER_WORK {
+            if self.shared.stopping.load(Ordering::Relaxed) || last_work.elapsed() >= poll_after_work() {
                 // Kicks back on; a buffer that came meanwhile keeps us polling.
                 if self.switch().set_transmit_kicks(true) && !self.shared.stopping.load(Ordering::Relaxed) {
                     self.switch().set_transmit_kicks(false);
@@ -80,7 +88,11 @@ impl NetDevice {
                 }
                 break;
             }
-            std::hint::spin_loop();
+            if yield_when_idle() {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         self.shared.polling.store(false, Ordering::Release);
         // A kick that came while this worker was leaving found `polling` set and pumped
@@ -122,6 +134,12 @@ impl VhostUserBackend for NetDevice {
     }
 }
 
+/// QEMU's line when its vhost-user NIC could not start (it then runs its own virtio-net
+/// with no network behind it).
+pub fn is_fallback_line(line: &str) -> bool {
+    line.contains("vhost") && line.contains("falling back on userspace virtio")
+}
+
 /// The running back-end of a job.
 pub struct VhostNet {
     shared: Arc<Shared>,
@@ -153,14 +171,11 @@ impl VhostNet {
             let thread = std::thread::Builder::new()
                 .name(format!("toro-vhost-{k}"))
                 .spawn(move || {
-                    match daemon.start(&mut listener) {
-                        Ok(()) if !shared.stopping.load(Ordering::Relaxed) => {
-                            if let Err(e) = daemon.wait() {
-                                eprintln!("toro-mpirun: vhost-user vm {k}: {e}");
-                            }
-                        }
-                        Ok(()) => {}
-                        Err(e) => eprintln!("toro-mpirun: vhost-user vm {k}: {e}"),
+                    // Errors need no report of their own: a QEMU that cannot use its NIC
+                    // says so on stderr (`is_fallback_line`) or dies, and the launcher
+                    // reports either; a hang-up is how every VM ends.
+                    if daemon.start(&mut listener).is_ok() && !shared.stopping.load(Ordering::Relaxed) {
+                        let _ = daemon.wait();
                     }
                     shared.switch.lock().unwrap_or_else(|e| e.into_inner()).detach(k);
                     // Dropping the daemon ends its worker thread.

@@ -230,6 +230,29 @@ fn dry_run_plan_and_commands() {
     // Three VMs always go through the hub.
     let three = dry(&s, &["-np", "3", "--vms", "3", &img]);
     assert!(three.contains("network: L2 hub in toro-mpirun"), "{three}");
+    // --net-backend vhost-user: guest RAM shared with the launcher, a vhost-user socket per
+    // VM in the job directory instead of the datagram socket; the rest unchanged.
+    let vu = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "vhost-user", &img, "a b", "-v"]);
+    let vu_lines: Vec<&str> = vu.lines().collect();
+    let job_dir = s.path("tmp").join("toro-mpirun-t1");
+    assert_eq!(vu_lines[2], format!(
+        "network: vhost-user back-end in toro-mpirun (guest RAM a shared memfd, VM K's QEMU connects to {}/vm-K.vhost; \
+         frames copied from ring to ring), 169.254.1.1/16", job_dir.display()));
+    assert_eq!(vu_lines[3..11], lines[3..11]);
+    assert_eq!(vu_lines[12], format!(
+        "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem \
+         -global virtio-mmio.force-legacy=false -accel tcg -cpu max -smp 2 -m 512M \
+         -object memory-backend-memfd,id=mem,size=512M,share=on \
+         -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
+         -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
+         -chardev socket,id=vhost0,path={}/vm-1.vhost -netdev vhost-user,id=net0,chardev=vhost0 \
+         -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
+         -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
+         mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
+        s.path("qemu").display(), job_dir.display()));
+    // A single VM has no network, whatever the back-end.
+    let one = dry(&s, &["-np", "2", "--net-backend", "vhost-user", &img]);
+    assert!(one.contains("network: none (one VM)") && !one.contains("memfd") && !one.contains("vhost"), "{one}");
 }
 
 #[test]
