@@ -585,6 +585,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             stats.unknown_destination, stats.oversized
         );
     }
+    if let (Some(stats), Some(_)) = (switch_stats, std::env::var_os("TORO_SWITCH_STATS")) {
+        let _ = writeln!(stderr, "toro-mpirun: switch {stats:?}");
+    }
     drop(job_dir);
     Ok(match failure {
         None => 0,

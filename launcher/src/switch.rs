@@ -54,6 +54,8 @@ pub struct SwitchStats {
     pub unknown_destination: u64,
     /// Dropped: larger than the destination's receive buffer.
     pub oversized: u64,
+    /// Interrupts raised (a guest about to halt asked for one).
+    pub interrupts: u64,
 }
 
 /// A frame waiting for a receive buffer of its destination.
@@ -365,7 +367,7 @@ impl Switch {
     /// Signals the receive queues that got buffers back and whose guest asked for an
     /// interrupt (transmit completions never interrupt: the guests poll for them).
     fn raise_interrupts(&mut self) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             if !std::mem::take(&mut p.rx_used) {
                 continue;
             }
@@ -376,6 +378,7 @@ impl Switch {
             let flags: u16 = p.memory.memory().load(avail, Ordering::Acquire).unwrap_or(0);
             if flags & AVAIL_F_NO_INTERRUPT == 0 {
                 let _ = rx.signal_used_queue();
+                self.stats.interrupts += 1;
             }
         }
     }

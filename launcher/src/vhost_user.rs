@@ -27,16 +27,10 @@ use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventF
 
 use crate::switch::{Memory, Port, Switch, SwitchStats, Vring};
 
-/// How long a worker keeps polling the transmit rings after the last frame moved.
-pub const POLL_AFTER_WORK: Duration = Duration::from_micros(200);
-fn poll_after_work() -> Duration {
-    static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    Duration::from_micros(*US.get_or_init(|| std::env::var("TORO_VHOST_POLL_US").ok().and_then(|v| v.parse().ok()).unwrap_or(POLL_AFTER_WORK.as_micros() as u64)))
-}
-fn yield_when_idle() -> bool {
-    static Y: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *Y.get_or_init(|| std::env::var_os("TORO_VHOST_YIELD").is_some())
-}
+/// How long a worker keeps polling the transmit rings after the last frame moved. It
+/// yields the core between looks: on a host with as many cores as vCPUs a spinning
+/// back-end would take the core a guest needs to produce the next frame.
+pub const POLL_AFTER_WORK: Duration = Duration::from_micros(1000);
 /// The guests' virtio-net queues have 256 entries.
 const QUEUE_SIZE: usize = 256;
 
@@ -79,7 +73,7 @@ impl NetDevice {
                 last_work = Instant::now();
                 continue;
             }
-            if self.shared.stopping.load(Ordering::Relaxed) || last_work.elapsed() >= poll_after_work() {
+            if self.shared.stopping.load(Ordering::Relaxed) || last_work.elapsed() >= POLL_AFTER_WORK {
                 // Kicks back on; a buffer that came meanwhile keeps us polling.
                 if self.switch().set_transmit_kicks(true) && !self.shared.stopping.load(Ordering::Relaxed) {
                     self.switch().set_transmit_kicks(false);
@@ -88,11 +82,7 @@ impl NetDevice {
                 }
                 break;
             }
-            if yield_when_idle() {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::thread::yield_now();
         }
         self.shared.polling.store(false, Ordering::Release);
         // A kick that came while this worker was leaving found `polling` set and pumped
