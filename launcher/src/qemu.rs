@@ -158,7 +158,7 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
         Machine::Q35 => "q35",
     };
     if plan.vms.len() > 1 && setup.net == NetBackend::VhostUser {
-        push(&["-M", &format!("{machine},memory-backend=mem"), "-global", "virtio-mmio.force-legacy=false"]);
+        push(&["-M", &format!("{machine},memory-backend=mem")]);
     } else {
         push(&["-M", machine]);
     }

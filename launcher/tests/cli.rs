@@ -221,7 +221,7 @@ fn dry_run_plan_and_commands() {
         "rank 3: vm 1 core 0", "rank 4: vm 1 core 1", "rank 5: vm 1 core 0"]);
     assert_eq!(lines[12], format!(
         "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem \
-         -global virtio-mmio.force-legacy=false -accel tcg -cpu max -smp 2 -m 512M \
+         -accel tcg -cpu max -smp 2 -m 512M \
          -object memory-backend-memfd,id=mem,size=512M,share=on \
          -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
          -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
