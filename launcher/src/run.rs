@@ -1,4 +1,5 @@
-//! Runs a planned job: the network hub (more than one VM), one QEMU process
+//! Runs a planned job: the network (more than one VM: the vhost-user back-end, or
+//! the datagram socket pairs and hub), one QEMU process
 //! group per VM, live console streaming, the job's exit status, and the
 //! guarantee that nothing (process, socket, thread, temp dir) outlives the job.
 
@@ -33,7 +34,8 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// The job's private directory (0700): it reserves the job id on this host (a
 /// second job with the same id is refused, so `job=ID` names one job's QEMUs).
-/// Nothing lives in it (the network is socket pairs). Removed on drop.
+/// It holds the vhost-user sockets (`vm-K.vhost`) the QEMUs connect to; the datagram
+/// network needs nothing in it (socket pairs). Removed on drop.
 pub struct JobDir(PathBuf);
 
 impl JobDir {
