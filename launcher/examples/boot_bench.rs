@@ -154,7 +154,7 @@ fn bare_qemu(image: &Path, accel: Accel) -> Command {
         args: vec!["boot".into()],
     };
     let plan = Plan::new(&input).expect("plan");
-    let setup = QemuSetup { qemu: qemu::find_qemu(None).expect("qemu"), machine: Machine::Microvm, accel, image: image.into() };
+    let setup = QemuSetup { qemu: qemu::find_qemu(None).expect("qemu"), machine: Machine::Microvm, accel, image: image.into(), net: qemu::NetBackend::Dgram };
     let args: Vec<OsString> = qemu::qemu_args(&setup, &plan, &plan.vms[0]);
     let mut cmd = Command::new(&setup.qemu);
     cmd.args(args);

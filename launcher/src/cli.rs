@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::plan::MapBy;
-use crate::qemu::{Accel, Machine};
+use crate::qemu::{Accel, Machine, NetBackend};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -84,10 +84,15 @@ pub struct Cli {
     /// Environment variable for the application; -x NAME alone takes it from this environment.
     #[arg(short = 'x', value_name = "VAR=VALUE")]
     pub env: Vec<String>,
-    /// Carry a 2-VM job's frames through the launcher's L2 hub as with more VMs
-    /// (default: the two QEMUs share one socket pair, two fewer copies per frame).
+    /// With --net-backend dgram (implied), carry a 2-VM job's frames through the
+    /// launcher's L2 hub as with more VMs (else the two QEMUs share one socket pair).
     #[arg(long)]
     pub net_hub: bool,
+    /// How the VMs' NICs are connected (more than one VM): vhost-user (default) = the
+    /// launcher is their vhost-user back-end and copies frames from ring to ring; dgram =
+    /// QEMU datagram sockets (a socket pair between two VMs, the launcher's hub with more).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub net_backend: Option<NetBackend>,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
     #[arg(long, value_name = "NS")]
     pub spin: Option<u64>,
@@ -105,7 +110,7 @@ pub struct Cli {
 /// Options that take a value, so the `-np` rewrite can skip their values.
 const VALUE_OPTIONS: &[&str] = &[
     "-n", "--np", "--vms", "--ranks-per-vm", "--cpus-per-vm", "--map-by", "--mem", "--machine", "--accel",
-    "--timeout", "--output-dir", "--qemu", "-x", "--spin", "--config",
+    "--timeout", "--output-dir", "--qemu", "-x", "--spin", "--config", "--net-backend",
 ];
 
 /// clap has no multi-letter short options: rewrite mpirun's `-np` to `--np`,
@@ -154,6 +159,7 @@ pub struct Options {
     pub spin: Option<u64>,
     /// Two VMs go through the hub too (`--net-hub`).
     pub net_hub: bool,
+    pub net_backend: NetBackend,
     pub env: Vec<(String, String)>,
     pub image: PathBuf,
     pub args: Vec<String>,
@@ -209,6 +215,13 @@ impl Options {
             env.retain(|(n, _)| *n != k);
             env.push((k, v));
         }
+        // --net-hub is a way of the datagram path; alone it implies it.
+        let net_backend = match cli.net_backend.or(cfg.net_backend) {
+            Some(NetBackend::VhostUser) if cli.net_hub => return Err("--net-hub goes with --net-backend dgram".into()),
+            Some(b) => b,
+            None if cli.net_hub => NetBackend::Dgram,
+            None => NetBackend::VhostUser,
+        };
         Ok(Options {
             np,
             vms,
@@ -225,6 +238,7 @@ impl Options {
             qemu: cli.qemu.or(cfg.qemu),
             spin: cli.spin.or(cfg.spin),
             net_hub: cli.net_hub,
+            net_backend,
             env,
             image: cli.image,
             args: cli.args,

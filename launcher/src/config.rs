@@ -15,6 +15,7 @@
 //! output-dir = "logs"
 //! qemu = "/usr/bin/qemu-system-x86_64"
 //! spin = 200000           # ns
+//! net-backend = "vhost-user"  # vhost-user | dgram
 //! [env]                   # like -x NAME=VALUE
 //! OMP_NUM_THREADS = "1"
 //! ```
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::plan::MapBy;
-use crate::qemu::{Accel, Machine};
+use crate::qemu::{Accel, Machine, NetBackend};
 
 /// A number or a string such as "256M" / "30s".
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -62,6 +63,7 @@ pub struct Config {
     pub output_dir: Option<PathBuf>,
     pub qemu: Option<PathBuf>,
     pub spin: Option<u64>,
+    pub net_backend: Option<NetBackend>,
     pub env: Option<BTreeMap<String, String>>,
 }
 

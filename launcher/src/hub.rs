@@ -1,6 +1,6 @@
-//! The job's Ethernet segment: an L2 hub on a thread of the launcher, or, for a job of
-//! two VMs, one socket pair between their QEMUs ([`direct_link`]; `--net-hub` keeps
-//! the hub).
+//! The job's Ethernet segment on the datagram path (`--net-backend dgram`; the default
+//! is `vhost_user`): an L2 hub on a thread of the launcher, or, for a job of two VMs,
+//! one socket pair between their QEMUs ([`direct_link`]; `--net-hub` keeps the hub).
 //!
 //! Each VM's NIC is QEMU's `-netdev dgram` on one end of a Unix datagram socket pair
 //! (the child inherits it as fd [`QEMU_NET_FD`]); the hub holds the other ends. A

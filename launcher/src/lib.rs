@@ -12,6 +12,8 @@ pub mod image;
 pub mod plan;
 pub mod qemu;
 pub mod run;
+pub mod switch;
+pub mod vhost_user;
 #[doc(hidden)]
 pub mod testutil;
 
@@ -70,7 +72,7 @@ fn prepare(cli: Cli) -> Result<Prepared, String> {
     if !opts.dry_run && run::JobDir::path_for(&plan.job_id).exists() {
         return Err(format!("job {} already exists ({})", plan.job_id, run::JobDir::path_for(&plan.job_id).display()));
     }
-    let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone() };
+    let setup = QemuSetup { qemu, machine: opts.machine, accel, image: opts.image.clone(), net: opts.net_backend };
     Ok(Prepared { opts, plan, setup })
 }
 
@@ -89,17 +91,23 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, net_hub: bool) -> String {
     );
     if plan.vms.len() > 1 {
         let fd = hub::QEMU_NET_FD;
-        let link = if hub::is_direct(plan.vms.len(), net_hub) {
+        let link = if setup.net == qemu::NetBackend::VhostUser {
+            let socket = vhost_user::socket_path(&run::JobDir::path_for(&plan.job_id), 0);
+            let socket = socket.to_string_lossy().replace("vm-0.", "vm-K.");
+            format!(
+                "vhost-user back-end in toro-mpirun (guest RAM a shared memfd, VM K's QEMU connects to {socket}; frames copied from ring to ring"
+            )
+        } else if hub::is_direct(plan.vms.len(), net_hub) {
             format!("one Unix datagram socket pair between the two QEMUs (fd {fd} in each")
         } else {
             format!("L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {fd} in QEMU")
         };
-        s += &format!(
-            "network: {link}; frames up to {} bytes), {}/{}\n",
-            hub::MAX_FRAME,
-            plan::IP_BASE,
-            plan::IP_PREFIX
-        );
+        let limit = if setup.net == qemu::NetBackend::VhostUser {
+            String::new()
+        } else {
+            format!("; frames up to {} bytes", hub::MAX_FRAME)
+        };
+        s += &format!("network: {link}{limit}), {}/{}\n", plan::IP_BASE, plan::IP_PREFIX);
     } else {
         s += "network: none (one VM)\n";
     }

@@ -43,6 +43,27 @@ impl Accel {
     }
 }
 
+/// How the VMs of a job reach each other (more than one VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetBackend {
+    /// QEMU's `-netdev dgram` on Unix datagram sockets: one socket pair between two
+    /// VMs, the launcher's hub with more (`hub`).
+    Dgram,
+    /// The launcher is every VM's vhost-user-net back-end and copies frames from ring
+    /// to ring (`vhost_user`); guest RAM is a shared memfd.
+    VhostUser,
+}
+
+impl NetBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetBackend::Dgram => "dgram",
+            NetBackend::VhostUser => "vhost-user",
+        }
+    }
+}
+
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Tests and unusual hosts may point the KVM probe elsewhere.
 pub const KVM_DEVICE_ENV: &str = "TORO_KVM_DEVICE";
@@ -120,6 +141,7 @@ pub struct QemuSetup {
     /// Resolved: never `Auto`.
     pub accel: Accel,
     pub image: PathBuf,
+    pub net: NetBackend,
 }
 
 /// The full QEMU argument list of one VM. The network device is only added for a
@@ -131,10 +153,15 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     // microvm without ACPI tables, option ROMs and RTC starts ~45 ms sooner
     // under TCG; the kernel learns the CPU count from `cpus=` instead of the MADT.
-    push(&["-M", match setup.machine {
+    let machine = match setup.machine {
         Machine::Microvm => "microvm,acpi=off,x-option-roms=off,rtc=off",
         Machine::Q35 => "q35",
-    }]);
+    };
+    if plan.vms.len() > 1 && setup.net == NetBackend::VhostUser {
+        push(&["-M", &format!("{machine},memory-backend=mem")]);
+    } else {
+        push(&["-M", machine]);
+    }
     match setup.accel {
         // Without -arch-capabilities QEMU 7.2 aborts under KVM PVM on AMD hosts
         // ("failed to set MSR 0x10a"); the guest never reads that MSR.
@@ -142,6 +169,11 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
         _ => push(&["-accel", "tcg", "-cpu", "max"]),
     }
     push(&["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.mem_mib)]);
+    let vhost_user = plan.vms.len() > 1 && setup.net == NetBackend::VhostUser;
+    if vhost_user {
+        // The back-end (the launcher) maps the guest's RAM to reach its rings and buffers.
+        push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", vm.mem_mib)]);
+    }
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     match setup.machine {
         // The app's lines go through a virtio console (one VM exit a line
@@ -157,10 +189,18 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
             Machine::Microvm => "virtio-net-device",
             Machine::Q35 => "virtio-net-pci",
         };
-        // `dgram` on an inherited socket: one datagram per frame, frames up to QEMU's
-        // NET_BUFSIZE (QEMU 7.2 has it; `vde` and `socket` are not needed).
-        a.push("-netdev".into());
-        a.push(format!("dgram,id=net0,local.type=fd,local.str={}", crate::hub::QEMU_NET_FD).into());
+        if vhost_user {
+            let socket = crate::vhost_user::socket_path(&crate::run::JobDir::path_for(&plan.job_id), vm.index as usize);
+            a.push("-chardev".into());
+            a.push(format!("socket,id=vhost0,path={}", socket.display()).into());
+            a.push("-netdev".into());
+            a.push("vhost-user,id=net0,chardev=vhost0".into());
+        } else {
+            // `dgram` on an inherited socket: one datagram per frame, frames up to QEMU's
+            // NET_BUFSIZE (QEMU 7.2 has it; `vde` and `socket` are not needed).
+            a.push("-netdev".into());
+            a.push(format!("dgram,id=net0,local.type=fd,local.str={}", crate::hub::QEMU_NET_FD).into());
+        }
         a.push("-device".into());
         a.push(format!("{nic},netdev=net0,mac={}", vm.mac_string()).into());
     }

@@ -1,4 +1,5 @@
-//! Runs a planned job: the network hub (more than one VM), one QEMU process
+//! Runs a planned job: the network (more than one VM: the vhost-user back-end, or
+//! the datagram socket pairs and hub), one QEMU process
 //! group per VM, live console streaming, the job's exit status, and the
 //! guarantee that nothing (process, socket, thread, temp dir) outlives the job.
 
@@ -17,7 +18,8 @@ use toro_abi::status;
 use crate::cli::Options;
 use crate::plan::{rank_list, Plan, VmPlan};
 use crate::hub::{Hub, QEMU_NET_FD};
-use crate::qemu::{qemu_args, QemuSetup};
+use crate::qemu::{qemu_args, NetBackend, QemuSetup};
+use crate::vhost_user::VhostNet;
 
 /// Launcher exit codes besides the VMs' own statuses.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -32,7 +34,8 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// The job's private directory (0700): it reserves the job id on this host (a
 /// second job with the same id is refused, so `job=ID` names one job's QEMUs).
-/// Nothing lives in it (the network is socket pairs). Removed on drop.
+/// It holds the vhost-user sockets (`vm-K.vhost`) the QEMUs connect to; the datagram
+/// network needs nothing in it (socket pairs). Removed on drop.
 pub struct JobDir(PathBuf);
 
 impl JobDir {
@@ -78,6 +81,8 @@ struct VmRun {
     done: bool,
     said: GuestReport,
     qemu_error: Option<String>,
+    /// QEMU could not start its vhost-user NIC (it would run on without a network).
+    network_error: Option<String>,
     log: Option<File>,
 }
 
@@ -363,7 +368,20 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     // The network: only for more than one VM. Each QEMU gets its end of a socket
     // pair; the launcher closes its copies once the QEMUs run (`vm_ends`). Two VMs
     // share one pair (no hub) unless --net-hub asks for the hub.
-    let (hub, mut vm_ends) = if crate::hub::is_direct(plan.vms.len(), opts.net_hub) {
+    let mut vhost_net = None;
+    let (hub, mut vm_ends) = if plan.vms.len() > 1 && setup.net == NetBackend::VhostUser {
+        let macs: Vec<[u8; 6]> = plan.vms.iter().map(|vm| vm.mac).collect();
+        match VhostNet::start(job_dir.path(), &macs) {
+            Ok(net) => {
+                vhost_net = Some(net);
+                (None, Vec::new())
+            }
+            Err(e) => {
+                sig_handle.close();
+                return Err(e);
+            }
+        }
+    } else if crate::hub::is_direct(plan.vms.len(), opts.net_hub) {
         match crate::hub::direct_link() {
             Ok(ends) => (None, ends.into_iter().map(Some).collect()),
             Err(e) => {
@@ -409,6 +427,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
                     done: false,
                     said: GuestReport::default(),
                     qemu_error: None,
+                    network_error: None,
                     log: logs[k].take(),
                 });
             }
@@ -447,6 +466,9 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
                 }
                 if !line.contains("warning:") && !line.trim().is_empty() {
                     v.qemu_error = Some(line.clone());
+                }
+                if crate::vhost_user::is_fallback_line(&line) {
+                    v.network_error.get_or_insert(line.clone());
                 }
                 if !(stopping && line.contains("terminating on signal")) {
                     let _ = writeln!(stderr.lock(), "[vm {k}] {line}");
@@ -489,6 +511,13 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             })
             .collect();
         finished.sort_by_key(|&k| vms[k].exited_at);
+        if let Some((k, line)) = vms.iter().enumerate().find_map(|(k, v)| v.network_error.as_ref().map(|l| (k, l))) {
+            failure = Some(Failure {
+                code: EXIT_VM_DIED,
+                line: format!("vm {k}: QEMU could not start its vhost-user network ({}); try --net-backend dgram", line.trim()),
+            });
+            break;
+        }
         for k in finished {
             let v = &mut vms[k];
             v.done = true;
@@ -526,6 +555,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     let mut pairs: Vec<(&mut Option<Child>, i32)> = vms.iter_mut().map(|v| (&mut v.child, v.pid)).collect();
     stop(&mut pairs);
     let hub_stats = hub.map(Hub::stop);
+    let switch_stats = vhost_net.map(VhostNet::stop);
     sig_handle.close();
     // Print what the VMs said before they ended.
     let until = Instant::now() + DRAIN;
@@ -547,6 +577,18 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             stats.unknown_source,
             mac.join(":")
         );
+    }
+    // Frames to a VM that is gone are expected when one dies (the launcher names it); the
+    // others mean a guest sent something no VM of the job can take.
+    if let Some(stats) = switch_stats.filter(|s| s.unknown_destination + s.oversized > 0) {
+        let _ = writeln!(
+            stderr,
+            "toro-mpirun: warning: the vhost-user switch dropped {} frame(s) to a MAC no VM has and {} larger than the receiving VM's buffer",
+            stats.unknown_destination, stats.oversized
+        );
+    }
+    if let (Some(stats), Some(_)) = (switch_stats, std::env::var_os("TORO_SWITCH_STATS")) {
+        let _ = writeln!(stderr, "toro-mpirun: switch {stats:?}");
     }
     drop(job_dir);
     Ok(match failure {

@@ -19,6 +19,7 @@ struct Sandbox {
 const FAKE_QEMU_HEAD: &str = r#"
 while [ $# -gt 0 ]; do
   if [ "$1" = -append ]; then cmdline="$2"; fi
+  if [ "$1" = -chardev ]; then chardevs="$chardevs $2"; fi
   shift
 done
 vm=${cmdline#*vm=}; vm=${vm%% *}
@@ -204,16 +205,38 @@ fn dry(s: &Sandbox, args: &[&str]) -> String {
 fn dry_run_plan_and_commands() {
     let s = Sandbox::new("dry");
     let img = s.image();
+    let job_dir = s.path("tmp").join("toro-mpirun-t1");
+    // By default the launcher is the VMs' vhost-user network back-end: guest RAM shared
+    // with it (memfd), a vhost-user socket per VM in the job directory.
     let out = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", &img, "a b", "-v"]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "job t1");
     assert_eq!(lines[1], "world 6 ranks, 2 VMs, map-by block, machine microvm, accel tcg");
-    assert_eq!(lines[2], "network: one Unix datagram socket pair between the two QEMUs (fd 3 in each; frames up to 69632 bytes), 169.254.1.1/16");
+    assert_eq!(lines[2], format!(
+        "network: vhost-user back-end in toro-mpirun (guest RAM a shared memfd, VM K's QEMU connects to {}/vm-K.vhost; \
+         frames copied from ring to ring), 169.254.1.1/16", job_dir.display()));
     assert_eq!(lines[3], "vm 0: ranks 0-2, 2 vCPUs, 512M, mac 02:74:6f:00:00:00, ip 169.254.1.1/16");
     assert_eq!(lines[4], "vm 1: ranks 3-5, 2 vCPUs, 512M, mac 02:74:6f:00:00:01, ip 169.254.1.2/16");
     assert_eq!(&lines[5..11], ["rank 0: vm 0 core 0", "rank 1: vm 0 core 1", "rank 2: vm 0 core 0",
         "rank 3: vm 1 core 0", "rank 4: vm 1 core 1", "rank 5: vm 1 core 0"]);
     assert_eq!(lines[12], format!(
+        "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem \
+         -accel tcg -cpu max -smp 2 -m 512M \
+         -object memory-backend-memfd,id=mem,size=512M,share=on \
+         -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
+         -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
+         -chardev socket,id=vhost0,path={}/vm-1.vhost -netdev vhost-user,id=net0,chardev=vhost0 \
+         -device virtio-net-device,netdev=net0,mac=02:74:6f:00:00:01 \
+         -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
+         mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
+        s.path("qemu").display(), job_dir.display()));
+    assert_eq!(lines.len(), 13);
+    // --net-backend dgram: QEMU's datagram netdev on an inherited socket pair.
+    let dg = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "dgram", &img, "a b", "-v"]);
+    let dg_lines: Vec<&str> = dg.lines().collect();
+    assert_eq!(dg_lines[2], "network: one Unix datagram socket pair between the two QEMUs (fd 3 in each; frames up to 69632 bytes), 169.254.1.1/16");
+    assert_eq!(dg_lines[3..11], lines[3..11]);
+    assert_eq!(dg_lines[12], format!(
         "command vm 1: {} -M microvm,acpi=off,x-option-roms=off,rtc=off -accel tcg -cpu max -smp 2 -m 512M \
          -nodefaults -no-user-config -nographic -no-reboot -chardev stdio,id=con,mux=on -serial chardev:con \
          -device virtio-serial-device -device virtconsole,chardev=con -device isa-debug-exit,iobase=0xf4,iosize=4 \
@@ -221,15 +244,24 @@ fn dry_run_plan_and_commands() {
          -kernel {img} -append 'cpus=2 world=6 ranks=3-5 vm=1 vms=2 job=t1 place=0-2@2/3-5@2 \
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
         s.path("qemu").display()));
-    assert_eq!(lines.len(), 13);
-    // --net-hub: the same VMs and command lines, the hub between them.
+    assert_eq!(dg_lines.len(), 13);
+    // --net-hub: the datagram path through the launcher's hub, the same VMs and commands.
     let hub = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-hub", &img, "a b", "-v"]);
     let hub_lines: Vec<&str> = hub.lines().collect();
     assert_eq!(hub_lines[2], "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd 3 in QEMU; frames up to 69632 bytes), 169.254.1.1/16");
-    assert_eq!(hub_lines[3..], lines[3..]);
-    // Three VMs always go through the hub.
+    assert_eq!(hub_lines[3..], dg_lines[3..]);
+    // Three VMs: the same back-end (vhost-user), or the hub with dgram.
     let three = dry(&s, &["-np", "3", "--vms", "3", &img]);
+    assert!(three.contains("network: vhost-user back-end") && three.contains("vm-2.vhost"), "{three}");
+    let three = dry(&s, &["-np", "3", "--vms", "3", "--net-backend", "dgram", &img]);
     assert!(three.contains("network: L2 hub in toro-mpirun"), "{three}");
+    // A single VM has no network, whatever the back-end.
+    let one = dry(&s, &["-np", "2", &img]);
+    assert!(one.contains("network: none (one VM)") && !one.contains("memfd") && !one.contains("vhost"), "{one}");
+    // The hub is part of the datagram path.
+    let out = run(s.cmd(&["-np", "2", "--vms", "2", "--net-hub", "--net-backend", "vhost-user", "--dry-run", &img]), Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "toro-mpirun: error: --net-hub goes with --net-backend dgram\n");
 }
 
 #[test]
@@ -288,7 +320,7 @@ echo "[rank $vm] other descriptors $(awk '$1 > 3 && $1 < 10' "$SANDBOX/fds.$vm" 
 echo "toro: exit 0"
 exit 1"#);
     let img = s.image();
-    let (code, out, err, _) = job(&s, &["-np", "3", "--vms", "3", &img], Duration::from_secs(10));
+    let (code, out, err, _) = job(&s, &["-np", "3", "--vms", "3", "--net-backend", "dgram", &img], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
     for vm in 0..3 {
         assert!(out.contains(&format!("[rank {vm}] fd3 socket\n")), "{out}");
@@ -298,6 +330,28 @@ exit 1"#);
     let (code, out, err, _) = job(&s, &["-np", "1", &img], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("[rank 0] fd3 ") && !out.contains("fd3 socket"), "{out}");
+}
+
+#[test]
+fn each_vm_gets_its_own_vhost_user_socket_and_no_inherited_one() {
+    let s = Sandbox::new("vhostfd");
+    // The fake QEMU checks that the socket its -chardev names is there (the launcher
+    // listens on it before starting QEMU) and that it inherited no socket at fd 3.
+    s.qemu(r#"
+path=${chardevs##*path=}; path=${path%% *}
+if [ -S "$path" ]; then echo "[rank $vm] listening ${path##*/}"; fi
+echo "[rank $vm] fd3 $(readlink /proc/$$/fd/3 | sed 's/:.*//')"
+echo "toro: exit 0"
+exit 1"#);
+    let img = s.image();
+    let (code, out, err, took) = job(&s, &["-np", "3", "--vms", "3", &img], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    for vm in 0..3 {
+        assert!(out.contains(&format!("[rank {vm}] listening vm-{vm}.vhost\n")), "{out}");
+        assert!(!out.contains(&format!("[rank {vm}] fd3 socket")), "{out}");
+    }
+    // Nobody connected: the back-end's threads still end at once.
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]

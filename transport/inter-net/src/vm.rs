@@ -15,15 +15,17 @@
 //! line edge-triggered, and virtio-mmio raises it at every notification). Every
 //! register access is counted (`exits`).
 //!
-//! Frame size: the launcher's hub (and QEMU's datagram netdev) carries frames up to
-//! QEMU's NET_BUFSIZE, so the interface's MTU is `NetConfig::mtu`, by default IPv4's
+//! Frame size: the launcher's vhost-user back-end copies any frame that fits the
+//! receive buffer, its hub (and QEMU's datagram netdev) frames up to QEMU's
+//! NET_BUFSIZE, so the interface's MTU is `NetConfig::mtu`, by default IPv4's
 //! largest packet (65535 bytes: TCP segments of 65495 bytes, 45 times fewer frames than
 //! Ethernet's 1500): with Ethernet frames the host path's cost per frame (QEMU's main
 //! loops, threads waiting for a core) bounded bandwidth. VIRTIO_NET_F_MRG_RXBUF is not negotiated
 //! (`virtio-drivers` does not offer it): every receive buffer holds a whole frame plus
 //! the virtio-net header, since QEMU drops (silently) a frame larger than the buffer it
-//! is given. Receive buffers take at most `RX_MEMORY` (63 slots of 64 KiB at the default
-//! MTU, half the ring at Ethernet sizes); a received buffer is handed to smoltcp as is
+//! is given (the vhost-user back-end returns it empty, and counts it). Receive buffers
+//! take at most `RX_MEMORY` (63 slots of 64 KiB at the default MTU, half the ring at
+//! Ethernet sizes); a received buffer is handed to smoltcp as is
 //! and a spare is posted in its place (no copy). Transmit buffers come in two sizes
 //! (small frames such as ACKs take a small one) and are kept for reuse once the device
 //! is done with them, so their memory is what the TCP windows put in flight.
