@@ -34,9 +34,12 @@ impl std::fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-/// The workspace this tool was built from (the default `root`).
+/// The workspace this tool was built from (the default `root`). If that tree is
+/// gone, the path is kept as it is, so the build fails naming it; falling back to
+/// the current directory would build a `target/` wherever the caller stands.
 pub fn default_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<(), BuildError> {
