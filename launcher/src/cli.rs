@@ -84,13 +84,14 @@ pub struct Cli {
     /// Environment variable for the application; -x NAME alone takes it from this environment.
     #[arg(short = 'x', value_name = "VAR=VALUE")]
     pub env: Vec<String>,
-    /// With --net-backend dgram (implied), carry a 2-VM job's frames through the
-    /// launcher's L2 hub as with more VMs (else the two QEMUs share one socket pair).
+    /// Carry a 2-VM job's frames through the launcher's L2 hub as with more VMs (else the
+    /// two QEMUs share one socket pair); part of --net-backend dgram.
     #[arg(long)]
     pub net_hub: bool,
-    /// How the VMs' NICs are connected (more than one VM): vhost-user (default) = the
-    /// launcher is their vhost-user back-end and copies frames from ring to ring; dgram =
-    /// QEMU datagram sockets (a socket pair between two VMs, the launcher's hub with more).
+    /// How the VMs' NICs are connected (more than one VM): dgram (default) = QEMU datagram
+    /// sockets (a socket pair between two VMs, the launcher's hub with more); vhost-user =
+    /// the launcher is their vhost-user back-end and copies frames from ring to ring
+    /// (1.3-1.5x the bandwidth, but about one job in ten stalls ~1 s: not the default yet).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub net_backend: Option<NetBackend>,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
@@ -215,12 +216,11 @@ impl Options {
             env.retain(|(n, _)| *n != k);
             env.push((k, v));
         }
-        // --net-hub is a way of the datagram path; alone it implies it.
+        // --net-hub is a way of the datagram path (the default).
         let net_backend = match cli.net_backend.or(cfg.net_backend) {
             Some(NetBackend::VhostUser) if cli.net_hub => return Err("--net-hub goes with --net-backend dgram".into()),
             Some(b) => b,
-            None if cli.net_hub => NetBackend::Dgram,
-            None => NetBackend::VhostUser,
+            None => NetBackend::Dgram,
         };
         Ok(Options {
             np,

@@ -206,34 +206,41 @@ fn limit(accel: Accel) -> Duration {
 fn ping_pong_between_two_vms_with_data_checks() {
     let img = image();
     for accel in vmtest::accels() {
-        let _one = serial();
-        let mut job = start(accel, &[img]);
-        let status = job.wait(limit(accel));
-        let out = job.output();
-        assert_eq!(status.code(), Some(0), "{accel:?}:\n{out}");
-        for rank in 0..2 {
-            for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
-                assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?}: rank {rank}: no {needle:?}:\n{out}");
+        for backend in NET_BACKENDS {
+            let _one = serial();
+            let mut job = start(accel, &["--net-backend", backend, img]);
+            let status = job.wait(limit(accel));
+            let out = job.output();
+            assert_eq!(status.code(), Some(0), "{accel:?} {backend}:\n{out}");
+            for rank in 0..2 {
+                for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
+                    assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?} {backend}: rank {rank}: no {needle:?}:\n{out}");
+                }
             }
+            eprintln!("{accel:?} {backend}: ping-pong job took {:?}", job.started.elapsed());
         }
-        eprintln!("{accel:?}: ping-pong job took {:?}", job.started.elapsed());
     }
 }
+
+/// The network paths between VMs: the default first (`toro-mpirun --net-backend`).
+const NET_BACKENDS: [&str; 2] = ["dgram", "vhost-user"];
 
 #[test]
 fn large_message_across_vms() {
     let img = image();
     for accel in vmtest::accels() {
-        let _one = serial();
-        let mib = big_mib(accel);
-        let big = format!("big={mib}");
-        let mut job = start(accel, &[img, &big]);
-        let status = job.wait(limit(accel));
-        let out = job.output();
-        assert_eq!(status.code(), Some(0), "{accel:?}:\n{out}");
-        let line = format!("[rank 0] big message of {mib} MiB: ");
-        assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?}: no {line:?}:\n{out}");
-        eprintln!("{accel:?}: {}", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""));
+        for backend in NET_BACKENDS {
+            let _one = serial();
+            let mib = big_mib(accel);
+            let big = format!("big={mib}");
+            let mut job = start(accel, &["--net-backend", backend, img, &big]);
+            let status = job.wait(limit(accel));
+            let out = job.output();
+            assert_eq!(status.code(), Some(0), "{accel:?} {backend}:\n{out}");
+            let line = format!("[rank 0] big message of {mib} MiB: ");
+            assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?} {backend}: no {line:?}:\n{out}");
+            eprintln!("{accel:?} {backend}: {}", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""));
+        }
     }
 }
 
