@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use intra_vbus::{Bus, Config, CoreId, Envelope, Protocol, SendError};
+use intra_vbus::{Bus, Config, Envelope, Protocol, SendError};
 
 /// Small rings and a small eager limit, so tests cross every boundary fast.
 fn small(cores: usize) -> Config {
@@ -117,11 +117,6 @@ fn sizes_around_threshold_and_64_mib() {
 
 #[test]
 fn full_ring_is_back_pressure_never_loss() {
-    struct Quiet;
-    impl intra_vbus::Notify for Quiet {
-        fn notify(&self, _: CoreId) {}
-        fn wait(&self, _: CoreId) {}
-    }
     let config = Config { queue_size: 4, eager_max: 16, ..Config::new(2) };
     let bus = Bus::new(config, Quiet).unwrap();
     let mut a = bus.endpoint(0).unwrap();
@@ -162,11 +157,6 @@ fn full_ring_is_back_pressure_never_loss() {
 
 #[test]
 fn released_eager_descriptors_go_back_at_the_next_bus_call_or_drop() {
-    struct Quiet;
-    impl intra_vbus::Notify for Quiet {
-        fn notify(&self, _: CoreId) {}
-        fn wait(&self, _: CoreId) {}
-    }
     let config = Config { queue_size: 4, eager_max: 16, ..Config::new(3) };
     let bus = Bus::new(config, Quiet).unwrap();
     let (mut a, mut b, mut c) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap(), bus.endpoint(2).unwrap());
@@ -213,11 +203,6 @@ fn released_eager_descriptors_go_back_at_the_next_bus_call_or_drop() {
 
 #[test]
 fn peek_leaves_queued_and_held_messages_release_out_of_order() {
-    struct Quiet;
-    impl intra_vbus::Notify for Quiet {
-        fn notify(&self, _: CoreId) {}
-        fn wait(&self, _: CoreId) {}
-    }
     let config = Config { queue_size: 4, eager_max: 16, ..Config::new(2) };
     let bus = Bus::new(config, Quiet).unwrap();
     let mut a = bus.endpoint(0).unwrap();

@@ -63,6 +63,14 @@ impl Notify for ThreadNotify {
     }
 }
 
+/// A single thread driving several endpoints: nothing to wake, nothing to wait for.
+pub struct Quiet;
+
+impl Notify for Quiet {
+    fn notify(&self, _: CoreId) {}
+    fn wait(&self, _: CoreId) {}
+}
+
 pub struct Stats {
     pub notifies: u64,
     pub timeouts: u64,
