@@ -90,24 +90,19 @@ pub fn describe(plan: &Plan, setup: &QemuSetup, net_hub: bool) -> String {
         setup.accel.name()
     );
     if plan.vms.len() > 1 {
-        let fd = hub::QEMU_NET_FD;
+        let (fd, limit) = (hub::QEMU_NET_FD, hub::MAX_FRAME);
         let link = if setup.net == qemu::NetBackend::VhostUser {
             let socket = vhost_user::socket_path(&run::JobDir::path_for(&plan.job_id), 0);
             let socket = socket.to_string_lossy().replace("vm-0.", "vm-K.");
             format!(
-                "vhost-user back-end in toro-mpirun (guest RAM a shared memfd, VM K's QEMU connects to {socket}; frames copied from ring to ring"
+                "vhost-user back-end in toro-mpirun (guest RAM a shared memfd, VM K's QEMU connects to {socket}; frames copied from ring to ring)"
             )
         } else if hub::is_direct(plan.vms.len(), net_hub) {
-            format!("one Unix datagram socket pair between the two QEMUs (fd {fd} in each")
+            format!("one Unix datagram socket pair between the two QEMUs (fd {fd} in each; frames up to {limit} bytes)")
         } else {
-            format!("L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {fd} in QEMU")
+            format!("L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd {fd} in QEMU; frames up to {limit} bytes)")
         };
-        let limit = if setup.net == qemu::NetBackend::VhostUser {
-            String::new()
-        } else {
-            format!("; frames up to {} bytes", hub::MAX_FRAME)
-        };
-        s += &format!("network: {link}{limit}), {}/{}\n", plan::IP_BASE, plan::IP_PREFIX);
+        s += &format!("network: {link}, {}/{}\n", plan::IP_BASE, plan::IP_PREFIX);
     } else {
         s += "network: none (one VM)\n";
     }

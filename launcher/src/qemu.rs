@@ -157,7 +157,8 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
         Machine::Microvm => "microvm,acpi=off,x-option-roms=off,rtc=off",
         Machine::Q35 => "q35",
     };
-    if plan.vms.len() > 1 && setup.net == NetBackend::VhostUser {
+    let vhost_user = plan.vms.len() > 1 && setup.net == NetBackend::VhostUser;
+    if vhost_user {
         push(&["-M", &format!("{machine},memory-backend=mem")]);
     } else {
         push(&["-M", machine]);
@@ -169,7 +170,6 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
         _ => push(&["-accel", "tcg", "-cpu", "max"]),
     }
     push(&["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.mem_mib)]);
-    let vhost_user = plan.vms.len() > 1 && setup.net == NetBackend::VhostUser;
     if vhost_user {
         // The back-end (the launcher) maps the guest's RAM to reach its rings and buffers.
         push(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", vm.mem_mib)]);

@@ -393,7 +393,8 @@ fn readable_len(chain: &Chain) -> usize {
     chain.clone().readable().map(|d| d.len() as usize).sum()
 }
 
-/// The readable segments of a chain from byte `skip` on: (address, length).
+/// The readable (or, with `writable`, the writable) segments of a chain from byte
+/// `skip` on: (address, length).
 fn segments(chain: &Chain, writable: bool, mut skip: usize) -> Vec<(GuestAddress, usize)> {
     let descriptors: Vec<_> = if writable { chain.clone().writable().collect() } else { chain.clone().readable().collect() };
     let mut out = Vec::with_capacity(descriptors.len());
