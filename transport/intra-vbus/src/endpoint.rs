@@ -335,6 +335,12 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     #[inline]
     pub fn poll_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
         self.give_back_deferred();
+        self.take_from(src)
+    }
+
+    /// `poll_from` without giving back first (`poll` gives back once for all sources).
+    #[inline]
+    fn take_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
         if src >= self.cores() {
             return None;
         }
@@ -361,13 +367,14 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// Takes the next message from any core, taking turns between sources.
     #[inline]
     pub fn poll(&mut self) -> Option<Incoming<'bus>> {
+        self.give_back_deferred();
         // Sources in turn from `next_source`, wrapping without a division
         // (this loop is on every receive's path).
         let n = self.cores();
         let mut src = self.next_source;
         for _ in 0..n {
             let next = if src + 1 == n { 0 } else { src + 1 };
-            if let Some(m) = self.poll_from(src) {
+            if let Some(m) = self.take_from(src) {
                 self.next_source = next;
                 return Some(m);
             }
