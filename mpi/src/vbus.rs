@@ -473,9 +473,11 @@ impl<M: Machine> Transport for VbusPort<M> {
         match held {
             Held::Copied(data) => into.copy_from_slice(&data),
             Held::Ring(message) => {
+                assert_eq!(into.len(), message.len(), "a vbus payload is received whole");
                 let mut core = self.waiter.net.cores[self.waiter.core].lock();
-                into.copy_from_slice(message.payload());
-                core.endpoint.release(message);
+                if let Err(message) = core.endpoint.receive_into(message, into) {
+                    core.endpoint.release(message);
+                }
             }
         }
     }

@@ -461,11 +461,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         if dst.len() < len {
             return Err(msg);
         }
-        let payload = msg.payload();
-        // SAFETY: `payload` is `len` bytes (the message's own slice) and
-        // `dst` holds at least `len`; the message's memory is the sender's
-        // or the ring's, never the caller's `&mut` buffer.
-        unsafe { crate::virtq::copy_small(payload.as_ptr(), dst.as_mut_ptr(), len) };
+        crate::copy::copy_payload(msg.payload(), dst);
         self.release(msg);
         Ok(len)
     }
