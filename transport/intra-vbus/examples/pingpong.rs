@@ -174,25 +174,38 @@ fn bandwidth_run(config: Config, size: usize, fresh: bool) -> f64 {
 
 /// Bare cache-line ping-pong between the two threads: the floor for latency.
 fn cache_line_one_way_ns() -> f64 {
+    line_ping_pong_ns(false)
+}
+
+/// The same ping-pong where the answer goes back in a second line, as on the
+/// bus (ring 0→1 and ring 1→0 have their own header lines). The answering
+/// core must take that line from the core polling it before it can write, so
+/// each way costs more than one line transfer.
+fn two_lines_one_way_ns() -> f64 {
+    line_ping_pong_ns(true)
+}
+
+fn line_ping_pong_ns(answer_in_second_line: bool) -> f64 {
     #[repr(align(64))]
     struct Line(AtomicU64);
-    let line = Line(AtomicU64::new(0));
+    let (ask, second) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
+    let answer = if answer_in_second_line { &second } else { &ask };
     let rounds = 200_000u64;
     let elapsed = thread::scope(|s| {
         s.spawn(|| {
             pin_to_cpu(1);
             for i in 0..rounds {
-                while line.0.load(Ordering::Acquire) != 2 * i + 1 {
+                while ask.0.load(Ordering::Acquire) != 2 * i + 1 {
                     std::hint::spin_loop();
                 }
-                line.0.store(2 * i + 2, Ordering::Release);
+                answer.0.store(2 * i + 2, Ordering::Release);
             }
         });
         pin_to_cpu(0);
         let start = Instant::now();
         for i in 0..rounds {
-            line.0.store(2 * i + 1, Ordering::Release);
-            while line.0.load(Ordering::Acquire) != 2 * i + 2 {
+            ask.0.store(2 * i + 1, Ordering::Release);
+            while answer.0.load(Ordering::Acquire) != 2 * i + 2 {
                 std::hint::spin_loop();
             }
         }
@@ -236,8 +249,12 @@ fn main() {
     if std::env::args().any(|a| a == "--latency") {
         // 8 B only, for profiling the small-message path.
         let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
+        let two = (0..RUNS).map(|_| two_lines_one_way_ns()).fold(f64::INFINITY, f64::min);
         let bus = (0..20).map(|_| latency_run(default, 8, false)).fold(f64::INFINITY, f64::min);
-        println!("8 B one-way {:.0} ns, cache line {line:.0} ns (best of 20 and {RUNS} runs)", bus * 1e3);
+        println!(
+            "8 B one-way {:.0} ns, cache line {line:.0} ns, answer in a second line {two:.0} ns (best of 20 and {RUNS} runs)",
+            bus * 1e3
+        );
         return;
     }
     let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
