@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use mpi::transport::{Header, SendTicket, Transport, TransportError};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
@@ -522,20 +522,40 @@ impl<D: Nic> Node<D> {
         format!("inter-net: lost {} at {}: {}", self.topo.describe_vm(vm), self.config.ip_of_vm(vm), reason)
     }
 
-    /// One round of progress: the interface, every connection's state, input and output.
-    /// Returns whether anything moved.
+    /// One round of progress: every frame the NIC holds, every connection's state, input
+    /// and output. Returns whether anything moved.
+    ///
+    /// The order matters: all frames in, every socket read empty, then the only output
+    /// (ACKs, window updates, data). smoltcp advertises its free buffer rounded down to
+    /// the window scale (2^7 bytes with 4 MiB buffers), so an ACK sent while received
+    /// bytes wait unread can move the window's right edge back by up to 127 bytes from
+    /// the one announced before, and smoltcp then drops the part of a segment the peer
+    /// had sent up to the old edge. The peer does not resend it until its retransmission
+    /// timeout (1 s): the vhost-user back-end's ~1 s stalls (BENCHMARKS.md, inter-net).
+    /// With nothing unread when smoltcp acknowledges, every ACK announces the edge at
+    /// (bytes read + buffer size), which never moves back. (smoltcp still answers a
+    /// segment out of order at once, during input: only after a loss, which the
+    /// retransmission repairs anyway.)
     pub fn poll(&mut self) -> bool {
         self.stats.polls += 1;
         let now_us = (self.clock)();
         let now = Instant::from_micros(now_us as i64);
-        let mut moved = self.iface.poll(now, &mut self.device, &mut self.sockets) == smoltcp::iface::PollResult::SocketStateChanged;
+        self.iface.poll_maintenance(now);
+        let mut moved = false;
+        loop {
+            match self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets) {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => moved = true,
+            }
+        }
         let mut wrote = false;
         for vm in 0..self.slots.len() {
             let Some(mut slot) = self.slots[vm].take() else { continue };
             self.manage(&mut slot, now_us);
             if slot.state == ConnState::Up {
                 let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
-                // Input.
+                // Input: read it all (see above; `absorb` takes every byte it is given).
                 while socket.can_recv() {
                     let (topo, inboxes, link) = (&self.topo, &mut self.inboxes, &mut slot.link);
                     match socket.recv(|bytes| match link.absorb(topo, inboxes, bytes) {
@@ -565,7 +585,7 @@ impl<D: Nic> Node<D> {
                 slot.link.note_granted(source, dest, bytes);
             }
         }
-        // Output.
+        // Output into the sockets, then onto the NIC with the ACKs.
         for slot in self.slots.iter_mut().flatten() {
             if slot.state != ConnState::Up {
                 continue;
@@ -582,8 +602,8 @@ impl<D: Nic> Node<D> {
                 }
             }
         }
-        if wrote {
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
+        while self.iface.poll_egress(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged {
+            moved = true;
         }
         self.device.flush();
         self.note_touched();
