@@ -4,11 +4,11 @@
 //! to 127 bytes short of the one before; a segment the peer had sent up to the old edge
 //! then loses its tail in smoltcp, and the peer resends it only at its retransmission
 //! timeout (1 s): the ~1 s stalls of 2-VM jobs on the vhost-user back-end
-//! (BENCHMARKS.md, inter-net). `Node::poll` reads every socket empty before smoltcp
-//! sends anything; this drives the pattern that stalled and checks every ACK the
-//! receiving node sends. With the former order (smoltcp's `poll`, sending ACKs before the
-//! sockets were read) the receiver moved its edge back 26 times here, by up to 123
-//! bytes. The lost tail itself also needs the peer to have sent up to the old edge and
+//! (BENCHMARKS.md, inter-net). `Node::poll` lets smoltcp send only while what waits
+//! unread is a multiple of that granule; this drives the pattern that stalled and checks
+//! every ACK the receiving node sends. With the former order (smoltcp's `poll`, sending
+//! ACKs whatever was unread) the receiver moved its edge back 26 times here, by up to
+//! 123 bytes. The lost tail itself also needs the peer to have sent up to the old edge and
 //! the segment to arrive after the receding ACK left, which the VMs' timing produced
 //! about once in ten jobs and this simulation's rounds did not.
 
