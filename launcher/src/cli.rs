@@ -85,13 +85,13 @@ pub struct Cli {
     #[arg(short = 'x', value_name = "VAR=VALUE")]
     pub env: Vec<String>,
     /// Carry a 2-VM job's frames through the launcher's L2 hub as with more VMs (else the
-    /// two QEMUs share one socket pair); part of --net-backend dgram.
+    /// two QEMUs share one socket pair); part of --net-backend dgram, which it implies.
     #[arg(long)]
     pub net_hub: bool,
-    /// How the VMs' NICs are connected (more than one VM): dgram (default) = QEMU datagram
-    /// sockets (a socket pair between two VMs, the launcher's hub with more); vhost-user =
-    /// the launcher is their vhost-user back-end and copies frames from ring to ring
-    /// (1.3-1.5x the bandwidth, but about one job in ten stalls ~1 s: not the default yet).
+    /// How the VMs' NICs are connected (more than one VM): vhost-user (default) = the
+    /// launcher is their vhost-user back-end and copies frames from ring to ring; dgram =
+    /// QEMU datagram sockets (a socket pair between two VMs, the launcher's hub with more;
+    /// 0.65-0.85x vhost-user's bandwidth).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub net_backend: Option<NetBackend>,
     /// Idle spin budget of a waiting core before it halts, in ns (default: the runtime's).
@@ -216,11 +216,12 @@ impl Options {
             env.retain(|(n, _)| *n != k);
             env.push((k, v));
         }
-        // --net-hub is a way of the datagram path (the default).
+        // --net-hub is a way of the datagram path; vhost-user is the default otherwise.
         let net_backend = match cli.net_backend.or(cfg.net_backend) {
             Some(NetBackend::VhostUser) if cli.net_hub => return Err("--net-hub goes with --net-backend dgram".into()),
             Some(b) => b,
-            None => NetBackend::Dgram,
+            None if cli.net_hub => NetBackend::Dgram,
+            None => NetBackend::VhostUser,
         };
         Ok(Options {
             np,

@@ -15,7 +15,7 @@
 //! output-dir = "logs"
 //! qemu = "/usr/bin/qemu-system-x86_64"
 //! spin = 200000           # ns
-//! net-backend = "dgram"   # dgram | vhost-user
+//! net-backend = "vhost-user"   # vhost-user | dgram
 //! [env]                   # like -x NAME=VALUE
 //! OMP_NUM_THREADS = "1"
 //! ```

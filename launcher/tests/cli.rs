@@ -206,9 +206,10 @@ fn dry_run_plan_and_commands() {
     let s = Sandbox::new("dry");
     let img = s.image();
     let job_dir = s.path("tmp").join("toro-mpirun-t1");
-    // --net-backend vhost-user: the launcher is the VMs' network back-end, guest RAM
+    // By default (vhost-user): the launcher is the VMs' network back-end, guest RAM
     // shared with it (memfd), a vhost-user socket per VM in the job directory.
-    let out = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "vhost-user", &img, "a b", "-v"]);
+    let out = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", &img, "a b", "-v"]);
+    assert_eq!(out, dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "vhost-user", &img, "a b", "-v"]));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "job t1");
     assert_eq!(lines[1], "world 6 ranks, 2 VMs, map-by block, machine microvm, accel tcg");
@@ -231,9 +232,8 @@ fn dry_run_plan_and_commands() {
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
         s.path("qemu").display(), job_dir.display()));
     assert_eq!(lines.len(), 13);
-    // By default (dgram): QEMU's datagram netdev on an inherited socket pair.
-    let dg = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", &img, "a b", "-v"]);
-    assert_eq!(dg, dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "dgram", &img, "a b", "-v"]));
+    // --net-backend dgram: QEMU's datagram netdev on an inherited socket pair.
+    let dg = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-backend", "dgram", &img, "a b", "-v"]);
     let dg_lines: Vec<&str> = dg.lines().collect();
     assert_eq!(dg_lines[2], "network: one Unix datagram socket pair between the two QEMUs (fd 3 in each; frames up to 69632 bytes), 169.254.1.1/16");
     assert_eq!(dg_lines[3..11], lines[3..11]);
@@ -246,15 +246,16 @@ fn dry_run_plan_and_commands() {
          mac=02:74:6f:00:00:01 ip=169.254.1.2/16 ipbase=169.254.1.1 -- a%20b -v'",
         s.path("qemu").display()));
     assert_eq!(dg_lines.len(), 13);
-    // --net-hub: the datagram path through the launcher's hub, the same VMs and commands.
+    // --net-hub: the datagram path (without --net-backend too) through the launcher's hub,
+    // the same VMs and commands.
     let hub = dry(&s, &["-np", "6", "--vms", "2", "--cpus-per-vm", "2", "--mem", "512M", "--net-hub", &img, "a b", "-v"]);
     let hub_lines: Vec<&str> = hub.lines().collect();
     assert_eq!(hub_lines[2], "network: L2 hub in toro-mpirun (a Unix datagram socket pair per VM, fd 3 in QEMU; frames up to 69632 bytes), 169.254.1.1/16");
     assert_eq!(hub_lines[3..], dg_lines[3..]);
-    // Three VMs: the hub by default (dgram), or the same vhost-user back-end.
-    let three = dry(&s, &["-np", "3", "--vms", "3", "--net-backend", "vhost-user", &img]);
-    assert!(three.contains("network: vhost-user back-end") && three.contains("vm-2.vhost"), "{three}");
+    // Three VMs: the same vhost-user back-end by default, or the hub (dgram).
     let three = dry(&s, &["-np", "3", "--vms", "3", &img]);
+    assert!(three.contains("network: vhost-user back-end") && three.contains("vm-2.vhost"), "{three}");
+    let three = dry(&s, &["-np", "3", "--vms", "3", "--net-backend", "dgram", &img]);
     assert!(three.contains("network: L2 hub in toro-mpirun"), "{three}");
     // A single VM has no network, whatever the back-end.
     let one = dry(&s, &["-np", "2", &img]);

@@ -223,7 +223,7 @@ fn ping_pong_between_two_vms_with_data_checks() {
 }
 
 /// The network paths between VMs: the default first (`toro-mpirun --net-backend`).
-const NET_BACKENDS: [&str; 2] = ["dgram", "vhost-user"];
+const NET_BACKENDS: [&str; 2] = ["vhost-user", "dgram"];
 
 #[test]
 fn large_message_across_vms() {

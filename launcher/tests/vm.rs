@@ -354,9 +354,9 @@ fn mpi_program_across_vms() {
 fn mpi_suite_across_vms_with_hierarchical_collectives() {
     let img = images();
     for accel in vmtest::accels() {
-        // The last run takes the other network path, the launcher's vhost-user back-end.
+        // The last run takes the other network path, QEMU's datagram sockets.
         for (np, layout) in [("4", &["--vms", "2", "--cpus-per-vm", "2"][..]), ("6", &["--vms", "2", "--cpus-per-vm", "2", "--map-by", "cyclic"][..]),
-                             ("4", &["--vms", "2", "--cpus-per-vm", "2", "--net-backend", "vhost-user"][..])] {
+                             ("4", &["--vms", "2", "--cpus-per-vm", "2", "--net-backend", "dgram"][..])] {
             let _one = serial();
             let mut args = vec!["-np", np];
             args.extend_from_slice(layout);

@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use mpi::transport::{Header, SendTicket, Transport, TransportError};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
@@ -312,6 +312,12 @@ pub trait Nic: Device {
 impl Nic for crate::sim::SimPort {}
 impl<D: Device> Nic for smoltcp::phy::FaultInjector<D> {}
 
+/// The unit of the receive windows smoltcp announces for a socket buffer of `bytes`: its
+/// window scale, as smoltcp picks it (the buffer's size in bits beyond 16).
+fn window_granule(bytes: usize) -> usize {
+    1 << (usize::BITS - bytes.leading_zeros()).saturating_sub(16)
+}
+
 /// Time source: microseconds, monotonic.
 pub type Clock = fn() -> u64;
 /// Ends the job (or, in tests, the rank) with a message; never returns.
@@ -522,40 +528,35 @@ impl<D: Nic> Node<D> {
         format!("inter-net: lost {} at {}: {}", self.topo.describe_vm(vm), self.config.ip_of_vm(vm), reason)
     }
 
-    /// One round of progress: the interface, every connection's state, input and output.
-    /// Returns whether anything moved.
+    /// One round of progress: every frame the NIC holds, every connection's state, input
+    /// and output. Returns whether anything moved.
+    ///
+    /// smoltcp sends only from `acknowledge_and_read`, when the bytes waiting unread in
+    /// each socket are a multiple of the window's granule. smoltcp announces its free
+    /// receive buffer rounded down to the window scale (2^7 bytes with 4 MiB buffers):
+    /// an ACK sent with some other amount unread can move the window's right edge back
+    /// by up to 127 bytes from one announced before, and smoltcp then drops the part of
+    /// a segment the peer had sent up to the old edge, which the peer resends only at
+    /// its retransmission timeout (1 s): the vhost-user back-end's ~1 s stalls
+    /// (BENCHMARKS.md, inter-net). With a multiple unread, every ACK announces the edge at
+    /// exactly (bytes read + buffer size), which never moves back. The ACKs still go out
+    /// before the rest of the input is read, as smoltcp's own `poll` sent them, so the
+    /// peers send on meanwhile (sending only after reading everything cost ~10 % of the
+    /// bandwidth at 1 MiB). smoltcp still answers a segment out of order at once, during
+    /// input: only after a loss, which the retransmission repairs anyway.
     pub fn poll(&mut self) -> bool {
         self.stats.polls += 1;
         let now_us = (self.clock)();
         let now = Instant::from_micros(now_us as i64);
-        let mut moved = self.iface.poll(now, &mut self.device, &mut self.sockets) == smoltcp::iface::PollResult::SocketStateChanged;
-        let mut wrote = false;
+        self.iface.poll_maintenance(now);
+        let mut moved = self.take_in(now);
         for vm in 0..self.slots.len() {
             let Some(mut slot) = self.slots[vm].take() else { continue };
             self.manage(&mut slot, now_us);
-            if slot.state == ConnState::Up {
-                let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
-                // Input.
-                while socket.can_recv() {
-                    let (topo, inboxes, link) = (&self.topo, &mut self.inboxes, &mut slot.link);
-                    match socket.recv(|bytes| match link.absorb(topo, inboxes, bytes) {
-                        Ok(n) => (n, Ok(n)),
-                        Err(error) => (bytes.len(), Err(error)),
-                    }) {
-                        Ok(Ok(0)) | Err(_) => break,
-                        Ok(Ok(_)) => moved = true,
-                        Ok(Err(error)) => {
-                            let message = format!("inter-net: protocol error {}", error.0);
-                            socket.abort();
-                            slot.state = ConnState::Gone { reason: message.clone(), lost_data: true };
-                            self.failure.get_or_insert(message);
-                            break;
-                        }
-                    }
-                }
-            }
             self.slots[vm] = Some(slot);
         }
+        moved |= self.acknowledge_and_read(now);
+        let mut wrote = false;
         // Credits for what local ranks have read.
         let mut grants = Vec::new();
         self.inboxes.take_grants(self.config.window / 4, &mut grants);
@@ -565,7 +566,7 @@ impl<D: Nic> Node<D> {
                 slot.link.note_granted(source, dest, bytes);
             }
         }
-        // Output.
+        // Output into the sockets, then onto the NIC with the ACKs.
         for slot in self.slots.iter_mut().flatten() {
             if slot.state != ConnState::Up {
                 continue;
@@ -582,12 +583,77 @@ impl<D: Nic> Node<D> {
                 }
             }
         }
+        // What was just written, with the frames that came in meanwhile.
         if wrote {
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            moved |= self.take_in(now);
+            moved |= self.acknowledge_and_read(now);
         }
         self.device.flush();
         self.note_touched();
         moved || wrote
+    }
+
+    /// Hands every frame the NIC holds to smoltcp (which sends nothing then, but for an
+    /// immediate answer to a segment out of order). Returns whether a socket changed.
+    fn take_in(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        loop {
+            match self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets) {
+                PollIngressSingleResult::None => return changed,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => changed = true,
+            }
+        }
+    }
+
+    /// Sends the ACKs (and whatever the sockets hold to send) with what stays unread a
+    /// multiple of the window's granule (see `poll`), then reads the rest. Returns
+    /// whether anything moved.
+    fn acknowledge_and_read(&mut self, now: Instant) -> bool {
+        let mut moved = self.read_input(Some(window_granule(self.config.socket_buffer)));
+        while self.iface.poll_egress(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged {
+            moved = true;
+        }
+        moved | self.read_input(None)
+    }
+
+    /// Feeds each connection's received bytes to its link: all of them, or with
+    /// `Some(granule)` just enough that what stays unread is a multiple of `granule`.
+    /// Returns whether anything was read.
+    fn read_input(&mut self, granule: Option<usize>) -> bool {
+        let mut moved = false;
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.state != ConnState::Up {
+                continue;
+            }
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.socket);
+            let mut to_read = match granule {
+                Some(granule) => socket.recv_queue() % granule,
+                None => socket.recv_queue(),
+            };
+            while to_read > 0 {
+                let (topo, inboxes, link) = (&self.topo, &mut self.inboxes, &mut slot.link);
+                // `absorb` takes every byte it is given.
+                match socket.recv(|bytes| match link.absorb(topo, inboxes, &bytes[..bytes.len().min(to_read)]) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(error) => (bytes.len(), Err(error)),
+                }) {
+                    Ok(Ok(0)) | Err(_) => break,
+                    Ok(Ok(n)) => {
+                        to_read -= n;
+                        moved = true;
+                    }
+                    Ok(Err(error)) => {
+                        let message = format!("inter-net: protocol error {}", error.0);
+                        socket.abort();
+                        slot.state = ConnState::Gone { reason: message.clone(), lost_data: true };
+                        self.failure.get_or_insert(message);
+                        break;
+                    }
+                }
+            }
+        }
+        moved
     }
 
     /// Sorts the ranks this poll did something for: blocked ones are to be woken,
