@@ -5,24 +5,18 @@
 //! something that happened for it before the announcement makes it look again
 //! instead; the deadline covers the network's own timers.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use inter_net::sim::{Segment, SimPort};
 use inter_net::{NetConfig, Node, Shared};
 use mpi::transport::{Header, MessageKind};
 
+mod common;
+use common::{advance, now_us};
+
 thread_local! {
-    static NOW_US: Cell<u64> = const { Cell::new(1) };
     static WOKEN: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-}
-
-fn now_us() -> u64 {
-    NOW_US.with(|now| now.get())
-}
-
-fn advance(us: u64) {
-    NOW_US.with(|now| now.set(now.get() + us));
 }
 
 fn fatal(message: &str) -> ! {

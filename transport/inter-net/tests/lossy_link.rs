@@ -3,24 +3,13 @@
 //! thread on a simulated clock (1 ms per round, so TCP's 1 s minimum retransmission
 //! timeout costs 1000 rounds, not a second).
 
-use std::cell::Cell;
-
 use inter_net::sim::{Segment, SimPort};
 use inter_net::{NetConfig, Nic, Node};
 use mpi::transport::{Header, MessageKind};
 use smoltcp::phy::FaultInjector;
 
-thread_local! {
-    static NOW_US: Cell<u64> = const { Cell::new(1) };
-}
-
-fn now_us() -> u64 {
-    NOW_US.with(|now| now.get())
-}
-
-fn advance(us: u64) {
-    NOW_US.with(|now| now.set(now.get() + us));
-}
+mod common;
+use common::{advance, now_us};
 
 type Dev = FaultInjector<SimPort>;
 

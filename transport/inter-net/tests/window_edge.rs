@@ -12,8 +12,6 @@
 //! the segment to arrive after the receding ACK left, which the VMs' timing produced
 //! about once in ten jobs and this simulation's rounds did not.
 
-use std::cell::Cell;
-
 use inter_net::sim::{Segment, SimPort, SimTx};
 use inter_net::{NetConfig, Nic, Node};
 use mpi::transport::{Header, MessageKind};
@@ -21,17 +19,8 @@ use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket, TcpRepr};
 
-thread_local! {
-    static NOW_US: Cell<u64> = const { Cell::new(1) };
-}
-
-fn now_us() -> u64 {
-    NOW_US.with(|now| now.get())
-}
-
-fn advance(us: u64) {
-    NOW_US.with(|now| now.set(now.get() + us));
-}
+mod common;
+use common::{advance, now_us};
 
 /// The right edges (ACK number + scaled window) a node announced, from the TCP
 /// segments it sent (one connection per test).
