@@ -208,9 +208,14 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
     a.push(setup.image.clone().into());
     a.push("-append".into());
     if msix_crashes_qemu(setup, plan) {
-        // The last `netwait=` wins: ranks poll the NIC instead of halting on its
-        // interrupt, which would never be unmasked.
-        a.push(format!("{} netwait=spin", vm.cmdline).into());
+        // A key, so before the application's arguments (` -- `, the first one: keys and
+        // arguments are escaped); the last `netwait=` wins.
+        let (keys, args) = vm.cmdline.split_once(" -- ").map_or((vm.cmdline.as_str(), None), |(k, a)| (k, Some(a)));
+        let line = match args {
+            Some(args) => format!("{keys} netwait=spin -- {args}"),
+            None => format!("{keys} netwait=spin"),
+        };
+        a.push(line.into());
     } else {
         a.push(vm.cmdline.clone().into());
     }
