@@ -428,3 +428,193 @@ pub unsafe fn probe<H: Hal>(mut ecam: Ecam, reach: (u64, u64), pool: (u64, u64))
         has_msix: msix_entry.is_some(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// One PCI function's configuration space (256 bytes), with BARs that behave as
+    /// hardware does when sized: only the address bits above their size stick.
+    #[derive(Clone)]
+    struct FakeFunction {
+        location: DeviceFunction,
+        words: [u32; 64],
+        /// Per BAR register: the bits software may write, and the read-only type bits.
+        writable: [u32; 6],
+    }
+
+    impl FakeFunction {
+        fn new(device: u8, vendor: u16, id: u16) -> FakeFunction {
+            let mut words = [0; 64];
+            words[0] = (id as u32) << 16 | vendor as u32;
+            FakeFunction { location: DeviceFunction { bus: 0, device, function: 0 }, words, writable: [0; 6] }
+        }
+
+        /// A 32-bit (or 64-bit, taking two registers) memory BAR of `size` bytes at `address`.
+        fn bar(mut self, index: usize, size: u64, address: u64, wide: bool) -> FakeFunction {
+            let mask = !(size - 1);
+            let kind = if wide { 0b100 } else { 0 };
+            self.writable[index] = mask as u32 & !0xF;
+            self.words[4 + index] = (address as u32 & mask as u32) | kind;
+            if wide {
+                self.writable[index + 1] = (mask >> 32) as u32;
+                self.words[4 + index + 1] = (address >> 32) as u32;
+            }
+            self
+        }
+
+        /// Appends capabilities at 0x40, 0x54, ... (each `body` word after the header).
+        fn capabilities(mut self, list: &[(u8, Vec<u32>)]) -> FakeFunction {
+            self.words[1] |= 1 << 20; // status: capabilities list
+            self.words[0x34 / 4] = 0x40;
+            let mut at = 0x40;
+            for (i, (id, body)) in list.iter().enumerate() {
+                let next = if i + 1 == list.len() { 0 } else { at + 4 + 4 * body.len() as u32 };
+                let header = self.words[at as usize / 4] & 0xFFFF_0000;
+                self.words[at as usize / 4] = header | next << 8 | *id as u32;
+                for (k, word) in body.iter().enumerate() {
+                    self.words[at as usize / 4 + 1 + k] = *word;
+                }
+                at = next;
+            }
+            self
+        }
+
+        /// The 16-bit field after a capability's id and next pointer.
+        fn private_header(mut self, capability: usize, value: u16) -> FakeFunction {
+            self.words[capability / 4] |= (value as u32) << 16;
+            self
+        }
+    }
+
+    #[derive(Clone)]
+    struct FakeBus {
+        functions: Vec<FakeFunction>,
+        reads: core::cell::Cell<usize>,
+    }
+
+    impl FakeBus {
+        fn function(&self, location: DeviceFunction) -> Option<&FakeFunction> {
+            self.functions.iter().find(|f| f.location == location)
+        }
+    }
+
+    impl ConfigurationAccess for FakeBus {
+        fn read_word(&self, location: DeviceFunction, offset: u8) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            self.function(location).map_or(INVALID_READ, |f| f.words[offset as usize / 4])
+        }
+        fn write_word(&mut self, location: DeviceFunction, offset: u8, data: u32) {
+            let Some(f) = self.functions.iter_mut().find(|f| f.location == location) else { return };
+            let word = offset as usize / 4;
+            match word {
+                4..=9 => {
+                    let writable = f.writable[word - 4];
+                    f.words[word] = (data & writable) | (f.words[word] & !writable & 0xF);
+                }
+                _ => f.words[word] = data,
+            }
+        }
+        unsafe fn unsafe_clone(&self) -> Self {
+            self.clone()
+        }
+    }
+
+    /// A virtio-net function as QEMU makes it: BAR 1 (MSI-X table, 4 KiB), BAR 4
+    /// (64-bit, 16 KiB: common, ISR, device and notify structures).
+    fn virtio_net(bar1: u64, bar4: u64) -> FakeFunction {
+        // Vendor capabilities: BAR, offset, length (cfg_type and length in the private header).
+        let vendor = |bar: u32, offset: u32, length: u32| (PCI_CAP_ID_VENDOR, vec![bar, offset, length]);
+        let (common, isr, device) = (vendor(4, 0, 0x1000), vendor(4, 0x1000, 0x1000), vendor(4, 0x2000, 0x1000));
+        let notify = (PCI_CAP_ID_VENDOR, vec![4, 0x3000, 0x1000, 4]); // + notify_off_multiplier
+        FakeFunction::new(1, VIRTIO_VENDOR_ID, 0x1000)
+            .bar(1, 0x1000, bar1, false)
+            .bar(4, 0x4000, bar4, true)
+            .capabilities(&[(PCI_CAP_ID_MSIX, vec![1, 0x801]), common, isr, device, notify])
+            // MSI-X: 3 entries; vendor capabilities: length and cfg_type.
+            .private_header(0x40, 2)
+            .private_header(0x4C, 16 | 1 << 8)
+            .private_header(0x5C, 16 | 3 << 8)
+            .private_header(0x6C, 16 | 4 << 8)
+            .private_header(0x7C, 20 | 2 << 8)
+    }
+
+    const REACH: (u64, u64) = (0xFEA0_0000, 0xFEC0_0000);
+    const POOL: (u64, u64) = (0xFEA0_0000, 0xFEB0_0000);
+
+    #[test]
+    fn finds_virtio_net_past_other_devices_reading_one_word_per_empty_slot() {
+        let bus = FakeBus {
+            functions: vec![FakeFunction::new(0, 0x8086, 0x29C0), FakeFunction::new(2, VIRTIO_VENDOR_ID, 0x1003), virtio_net(0, 0)]
+                .into_iter()
+                .map(|mut f| {
+                    if f.location.device == 1 {
+                        f.location.device = 5;
+                    }
+                    f
+                })
+                .collect(),
+            reads: Default::default(),
+        };
+        let found = find_virtio_net(&bus).unwrap();
+        assert_eq!((found.bus, found.device, found.function), (0, 5, 0));
+        // Slots 0..=5: an id each, a header type for the three present ones.
+        assert_eq!(bus.reads.get(), 6 + 3);
+        let none = FakeBus { functions: vec![FakeFunction::new(0, 0x8086, 0x29C0)], reads: Default::default() };
+        assert_eq!(find_virtio_net(&none), None);
+    }
+
+    #[test]
+    fn the_capability_walk_finds_the_virtio_structures_and_msix() {
+        let bus = FakeBus { functions: vec![virtio_net(0xFEBC_0000, 0xFEBF_C000)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        assert_eq!(layout.common, Region { bar: 4, offset: 0, length: 0x1000 });
+        assert_eq!(layout.notify, Region { bar: 4, offset: 0x3000, length: 0x1000 });
+        assert_eq!(layout.notify_multiplier, 4);
+        assert_eq!(layout.msix, Some(Msix { capability: 0x40, table_size: 3, table_bar: 1, table_offset: 0 }));
+        assert_eq!(layout.bars().collect::<Vec<_>>(), [4, 4, 1]);
+        // Without a notify structure it is no virtio-pci device this driver can use.
+        let mut broken = virtio_net(0, 0);
+        broken.words[0x7C / 4] = (broken.words[0x7C / 4] & 0xFF00_FFFF) | 9 << 24;
+        let bus = FakeBus { functions: vec![broken], reads: Default::default() };
+        assert_eq!(Layout::read(&PciRoot::new(bus.clone()), function, &bus), None);
+    }
+
+    #[test]
+    fn bars_the_firmware_assigned_in_reach_stay_and_decoding_and_bus_mastering_go_on() {
+        let bus = FakeBus { functions: vec![virtio_net(0xFEBC_0000, 0xFEBF_C000)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let mut root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
+        assert_eq!((bars[1], bars[4]), (0xFEBC_0000, 0xFEBF_C000));
+        let (_, command) = root.get_status_command(function);
+        assert!(command.contains(Command::MEMORY_SPACE | Command::BUS_MASTER));
+        assert_eq!(root.bar_info(function, 4).unwrap().unwrap().memory_address_size(), Some((0xFEBF_C000, 0x4000)));
+    }
+
+    #[test]
+    fn unassigned_or_unreachable_bars_are_placed_in_the_pool_aligned() {
+        // BAR 1 unassigned, BAR 4 above 4 GiB (out of ring 3's reach).
+        let bus = FakeBus { functions: vec![virtio_net(0, 0x8_0000_0000)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let mut root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
+        // BAR 4 (first used) at the pool's start, BAR 1 after it.
+        assert_eq!((bars[4], bars[1]), (0xFEA0_0000, 0xFEA0_4000));
+        for (bar, address, size) in [(4, 0xFEA0_0000, 0x4000), (1, 0xFEA0_4000, 0x1000)] {
+            assert_eq!(root.bar_info(function, bar).unwrap().unwrap().memory_address_size(), Some((address, size)), "BAR {bar}");
+        }
+        let (_, command) = root.get_status_command(function);
+        assert!(command.contains(Command::MEMORY_SPACE | Command::BUS_MASTER));
+        // A pool too small for the 16 KiB BAR.
+        let bus = FakeBus { functions: vec![virtio_net(0, 0)], reads: Default::default() };
+        let mut root = PciRoot::new(bus.clone());
+        assert_eq!(place_bars(&mut root, function, &layout, REACH, (0xFEA0_0000, 0xFEA0_2000)), Err(PciError::NoRoom { bar: 4, size: 0x4000 }));
+    }
+}
