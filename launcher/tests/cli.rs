@@ -279,7 +279,7 @@ fn dry_run_single_vm_cyclic_q35_env() {
     let out = dry(&s, &["-np", "4", "--vms", "2", "--map-by", "cyclic", "--machine", "q35", &img]);
     assert!(out.contains("vm 0: ranks 0,2,"), "{out}");
     assert!(out.contains("rank 1: vm 1 core 0"), "{out}");
-    assert!(out.contains("virtio-net-pci,netdev=net0"), "{out}");
+    assert!(out.contains("virtio-net-pci,romfile=,netdev=net0"), "{out}");
     let out = dry(&s, &["-np", "5", "--ranks-per-vm", "2", &img]);
     assert!(out.contains("world 5 ranks, 3 VMs"), "{out}");
     assert!(out.contains("vm 2: ranks 4, 1 vCPU,"), "{out}");

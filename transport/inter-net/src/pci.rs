@@ -321,7 +321,7 @@ impl Transport for PciNic {
         // `queue_set` left the queue selected.
         let offset = self.common_read_u16(COMMON_QUEUE_NOTIFY_OFF) as usize * self.notify_multiplier;
         if let Some(slot) = self.notify_registers.get_mut(queue as usize) {
-            *slot = if offset + 2 <= self.notify_length && offset % 2 == 0 { self.notify + offset } else { 0 };
+            *slot = if offset + 2 <= self.notify_length && offset.is_multiple_of(2) { self.notify + offset } else { 0 };
         }
     }
     fn queue_unset(&mut self, queue: u16) {
@@ -361,7 +361,7 @@ impl Ecam {
     }
 
     fn register(&self, function: DeviceFunction, offset: u8) -> Option<*mut u32> {
-        let inside = function.bus <= self.last_bus && function.device < 32 && function.function < 8 && offset % 4 == 0;
+        let inside = function.bus <= self.last_bus && function.device < 32 && function.function < 8 && offset.is_multiple_of(4);
         let at = (function.bus as usize) << 20 | (function.device as usize) << 15 | (function.function as usize) << 12;
         inside.then(|| (self.base + at + offset as usize) as *mut u32)
     }
