@@ -35,6 +35,8 @@ const PCI_CAP_ID_VENDOR: u8 = 0x09;
 const PCI_CAP_ID_MSIX: u8 = 0x11;
 const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
+const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
+const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
 /// Header type register (offset 0x0C, byte 2): bit 7 = more than one function.
 const MULTI_FUNCTION: u32 = 0x80 << 16;
 const INVALID_READ: u32 = 0xFFFF_FFFF;
@@ -74,6 +76,9 @@ pub struct Layout {
     pub common: Region,
     pub notify: Region,
     pub notify_multiplier: u32,
+    /// The ISR and device-specific structures (`PciTransport` maps them too).
+    pub isr: Option<Region>,
+    pub device: Option<Region>,
     pub msix: Option<Msix>,
 }
 
@@ -81,6 +86,7 @@ impl Layout {
     /// Walks the capability list of `function` (`cam` reads the capabilities' bodies).
     pub fn read<C: ConfigurationAccess>(root: &PciRoot<C>, function: DeviceFunction, cam: &C) -> Option<Layout> {
         let (mut common, mut notify, mut notify_multiplier, mut msix) = (None, None, 0, None);
+        let (mut isr, mut device) = (None, None);
         for capability in root.capabilities(function) {
             let at = capability.offset;
             match capability.id {
@@ -100,6 +106,8 @@ impl Layout {
                             notify = Some(region);
                             notify_multiplier = cam.read_word(function, at + 16);
                         }
+                        VIRTIO_PCI_CAP_ISR_CFG if isr.is_none() => isr = Some(region),
+                        VIRTIO_PCI_CAP_DEVICE_CFG if device.is_none() => device = Some(region),
                         _ => {}
                     }
                 }
@@ -115,12 +123,13 @@ impl Layout {
                 _ => {}
             }
         }
-        Some(Layout { common: common?, notify: notify?, notify_multiplier, msix })
+        Some(Layout { common: common?, notify: notify?, notify_multiplier, isr, device, msix })
     }
 
-    /// The BARs the driver touches.
+    /// The BARs the driver (with `PciTransport`) touches.
     fn bars(&self) -> impl Iterator<Item = u8> {
-        [Some(self.common.bar), Some(self.notify.bar), self.msix.map(|m| m.table_bar)].into_iter().flatten()
+        let structures = [Some(self.common), Some(self.notify), self.isr, self.device];
+        structures.into_iter().flatten().map(|r| r.bar).chain(self.msix.map(|m| m.table_bar))
     }
 }
 
@@ -575,8 +584,10 @@ mod tests {
         assert_eq!(layout.common, Region { bar: 4, offset: 0, length: 0x1000 });
         assert_eq!(layout.notify, Region { bar: 4, offset: 0x3000, length: 0x1000 });
         assert_eq!(layout.notify_multiplier, 4);
+        assert_eq!(layout.isr, Some(Region { bar: 4, offset: 0x1000, length: 0x1000 }));
+        assert_eq!(layout.device, Some(Region { bar: 4, offset: 0x2000, length: 0x1000 }));
         assert_eq!(layout.msix, Some(Msix { capability: 0x40, table_size: 3, table_bar: 1, table_offset: 0 }));
-        assert_eq!(layout.bars().collect::<Vec<_>>(), [4, 4, 1]);
+        assert_eq!(layout.bars().collect::<Vec<_>>(), [4, 4, 4, 4, 1]);
         // Without a notify structure it is no virtio-pci device this driver can use.
         let mut broken = virtio_net(0, 0);
         broken.words[0x7C / 4] = (broken.words[0x7C / 4] & 0xFF00_FFFF) | 9 << 24;
