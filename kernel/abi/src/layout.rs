@@ -8,8 +8,10 @@
 //! 0x0040_0000  application image (text, data, bss)                     (ring 3)
 //! 0x0100_0000  thread-stack arena: 128 slots of 256 KiB, guard below each
 //! 0x0300_0000  heap: per-core pools up to the end of RAM
-//! 0xFE00_0000  device MMIO (virtio-mmio user-accessible, APIC ring 0)
+//! 0xFE00_0000  device MMIO (0xFEA0_0000..0xFEC0_0000 user-accessible, APIC ring 0)
 //! ```
+//! On q35 the PCI Express configuration space (at the MCFG's address,
+//! 0xB000_0000) is also mapped uncached for ring 3.
 
 pub const PAGE_SIZE: u64 = 4096;
 pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
@@ -33,6 +35,16 @@ pub const MMIO_BASE: u64 = 0xFE00_0000;
 /// microvm's virtio-mmio window (ring 3 drivers map it).
 pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 pub const VIRTIO_MMIO_END: u64 = 0xFEC0_0000;
+/// Device memory ring 3 reaches (one 2 MiB page): microvm's virtio-mmio window and,
+/// on q35, the PCI memory BARs SeaBIOS assigns top-down from 0xFEC0_0000 (the
+/// virtio-net device's at 0xFEBC_0000 and 0xFEBF_C000).
+pub const USER_MMIO_BASE: u64 = 0xFEA0_0000;
+pub const USER_MMIO_END: u64 = 0xFEC0_0000;
+/// Where the ring-3 drivers place a PCI memory BAR the firmware left unassigned
+/// or put out of ring 3's reach: the lower half of the ring-3 window, which
+/// SeaBIOS's top-down assignment does not reach with a few devices.
+pub const PCI_BAR_POOL: u64 = USER_MMIO_BASE;
+pub const PCI_BAR_POOL_END: u64 = VIRTIO_MMIO_BASE;
 /// The IOAPIC (microvm and q35; ring 0 only).
 pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
 pub const LAPIC_BASE: u64 = 0xFEE0_0000;
@@ -44,6 +56,8 @@ const _: () = {
     assert!(STACK_ARENA.is_multiple_of(LARGE_PAGE_SIZE) && STACK_ARENA_END.is_multiple_of(LARGE_PAGE_SIZE));
     assert!(HEAP_BASE.is_multiple_of(LARGE_PAGE_SIZE) && STACK_SLOT_SIZE.is_multiple_of(PAGE_SIZE));
     assert!(MIN_RAM < RAM_MAP_LIMIT);
+    assert!(USER_MMIO_BASE.is_multiple_of(LARGE_PAGE_SIZE) && USER_MMIO_END - USER_MMIO_BASE == LARGE_PAGE_SIZE);
+    assert!(USER_MMIO_BASE <= VIRTIO_MMIO_BASE && VIRTIO_MMIO_END <= USER_MMIO_END && USER_MMIO_END <= IOAPIC_BASE);
 };
 
 /// Which stack slot an address inside the arena belongs to.

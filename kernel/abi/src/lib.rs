@@ -101,7 +101,7 @@ pub struct AppHeader {
 }
 
 pub const APP_MAGIC: [u8; 8] = *b"TOROAPP\0";
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Maximum number of cores (vCPUs) in one VM.
 pub const MAX_CPUS: usize = 64;
@@ -128,6 +128,11 @@ pub struct BootInfo {
     pub stack_arena: u64,
     pub stack_slots: u64,
     pub apic_ids: [u32; MAX_CPUS],
+    /// PCI Express configuration space (ECAM) of bus 0 when the machine has one
+    /// (q35: from the ACPI MCFG), mapped uncached for ring 3; 0 when none (microvm).
+    pub pci_ecam: u64,
+    /// The last bus number the ECAM at `pci_ecam` covers.
+    pub pci_last_bus: u32,
     pub cmdline_len: u32,
     pub cmdline: [u8; CMDLINE_MAX],
 }
@@ -145,6 +150,8 @@ impl BootInfo {
             stack_arena: 0,
             stack_slots: 0,
             apic_ids: [0; MAX_CPUS],
+            pci_ecam: 0,
+            pci_last_bus: 0,
             cmdline_len: 0,
             cmdline: [0; CMDLINE_MAX],
         }

@@ -1,4 +1,5 @@
-//! ACPI: find the MADT from the RSDP and list the enabled local APIC ids.
+//! ACPI: find the MADT from the RSDP and list the enabled local APIC ids;
+//! find PCI Express's configuration space (ECAM) in the MCFG.
 //! The kernel hands in byte slices of physical memory; all checks live here.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +76,40 @@ pub fn madt_apic_ids(madt: &[u8]) -> Result<impl Iterator<Item = u32> + '_, Acpi
     }))
 }
 
+/// PCI Express's memory-mapped configuration space (ECAM) of PCI segment 0: bus
+/// `b`'s starts at `base + (b << 20)`, for `start_bus..=end_bus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ecam {
+    pub base: u64,
+    pub start_bus: u8,
+    pub end_bus: u8,
+}
+
+impl Ecam {
+    /// The bytes of configuration space the listed buses take.
+    pub fn range(&self) -> (u64, u64) {
+        let start = self.base + ((self.start_bus as u64) << 20);
+        (start, ((self.end_bus as u64 - self.start_bus as u64) + 1) << 20)
+    }
+}
+
+/// Segment 0's ECAM in a whole MCFG (header, 8 reserved bytes, then 16-byte
+/// entries: base address, segment, start bus, end bus, 4 reserved).
+pub fn mcfg_ecam(mcfg: &[u8]) -> Result<Option<Ecam>, AcpiError> {
+    if table_len(mcfg, b"MCFG")? != mcfg.len() || !checksum_ok(mcfg) || mcfg.len() < 44 {
+        return Err(AcpiError::BadTable);
+    }
+    for entry in mcfg[44..].chunks_exact(16) {
+        let base = u64_at(entry, 0).ok_or(AcpiError::BadTable)?;
+        let segment = u16::from_le_bytes([entry[8], entry[9]]);
+        let (start_bus, end_bus) = (entry[10], entry[11]);
+        if segment == 0 && start_bus <= end_bus && base != 0 {
+            return Ok(Some(Ecam { base, start_bus, end_bus }));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +181,44 @@ mod tests {
         assert_eq!(table_len(&t, b"XSDT"), Ok(52));
         assert_eq!(root_entries(&t, true).unwrap().collect::<Vec<_>>(), vec![0x1000, 0x2000]);
         assert_eq!(table_len(&t, b"RSDT"), Err(AcpiError::BadTable));
+    }
+
+    fn mcfg(entries: &[(u64, u16, u8, u8)]) -> Vec<u8> {
+        let mut t = vec![0u8; 44];
+        t[..4].copy_from_slice(b"MCFG");
+        for (base, segment, start, end) in entries {
+            t.extend_from_slice(&base.to_le_bytes());
+            t.extend_from_slice(&segment.to_le_bytes());
+            t.extend_from_slice(&[*start, *end, 0, 0, 0, 0]);
+        }
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        fix_checksum(&mut t, 9);
+        t
+    }
+
+    #[test]
+    fn finds_segment_0s_ecam() {
+        // q35: one entry, 0xB0000000, buses 0..=255.
+        let t = mcfg(&[(0xB000_0000, 0, 0, 255)]);
+        let ecam = mcfg_ecam(&t).unwrap().unwrap();
+        assert_eq!(ecam, Ecam { base: 0xB000_0000, start_bus: 0, end_bus: 255 });
+        assert_eq!(ecam.range(), (0xB000_0000, 256 << 20));
+        // Another segment first, and a partial bus range.
+        let t = mcfg(&[(0xC000_0000, 1, 0, 255), (0xE000_0000, 0, 2, 3)]);
+        let ecam = mcfg_ecam(&t).unwrap().unwrap();
+        assert_eq!(ecam.range(), (0xE000_0000 + (2 << 20), 2 << 20));
+        assert_eq!(mcfg_ecam(&mcfg(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_a_corrupt_mcfg() {
+        let mut t = mcfg(&[(0xB000_0000, 0, 0, 255)]);
+        t[44] ^= 1;
+        assert!(mcfg_ecam(&t).is_err(), "checksum");
+        assert!(mcfg_ecam(&mcfg(&[(0xB000_0000, 0, 0, 255)])[..50]).is_err(), "truncated");
+        let mut t = mcfg(&[]);
+        t[..4].copy_from_slice(b"APIC");
+        assert!(mcfg_ecam(&t).is_err(), "signature");
     }
 }

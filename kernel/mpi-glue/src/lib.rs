@@ -36,8 +36,10 @@
 //!   ranks then poll), or by the network's next timer (smoltcp's retransmission,
 //!   delayed ACK, keep-alive; at most [`NET_WAIT_LIMIT_NS`]). A core whose
 //!   ranks are all blocked that way halts at once with the APIC timer armed
-//!   for that deadline. `netwait=spin` (or a machine that names no interrupt
-//!   for the NIC) keeps the old way: waiting ranks spin, polling the NIC.
+//!   for that deadline (virtio-mmio: the line the machine names, through the
+//!   IOAPIC; virtio-pci on q35: an MSI-X message to the same vector).
+//!   `netwait=spin` (or a NIC without an interrupt) keeps the old way: waiting
+//!   ranks spin, polling the NIC.
 //! - Tuning keys (`mpispin=`, `netwait=`, `netirq=CORE`: the NIC's interrupt
 //!   to that core only) are read from the kernel command line, else from the
 //!   environment as `TORO_MPISPIN`, `TORO_NETWAIT`, `TORO_NETIRQ`
@@ -159,7 +161,12 @@ fn job() -> &'static Job {
                 inter.set_waker(wake_rank);
                 inter.set_idler(idle_on_network);
                 let core = setting("netirq").and_then(|v| v.parse::<usize>().ok());
-                inter_net::vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, core))
+                match inter_net::vm::interrupt() {
+                    Some(inter_net::vm::Interrupt::MmioLine(address)) => toro_rt::virtio::route_interrupt(address, core),
+                    Some(inter_net::vm::Interrupt::Msix) => toro_rt::virtio::msi_message(core)
+                        .is_some_and(|(address, data)| inter_net::pci::route_msix(address, data)),
+                    None => false,
+                }
             }
             (Some(_), Some(other)) => fatal(&format!("netwait={other}: expected halt or spin")),
         };
@@ -205,11 +212,20 @@ fn wake_rank(rank: u32) {
 fn start_inter_net(cmdline: &toro_abi::cmdline::Cmdline<'static>) -> Arc<InterNet> {
     let config = inter_net::NetConfig::from_keys(|k| cmdline.get(k))
         .unwrap_or_else(|e| fatal(&format!("inter-net: {e}")));
+    use toro_abi::layout::{PCI_BAR_POOL, PCI_BAR_POOL_END, USER_MMIO_BASE, USER_MMIO_END};
+    let pci = toro_rt::virtio::pci_ecam().map(|(ecam, last_bus)| inter_net::vm::PciBus {
+        ecam,
+        last_bus,
+        reach: (USER_MMIO_BASE, USER_MMIO_END),
+        bar_pool: (PCI_BAR_POOL, PCI_BAR_POOL_END),
+    });
     #[allow(unsafe_code)]
     // SAFETY: called once per VM (inside JOB's call_once); the virtio-mmio
-    // window is mapped for ring 3 and only this code drives the network device
-    // (the console claims console devices only).
-    let started = unsafe { inter_net::vm::start::<toro_rt::virtio::IdentityHal>(config, clock_us, net_fatal) };
+    // window and the PCI BAR window (USER_MMIO_BASE..END) are mapped uncached for
+    // ring 3, and the kernel mapped the ECAM it reports; the BAR pool lies below
+    // where SeaBIOS assigns BARs on q35 (toro_abi::layout); only this code drives
+    // the network device (the console claims console devices only).
+    let started = unsafe { inter_net::vm::start::<toro_rt::virtio::IdentityHal>(config, pci, clock_us, net_fatal) };
     started.unwrap_or_else(|e| match e {
         inter_net::vm::StartError::NoDevice => fatal(
             "inter-net: this VM's job spans VMs but it has no virtio-net device (start jobs with toro-mpirun)",
@@ -347,7 +363,7 @@ impl WakeSource for NetWait {
 /// The inter-VM transport of one rank, telling its waiter when something happened
 /// (so its next wait starts with the spin budget again).
 struct NetPort {
-    inner: inter_net::NetEndpoint<inter_net::vm::VirtioNet<toro_rt::virtio::IdentityHal, inter_net::vm::MmioTransport<'static>>>,
+    inner: inter_net::NetEndpoint<inter_net::vm::VmNic<toro_rt::virtio::IdentityHal>>,
     waiter: Rc<RankWaiter<RtMachine>>,
 }
 

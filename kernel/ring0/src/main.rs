@@ -175,6 +175,14 @@ extern "C" fn kmain(start_info: u64) -> ! {
     });
     boot.apic_timer_hz = apic::timer_hz(timer_start, boot.tsc_hz);
 
+    // PCI Express configuration space for ring-3 drivers (q35), before other CPUs start.
+    if let Some(ecam) = acpi::pci_ecam(si.rsdp_paddr).filter(|e| e.start_bus == 0) {
+        let (start, len) = ecam.range();
+        paging::map_user_mmio(start, len);
+        boot.pci_ecam = ecam.base;
+        boot.pci_last_bus = ecam.end_bus as u32;
+    }
+
     let cmdline = Cmdline::new(boot.cmdline());
     let expected = match cmdline.get_u64("cpus") {
         Ok(Some(n)) if (1..=MAX_CPUS as u64).contains(&n) => Some(n as usize),

@@ -78,11 +78,11 @@ impl PageTables {
             }
             k += 1;
         }
-        // Device MMIO: uncached; only the virtio-mmio window is open to ring 3.
+        // Device MMIO: uncached; only the ring-3 device window is open to ring 3.
         let mut addr = MMIO_BASE;
         while addr < (PD_COUNT as u64) << 30 {
             let i = (addr / LARGE_PAGE_SIZE) as usize;
-            let user = if addr + LARGE_PAGE_SIZE > VIRTIO_MMIO_BASE && addr < VIRTIO_MMIO_END { USER } else { 0 };
+            let user = if addr + LARGE_PAGE_SIZE > USER_MMIO_BASE && addr < USER_MMIO_END { USER } else { 0 };
             t.pd[i / 512][i % 512] = addr | MMIO | user;
             addr += LARGE_PAGE_SIZE;
         }
@@ -133,6 +133,22 @@ pub fn map_kernel_range(addr: u64, len: u64) {
         }
         page += LARGE_PAGE_SIZE;
     }
+}
+
+/// Maps `[addr, addr+len)` uncached for ring 3 with 2 MiB pages where nothing
+/// is mapped yet (PCI Express configuration space, below 4 GiB). Boot CPU only.
+pub fn map_user_mmio(addr: u64, len: u64) {
+    // SAFETY: single CPU at this point; no reference into the tables is alive.
+    let t = unsafe { &mut *PAGE_TABLES.0.get() };
+    let mut page = addr & !(LARGE_PAGE_SIZE - 1);
+    while page < addr + len && page < (PD_COUNT as u64) << 30 {
+        let i = (page / LARGE_PAGE_SIZE) as usize;
+        if t.pd[i / 512][i % 512] & PRESENT == 0 {
+            t.pd[i / 512][i % 512] = page | MMIO | USER;
+        }
+        page += LARGE_PAGE_SIZE;
+    }
+    // The new entries were absent before: no stale TLB entry can exist.
 }
 
 /// Removes the null page once nothing at address 0 is needed any more.

@@ -1,5 +1,6 @@
-//! Ring-3 access to virtio-mmio devices (microvm): the identity-mapped `Hal`
-//! for the `virtio-drivers` crate and the device probe. Every MMIO access
+//! Ring-3 access to virtio devices: the identity-mapped `Hal` for the
+//! `virtio-drivers` crate, the virtio-mmio probe (microvm), where PCI's
+//! configuration space is (q35), and how their interrupts reach the cores. Every MMIO access
 //! from ring 3 is a VM exit (85–100 µs under KVM PVM): drivers built on this
 //! touch registers only to set up and to notify.
 
@@ -85,4 +86,31 @@ pub fn route_interrupt(address: usize, core: Option<usize>) -> bool {
         Some(gsi) => crate::arch::route_irq(gsi, core),
         None => false,
     }
+}
+
+/// PCI Express configuration space of bus 0 (q35; the kernel found it in the ACPI
+/// MCFG and mapped it uncached for ring 3), and the last bus it covers; `None` on a
+/// machine without PCI (microvm).
+pub fn pci_ecam() -> Option<(usize, u8)> {
+    let info = crate::boot_info();
+    (info.pci_ecam != 0).then(|| (info.pci_ecam as usize, info.pci_last_bus.min(255) as u8))
+}
+
+/// The MSI message (address, data) that interrupts `core` (`None`: every core) with
+/// the device vector the kernel acknowledges like a routed IOAPIC input: fixed
+/// delivery, edge, physical destination (0xFF: broadcast). A device that sends it
+/// at every event it should be signalled for (virtio-pci with MSI-X sends one per
+/// used-buffer notification) ends the halts as `route_interrupt` does, with no
+/// trap and nothing to acknowledge at the device. `None` when the core's APIC id
+/// does not fit an MSI address (above 254).
+pub fn msi_message(core: Option<usize>) -> Option<(u64, u32)> {
+    let destination = match core {
+        None => 0xFF,
+        Some(core) if core < crate::core_count() => crate::boot_info().apic_ids[core],
+        Some(_) => return None,
+    };
+    if destination > 0xFF || (core.is_some() && destination == 0xFF) {
+        return None;
+    }
+    Some((toro_abi::layout::LAPIC_BASE | (destination as u64) << 12, toro_abi::DEVICE_VECTOR as u32))
 }

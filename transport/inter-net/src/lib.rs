@@ -10,7 +10,8 @@
 //!   control, strict checking of everything received;
 //! - `frame`: the 56-byte wire header and its decoder;
 //! - `sim`: an in-memory Ethernet segment for host tests; `vm` (feature `virtio`): the
-//!   ring-3 virtio-net driver and `vm::start`.
+//!   ring-3 virtio-net driver and `vm::start`; `pci` (feature `virtio`): finding and
+//!   setting up the device over PCI (q35).
 //!
 //! Who drives the interface: whichever rank is inside a transport call (it takes the
 //! node's lock, polls the NIC, moves bytes for every rank of the VM). No core is given
@@ -27,6 +28,8 @@ extern crate alloc;
 pub mod frame;
 pub mod node;
 mod payload;
+#[cfg(feature = "virtio")]
+pub mod pci;
 pub mod protocol;
 pub mod sim;
 #[cfg(feature = "virtio")]

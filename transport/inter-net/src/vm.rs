@@ -1,6 +1,7 @@
 //! The VM side (feature `virtio`): a poll-mode virtio-net driver (through the
-//! `virtio-drivers` crate, virtio-mmio on microvm) as a smoltcp `phy::Device`, running
-//! in ring 3, and `start`, which the glue calls once per VM.
+//! `virtio-drivers` crate, virtio-mmio on microvm, virtio-pci on q35: see `pci`) as a
+//! smoltcp `phy::Device`, running in ring 3, and `start`, which the glue calls once
+//! per VM.
 //!
 //! VM exits: under KVM PVM every register access from ring 3 costs 85–100 µs, so the
 //! data path touches registers only to notify, at most once per queue per `Node::poll`:
@@ -12,8 +13,8 @@
 //! disabled on both queues (a flag in ring memory), except the receive queue's while
 //! `Nic::arm_receive` asks for them (ranks of the VM are about to halt: see
 //! `node::Shared::prepare_wait`); they are never acknowledged (the glue routes the
-//! line edge-triggered, and virtio-mmio raises it at every notification). Every
-//! register access is counted (`exits`).
+//! line edge-triggered, and virtio-mmio raises it at every notification; on PCI each
+//! notification is an MSI-X message). Every register access is counted (`exits`).
 //!
 //! Frame size: the launcher's vhost-user back-end copies any frame that fits the
 //! receive buffer, its hub (and QEMU's datagram netdev) frames up to QEMU's
@@ -59,6 +60,7 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::node::{Clock, Fatal, NetConfig, Nic, Node, Shared};
+use crate::pci::PciNic;
 
 /// microvm's virtio-mmio window: 24 slots of 0x200 bytes from here.
 pub const MMIO_BASE: usize = 0xFEB0_0000;
@@ -68,7 +70,7 @@ pub const MMIO_SLOTS: usize = 24;
 /// QEMU's virtio-net queues have 256 entries by default.
 const QUEUE_SIZE: usize = 256;
 /// virtio-net's queue indexes (as `virtio-drivers` uses them).
-const QUEUE_RECEIVE: u16 = 0;
+pub(crate) const QUEUE_RECEIVE: u16 = 0;
 const QUEUE_TRANSMIT: u16 = 1;
 const PAGE: usize = 4096;
 const ETHERNET_HEADER: usize = 14;
@@ -96,9 +98,24 @@ static NOTIFIES: AtomicU64 = AtomicU64::new(0);
 /// MMIO address of the network device `probe_mmio` found (0: none yet).
 static DEVICE_ADDRESS: AtomicUsize = AtomicUsize::new(0);
 
-/// The virtio-mmio address of the network device (to route its interrupt).
-pub fn device_address() -> Option<usize> {
-    Some(DEVICE_ADDRESS.load(Ordering::Relaxed)).filter(|a| *a != 0)
+/// How the network device's receive interrupt reaches the cores, once `start` found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// virtio-mmio (microvm): the line of the transport at this address, which the
+    /// machine names (the runtime's `route_interrupt`).
+    MmioLine(usize),
+    /// virtio-pci with MSI-X (q35): a message the driver writes into the device
+    /// (`pci::route_msix`).
+    Msix,
+}
+
+/// The network device's interrupt (`None`: none found, or the device has none).
+pub fn interrupt() -> Option<Interrupt> {
+    match DEVICE_ADDRESS.load(Ordering::Relaxed) {
+        0 if crate::pci::has_msix() => Some(Interrupt::Msix),
+        0 => None,
+        address => Some(Interrupt::MmioLine(address)),
+    }
 }
 static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
@@ -237,6 +254,11 @@ fn count_other() {
     OTHER_REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts register accesses made outside `Counting` (probing, PCI configuration).
+pub(crate) fn count_register_accesses(n: u64) {
+    OTHER_REGISTER_ACCESSES.fetch_add(n, Ordering::Relaxed);
+}
+
 impl<T: Transport> Transport for Counting<T> {
     fn device_type(&self) -> DeviceType {
         count_other();
@@ -359,6 +381,8 @@ pub struct VirtioNet<H: Hal, T: Transport> {
 #[derive(Debug)]
 pub enum StartError {
     NoDevice,
+    /// The PCI device could not be set up (q35).
+    Pci(crate::pci::PciError),
     Device(virtio_drivers::Error),
     /// The device's MAC is not the one the launcher planned.
     WrongMac { planned: [u8; 6], device: [u8; 6] },
@@ -586,17 +610,108 @@ pub unsafe fn probe_mmio() -> Option<MmioTransport<'static>> {
     None
 }
 
-/// The network of this VM, shared by its ranks.
-pub type VmNet<H> = Shared<VirtioNet<H, MmioTransport<'static>>>;
+/// The network device's transport: virtio-mmio (microvm) or virtio-pci (q35).
+pub enum NicTransport {
+    Mmio(MmioTransport<'static>),
+    Pci(PciNic),
+}
 
-/// Starts the network: finds and sets up the virtio-net device (microvm, virtio-mmio),
-/// and builds the node; connections open as the ranks poll. Call once per VM.
+macro_rules! each {
+    ($self:ident, $t:ident => $e:expr) => {
+        match $self {
+            NicTransport::Mmio($t) => $e,
+            NicTransport::Pci($t) => $e,
+        }
+    };
+}
+
+impl Transport for NicTransport {
+    fn device_type(&self) -> DeviceType {
+        each!(self, t => t.device_type())
+    }
+    fn read_device_features(&mut self) -> u64 {
+        each!(self, t => t.read_device_features())
+    }
+    fn write_driver_features(&mut self, driver_features: u64) {
+        each!(self, t => t.write_driver_features(driver_features))
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        each!(self, t => t.max_queue_size(queue))
+    }
+    fn notify(&mut self, queue: u16) {
+        each!(self, t => t.notify(queue))
+    }
+    fn get_status(&self) -> DeviceStatus {
+        each!(self, t => t.get_status())
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        each!(self, t => t.set_status(status))
+    }
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        each!(self, t => t.set_guest_page_size(guest_page_size))
+    }
+    fn requires_legacy_layout(&self) -> bool {
+        each!(self, t => t.requires_legacy_layout())
+    }
+    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        each!(self, t => t.queue_set(queue, size, descriptors, driver_area, device_area))
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        each!(self, t => t.queue_unset(queue))
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        each!(self, t => t.queue_used(queue))
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        each!(self, t => t.ack_interrupt())
+    }
+    fn read_config_generation(&self) -> u32 {
+        each!(self, t => t.read_config_generation())
+    }
+    fn read_config_space<V: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<V> {
+        each!(self, t => t.read_config_space(offset))
+    }
+    fn write_config_space<V: IntoBytes + Immutable>(&mut self, offset: usize, value: V) -> virtio_drivers::Result<()> {
+        each!(self, t => t.write_config_space(offset, value))
+    }
+}
+
+/// The VM's network device.
+pub type VmNic<H> = VirtioNet<H, NicTransport>;
+/// The network of this VM, shared by its ranks.
+pub type VmNet<H> = Shared<VmNic<H>>;
+
+/// Where a machine's PCI devices are (q35), for `start`.
+#[derive(Clone, Copy, Debug)]
+pub struct PciBus {
+    /// Configuration space (ECAM) of bus 0, and the last bus it covers.
+    pub ecam: usize,
+    pub last_bus: u8,
+    /// Device memory mapped uncached for ring 3: `[start, end)`.
+    pub reach: (u64, u64),
+    /// Part of `reach` for BARs the firmware left unassigned or out of reach.
+    pub bar_pool: (u64, u64),
+}
+
+/// Starts the network: finds and sets up the virtio-net device (on `pci` when the
+/// machine has PCI, q35; else among microvm's virtio-mmio slots), and builds the
+/// node; connections open as the ranks poll. Call once per VM.
 ///
 /// # Safety
-/// As `probe_mmio`; call it once per VM.
-pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, clock: Clock, fatal: Fatal) -> Result<Arc<VmNet<H>>, StartError> {
-    // SAFETY: the caller's contract.
-    let transport = unsafe { probe_mmio() }.ok_or(StartError::NoDevice)?;
+/// As `probe_mmio` without `pci`; with it, as `pci::probe` (the ECAM and `reach`
+/// mapped uncached for ring 3, `bar_pool` decoded by no other device). Call it once per VM.
+pub unsafe fn start<H: Hal + 'static>(mut config: NetConfig, pci: Option<PciBus>, clock: Clock, fatal: Fatal) -> Result<Arc<VmNet<H>>, StartError> {
+    let transport = match pci {
+        Some(bus) => {
+            // SAFETY: the caller's contract.
+            let ecam = unsafe { crate::pci::Ecam::new(bus.ecam, bus.last_bus) };
+            // SAFETY: the caller's contract.
+            let nic = unsafe { crate::pci::probe::<H>(ecam, bus.reach, bus.bar_pool) }.map_err(StartError::Pci)?;
+            NicTransport::Pci(nic.ok_or(StartError::NoDevice)?)
+        }
+        // SAFETY: the caller's contract.
+        None => NicTransport::Mmio(unsafe { probe_mmio() }.ok_or(StartError::NoDevice)?),
+    };
     let mut device = VirtioNet::<H, _>::new(transport, config.mtu).map_err(StartError::Device)?;
     device.set_checksums(config.checksums);
     let mac = device.mac();

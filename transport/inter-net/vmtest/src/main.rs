@@ -99,9 +99,17 @@ fn net() -> Arc<VmNet<IdentityHal>> {
         if let Some(bytes) = toro_rt::env_var("NET_WINDOW").and_then(|v| v.parse::<usize>().ok()) {
             config.window = bytes.max(4096);
         }
-        // SAFETY: the virtio-mmio window is mapped for ring 3 (toro_abi::layout) and
-        // this app runs no other virtio-net driver; called once per VM.
-        match unsafe { vm::start::<IdentityHal>(config, clock_us, fatal) } {
+        use toro_abi::layout::{PCI_BAR_POOL, PCI_BAR_POOL_END, USER_MMIO_BASE, USER_MMIO_END};
+        let pci = toro_rt::virtio::pci_ecam().map(|(ecam, last_bus)| vm::PciBus {
+            ecam,
+            last_bus,
+            reach: (USER_MMIO_BASE, USER_MMIO_END),
+            bar_pool: (PCI_BAR_POOL, PCI_BAR_POOL_END),
+        });
+        // SAFETY: the virtio-mmio window and the PCI BAR window are mapped for ring 3
+        // (toro_abi::layout), the kernel mapped the ECAM it reports, and this app runs
+        // no other virtio-net driver; called once per VM.
+        match unsafe { vm::start::<IdentityHal>(config, pci, clock_us, fatal) } {
             Ok(net) => net,
             Err(error) => fatal(&alloc::format!("{:?}", error)),
         }
@@ -194,7 +202,12 @@ fn main() -> i32 {
     if flag("halt") {
         let net = net();
         net.set_waker(wake);
-        let routed = vm::device_address().is_some_and(|address| toro_rt::virtio::route_interrupt(address, None));
+        let routed = match vm::interrupt() {
+            Some(vm::Interrupt::MmioLine(address)) => toro_rt::virtio::route_interrupt(address, None),
+            Some(vm::Interrupt::Msix) => toro_rt::virtio::msi_message(None)
+                .is_some_and(|(address, data)| inter_net::pci::route_msix(address, data)),
+            None => false,
+        };
         if !routed {
             fatal("halt: the NIC's interrupt could not be routed");
         }
@@ -293,7 +306,7 @@ fn main() -> i32 {
     0
 }
 
-type Endpoint = NetEndpoint<vm::VirtioNet<IdentityHal, vm::MmioTransport<'static>>>;
+type Endpoint = NetEndpoint<vm::VmNic<IdentityHal>>;
 
 /// osu-style latency (8 B, 1 KiB) and bandwidth (64 KiB, 1 MiB), with VM exits per message.
 fn bench_run(t: &mut Endpoint, me: u32, peer: u32, iterations: usize, report: &mut String) {
