@@ -1,6 +1,6 @@
 //! The one copy of a rendezvous: from the sender's buffer into the receiver's.
 //!
-//! Above [`STREAM_COPY_MIN`] bytes the destination is written with
+//! From [`STREAM_COPY_MIN`] bytes up the destination is written with
 //! non-temporal stores. A copy that large does not fit this core's L2 beside
 //! its source, so ordinary stores first read every destination line in
 //! (write-allocate) and then evict other lines to make room. Streaming stores
