@@ -144,9 +144,11 @@ impl Plan {
         let place = plan.place_value();
         for k in 0..plan.vms.len() {
             let line = plan.cmdline(k, &place, input)?;
-            if line.len() > CMDLINE_MAX {
+            // Room for the key `qemu_args` may add (q35 under TCG with vhost-user).
+            let limit = CMDLINE_MAX - crate::qemu::POLL_NIC_KEY.len();
+            if line.len() > limit {
                 return Err(format!(
-                    "the kernel command line of VM {k} would be {} bytes, more than {CMDLINE_MAX}: use --map-by block, fewer -x variables or shorter arguments",
+                    "the kernel command line of VM {k} would be {} bytes, more than {limit}: use --map-by block, fewer -x variables or shorter arguments",
                     line.len()
                 ));
             }

@@ -214,8 +214,8 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
         // arguments are escaped); the last `netwait=` wins.
         let (keys, args) = vm.cmdline.split_once(" -- ").map_or((vm.cmdline.as_str(), None), |(k, a)| (k, Some(a)));
         let line = match args {
-            Some(args) => format!("{keys} netwait=spin -- {args}"),
-            None => format!("{keys} netwait=spin"),
+            Some(args) => format!("{keys}{POLL_NIC_KEY} -- {args}"),
+            None => format!("{keys}{POLL_NIC_KEY}"),
         };
         a.push(line.into());
     } else {
@@ -223,6 +223,10 @@ pub fn qemu_args(setup: &QemuSetup, plan: &Plan, vm: &VmPlan) -> Vec<OsString> {
     }
     a
 }
+
+/// The kernel command line key (with its separator) that has the ranks poll the NIC
+/// instead of halting on its interrupt; `Plan` leaves room for it.
+pub const POLL_NIC_KEY: &str = " netwait=spin";
 
 /// QEMU 7.2 under TCG with a vhost-user back-end crashes (SIGSEGV in its vCPU thread)
 /// when the guest unmasks the virtio-pci NIC's MSI-X entry, which a q35 guest does to
