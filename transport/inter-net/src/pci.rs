@@ -42,6 +42,8 @@ const MULTI_FUNCTION: u32 = 0x80 << 16;
 const INVALID_READ: u32 = 0xFFFF_FFFF;
 /// MSI-X message control (the high half of the capability's first word).
 const MSIX_ENABLE: u32 = 1 << 31;
+/// One MSI-X table entry: address (8 bytes), data, vector control.
+const MSIX_ENTRY_BYTES: u64 = 16;
 const MSIX_FUNCTION_MASK: u32 = 1 << 30;
 /// Offsets in `virtio_pci_common_cfg` (virtio 1.x, 4.1.4.3).
 const COMMON_QUEUE_SELECT: usize = 0x16;
@@ -128,8 +130,17 @@ impl Layout {
 
     /// The BARs the driver (with `PciTransport`) touches.
     fn bars(&self) -> impl Iterator<Item = u8> {
+        self.extents().map(|(bar, _)| bar)
+    }
+
+    /// Each structure the driver touches as (BAR, end offset in it): the virtio
+    /// structures and the MSI-X table.
+    fn extents(&self) -> impl Iterator<Item = (u8, u64)> {
         let structures = [Some(self.common), Some(self.notify), self.isr, self.device];
-        structures.into_iter().flatten().map(|r| r.bar).chain(self.msix.map(|m| m.table_bar))
+        let end = |r: Region| (r.bar, r.offset as u64 + r.length as u64);
+        structures.into_iter().flatten().map(end).chain(
+            self.msix.map(|m| (m.table_bar, m.table_offset as u64 + MSIX_ENTRY_BYTES * m.table_size as u64)),
+        )
     }
 }
 
@@ -177,12 +188,14 @@ pub fn place_bars<C: ConfigurationAccess>(
     reach: (u64, u64),
     pool: (u64, u64),
 ) -> Result<[u64; 6], PciError> {
-    let mut addresses = [0u64; 6];
-    let mut next_free = pool.0;
     let (_, command) = root.get_status_command(function);
-    let mut decoding_off = false;
+    // Each BAR used: a memory BAR whose size holds every structure the driver reads in it.
+    let mut found: [Option<(MemoryBarType, u64, u64)>; 6] = [None; 6];
     for bar in layout.bars() {
-        if bar >= 6 || addresses[bar as usize] != 0 {
+        if bar >= 6 {
+            return Err(PciError::BadBar(bar));
+        }
+        if found[bar as usize].is_some() {
             continue;
         }
         let Ok(Some(BarInfo::Memory { address_type, address, size, .. })) = root.bar_info(function, bar) else {
@@ -191,14 +204,38 @@ pub fn place_bars<C: ConfigurationAccess>(
         if size == 0 || !size.is_power_of_two() {
             return Err(PciError::BadBar(bar));
         }
-        let reachable = address != 0 && address >= reach.0 && address.checked_add(size).is_some_and(|end| end <= reach.1);
-        if reachable {
-            addresses[bar as usize] = address;
+        found[bar as usize] = Some((address_type, address, size));
+    }
+    if let Some((bar, _)) = layout.extents().find(|&(bar, end)| found[bar as usize].is_none_or(|(_, _, size)| end > size)) {
+        return Err(PciError::BadBar(bar));
+    }
+    let reachable = |address: u64, size: u64| address != 0 && address >= reach.0 && address.checked_add(size).is_some_and(|end| end <= reach.1);
+    // BARs that stay where the firmware put them; new ones must not overlap them.
+    let mut addresses = [0u64; 6];
+    for (bar, info) in found.iter().enumerate() {
+        if let Some((_, address, size)) = *info {
+            if reachable(address, size) {
+                addresses[bar] = address;
+            }
+        }
+    }
+    let kept: [(u64, u64); 6] = core::array::from_fn(|bar| match found[bar] {
+        Some((_, _, size)) if addresses[bar] != 0 => (addresses[bar], addresses[bar] + size),
+        _ => (0, 0),
+    });
+    let mut next_free = pool.0;
+    let mut decoding_off = false;
+    for bar in layout.bars().map(usize::from) {
+        let Some((address_type, _, size)) = found[bar] else { continue };
+        if addresses[bar] != 0 {
             continue;
         }
-        let start = next_free.next_multiple_of(size.max(4096));
+        let mut start = next_free.next_multiple_of(size.max(4096));
+        while let Some(&(_, kept_end)) = kept.iter().find(|&&(from, to)| from < to && from < start + size && start < to) {
+            start = kept_end.next_multiple_of(size.max(4096));
+        }
         if start.checked_add(size).is_none_or(|end| end > pool.1) {
-            return Err(PciError::NoRoom { bar, size });
+            return Err(PciError::NoRoom { bar: bar as u8, size });
         }
         if !decoding_off {
             // Never decode a half-written BAR.
@@ -206,11 +243,11 @@ pub fn place_bars<C: ConfigurationAccess>(
             decoding_off = true;
         }
         match address_type {
-            MemoryBarType::Width32 => root.set_bar_32(function, bar, start as u32),
-            MemoryBarType::Width64 => root.set_bar_64(function, bar, start),
-            MemoryBarType::Below1MiB => return Err(PciError::BadBar(bar)),
+            MemoryBarType::Width32 => root.set_bar_32(function, bar as u8, start as u32),
+            MemoryBarType::Width64 => root.set_bar_64(function, bar as u8, start),
+            MemoryBarType::Below1MiB => return Err(PciError::BadBar(bar as u8)),
         }
-        addresses[bar as usize] = start;
+        addresses[bar] = start;
         next_free = start + size;
     }
     root.set_command(function, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
@@ -627,5 +664,30 @@ mod tests {
         let bus = FakeBus { functions: vec![virtio_net(0, 0)], reads: Default::default() };
         let mut root = PciRoot::new(bus.clone());
         assert_eq!(place_bars(&mut root, function, &layout, REACH, (0xFEA0_0000, 0xFEA0_2000)), Err(PciError::NoRoom { bar: 4, size: 0x4000 }));
+    }
+
+    #[test]
+    fn a_new_bar_skips_one_the_firmware_left_in_the_pool() {
+        // BAR 4 kept at the pool's start, BAR 1 unassigned: it goes after BAR 4.
+        let bus = FakeBus { functions: vec![virtio_net(0, 0xFEA0_0000)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let mut root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
+        assert_eq!((bars[4], bars[1]), (0xFEA0_0000, 0xFEA0_4000));
+    }
+
+    #[test]
+    fn a_structure_outside_its_bar_or_a_reserved_bar_is_refused() {
+        let bus = FakeBus { functions: vec![virtio_net(0xFEBC_0000, 0xFEBF_C000)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let mut root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        let mut past_the_end = layout.clone();
+        past_the_end.common.offset = 0x4000 - 8;
+        assert_eq!(place_bars(&mut root, function, &past_the_end, REACH, POOL), Err(PciError::BadBar(past_the_end.common.bar)));
+        let mut reserved = layout.clone();
+        reserved.notify.bar = 6;
+        assert_eq!(place_bars(&mut root, function, &reserved, REACH, POOL), Err(PciError::BadBar(6)));
     }
 }
