@@ -178,9 +178,13 @@ extern "C" fn kmain(start_info: u64) -> ! {
     // PCI Express configuration space for ring-3 drivers (q35), before other CPUs start.
     if let Some(ecam) = acpi::pci_ecam(si.rsdp_paddr).filter(|e| e.start_bus == 0) {
         let (start, len) = ecam.range();
-        paging::map_user_mmio(start, len);
-        boot.pci_ecam = ecam.base;
-        boot.pci_last_bus = ecam.end_bus as u32;
+        if paging::map_user_mmio(start, len) {
+            boot.pci_ecam = ecam.base;
+            boot.pci_last_bus = ecam.end_bus as u32;
+        } else {
+            // Ring 3 then finds no PCI device, and a job that needs its NIC says so.
+            kprintln!("PCI configuration space at {:#x} cannot be mapped for ring 3; PCI devices unused", ecam.base);
+        }
     }
 
     let cmdline = Cmdline::new(boot.cmdline());

@@ -137,18 +137,30 @@ pub fn map_kernel_range(addr: u64, len: u64) {
 
 /// Maps `[addr, addr+len)` uncached for ring 3 with 2 MiB pages where nothing
 /// is mapped yet (PCI Express configuration space, below 4 GiB). Boot CPU only.
-pub fn map_user_mmio(addr: u64, len: u64) {
+///
+/// Returns whether all of the range is now device memory ring 3 can reach: false
+/// if part of it lies beyond the mapped 4 GiB or was already mapped otherwise.
+pub fn map_user_mmio(addr: u64, len: u64) -> bool {
     // SAFETY: single CPU at this point; no reference into the tables is alive.
     let t = unsafe { &mut *PAGE_TABLES.0.get() };
     let mut page = addr & !(LARGE_PAGE_SIZE - 1);
-    while page < addr + len && page < (PD_COUNT as u64) << 30 {
+    let mut whole = true;
+    while page < addr + len {
+        if page >= (PD_COUNT as u64) << 30 {
+            whole = false;
+            break;
+        }
         let i = (page / LARGE_PAGE_SIZE) as usize;
-        if t.pd[i / 512][i % 512] & PRESENT == 0 {
-            t.pd[i / 512][i % 512] = page | MMIO | USER;
+        let entry = &mut t.pd[i / 512][i % 512];
+        if *entry & PRESENT == 0 {
+            *entry = page | MMIO | USER;
+        } else if *entry != page | MMIO | USER {
+            whole = false;
         }
         page += LARGE_PAGE_SIZE;
     }
     // The new entries were absent before: no stale TLB entry can exist.
+    whole
 }
 
 /// Removes the null page once nothing at address 0 is needed any more.
