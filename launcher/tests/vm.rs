@@ -396,6 +396,17 @@ fn mpi_suite_across_vms_on_q35() {
         eprintln!("{accel:?} q35: suite took {:?}", f.took);
         for line in f.stdout.lines().filter(|l| l.contains(" stats: ")) {
             eprintln!("  {line}");
+            if accel == Accel::Kvm {
+                // Ranks that wait on the network halt until the MSI-X interrupt (or the
+                // timer) wakes them; a VM that fell back to polling would halt never.
+                let halts: u64 = line
+                    .split(" timed halts")
+                    .next()
+                    .and_then(|before| before.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no timed halts count in {line:?}"));
+                assert!(halts > 0, "the ranks never halted on the network under KVM: {line}");
+            }
         }
     }
 }

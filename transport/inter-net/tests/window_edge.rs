@@ -125,15 +125,20 @@ fn read_all(node: &mut Node<Watched>, rank: u32) -> usize {
     done
 }
 
+/// Frames the receiving NIC takes per simulated ms.
+const FRAMES_PER_MS: u32 = 5;
+/// Simulated time per round of polls.
+const STEP_US: u64 = 200;
+
 /// osu_bw between 2 VMs × 2 ranks (the default plan's windows: 4 MiB TCP buffers, 4 MiB
 /// of credit per rank pair, so TCP's window is what fills), with the VMs' large frames
 /// and a receiving NIC that takes a few frames per poll (part of a burst waits for the
 /// next poll, as frames do in a virtio ring the back-end is still filling).
 #[test]
-fn the_receive_window_never_recedes_and_bulk_transfer_needs_no_retransmission() {
+fn the_receive_window_never_recedes_during_bulk_transfer() {
     let segment = Segment::new(0, 0x5eed);
     segment.set_mtu(65_535);
-    segment.set_rate(std::env::var("RATE").map_or(5, |v| v.parse().unwrap()), now_us);
+    segment.set_rate(FRAMES_PER_MS, now_us);
     let vm_of_rank = vec![0, 0, 1, 1];
     let mut nodes: Vec<Node<Watched>> = (0..2u32)
         .map(|vm| {
@@ -161,7 +166,7 @@ fn the_receive_window_never_recedes_and_bulk_transfer_needs_no_retransmission() 
             nodes[0].poll();
             nodes[1].poll();
             got += read_all(&mut nodes[1], 2) + read_all(&mut nodes[1], 3);
-            advance(std::env::var("STEP").map_or(200, |v| v.parse().unwrap()));
+            advance(STEP_US);
             assert!(now_us() - started_us < 60_000_000, "stuck after {} messages\n{}\n{}", got, nodes[0].describe(), nodes[1].describe());
         }
         // The 4-byte replies.
@@ -173,7 +178,8 @@ fn the_receive_window_never_recedes_and_bulk_transfer_needs_no_retransmission() 
             nodes[0].poll();
             nodes[1].poll();
             replies += read_all(&mut nodes[0], 0) + read_all(&mut nodes[0], 1);
-            advance(std::env::var("STEP").map_or(200, |v| v.parse().unwrap()));
+            advance(STEP_US);
+            assert!(now_us() - started_us < 60_000_000, "stuck waiting for replies\n{}\n{}", nodes[0].describe(), nodes[1].describe());
         }
     }
     let elapsed_ms = (now_us() - started_us) / 1000;
@@ -182,6 +188,7 @@ fn the_receive_window_never_recedes_and_bulk_transfer_needs_no_retransmission() 
     assert!(edges.acks > 100, "the receiver sent {} ACKs: the test watched nothing", edges.acks);
     assert_eq!(edges.receded, 0, "the receiver's window edge moved back {} times, by up to {} bytes", edges.receded, edges.receded_most);
     // At 5 frames of 64 KiB per ms the 64 MiB take ~230 simulated ms; a single
-    // retransmission timeout would add 1000.
+    // retransmission timeout would add 1000. (The simulation's timing did not cut a
+    // segment even with the old order, so this guards, it does not reproduce.)
     assert!(elapsed_ms < 1000, "64 MiB took {} simulated ms: a segment waited for its retransmission timeout", elapsed_ms);
 }
