@@ -309,23 +309,8 @@ fn peer_vm_ends_mid_transfer(accel: Accel, extra: &[&str]) {
 /// checks, the checked ping-pong and the large message all pass.
 #[test]
 fn halting_ranks_pass_the_checks_and_move_a_large_message() {
-    let img = image();
     for accel in vmtest::accels() {
-        let _one = serial();
-        let mib = big_mib(accel);
-        let big = format!("big={mib}");
-        let mut job = start(accel, &[img, "halt", &big]);
-        let status = job.wait(limit(accel));
-        let out = job.output();
-        assert_eq!(status.code(), Some(0), "{accel:?}:\n{out}");
-        for rank in 0..2 {
-            for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
-                assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?}: rank {rank}: no {needle:?}:\n{out}");
-            }
-        }
-        let line = format!("[rank 0] big message of {mib} MiB: ");
-        assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?}: no {line:?}:\n{out}");
-        eprintln!("{accel:?}: halting ranks: {}", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""));
+        halting_ranks_pass_the_checks(accel, &[], "microvm");
     }
 }
 
@@ -337,26 +322,34 @@ fn halting_ranks_pass_the_checks_and_move_a_large_message() {
 /// there instead, `toro_launcher::qemu::msix_crashes_qemu`).
 #[test]
 fn q35_virtio_pci_nic_with_halting_ranks_passes_the_checks_and_moves_a_large_message() {
-    let img = image();
     for accel in vmtest::accels() {
-        let _one = serial();
         let backend = match accel {
             Accel::Tcg => "dgram",
             Accel::Kvm => "vhost-user",
         };
-        let mib = big_mib(accel);
-        let big = format!("big={mib}");
-        let mut job = start(accel, &["--machine", "q35", "--net-backend", backend, img, "halt", &big]);
-        let status = job.wait(limit(accel));
-        let out = job.output();
-        assert_eq!(status.code(), Some(0), "{accel:?} {backend}:\n{out}");
-        for rank in 0..2 {
-            for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
-                assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?} {backend}: rank {rank}: no {needle:?}:\n{out}");
-            }
-        }
-        let line = format!("[rank 0] big message of {mib} MiB: ");
-        assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?} {backend}: no {line:?}:\n{out}");
-        eprintln!("{accel:?} q35 {backend}: halting ranks: {} (job {:?})", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""), job.started.elapsed());
+        halting_ranks_pass_the_checks(accel, &["--machine", "q35", "--net-backend", backend], &format!("q35 {backend}"));
     }
+}
+
+/// One `halt` job with `launcher_args` in front of the image: exit 0, both ranks'
+/// data and ping-pong checks, rank 0's large message checked.
+fn halting_ranks_pass_the_checks(accel: Accel, launcher_args: &[&str], what: &str) {
+    let img = image();
+    let _one = serial();
+    let mib = big_mib(accel);
+    let big = format!("big={mib}");
+    let mut args = launcher_args.to_vec();
+    args.extend_from_slice(&[img, "halt", &big]);
+    let mut job = start(accel, &args);
+    let status = job.wait(limit(accel));
+    let out = job.output();
+    assert_eq!(status.code(), Some(0), "{accel:?} {what}:\n{out}");
+    for rank in 0..2 {
+        for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
+            assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?} {what}: rank {rank}: no {needle:?}:\n{out}");
+        }
+    }
+    let line = format!("[rank 0] big message of {mib} MiB: ");
+    assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?} {what}: no {line:?}:\n{out}");
+    eprintln!("{accel:?} {what}: halting ranks: {} (job {:?})", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""), job.started.elapsed());
 }
