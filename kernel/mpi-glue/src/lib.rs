@@ -161,12 +161,10 @@ fn job() -> &'static Job {
                 inter.set_waker(wake_rank);
                 inter.set_idler(idle_on_network);
                 let core = setting("netirq").and_then(|v| v.parse::<usize>().ok());
-                match inter_net::vm::interrupt() {
-                    Some(inter_net::vm::Interrupt::MmioLine(address)) => toro_rt::virtio::route_interrupt(address, core),
-                    Some(inter_net::vm::Interrupt::Msix) => toro_rt::virtio::msi_message(core)
-                        .is_some_and(|(address, data)| inter_net::pci::route_msix(address, data)),
-                    None => false,
-                }
+                inter_net::vm::route_receive_interrupt(
+                    |address| toro_rt::virtio::route_interrupt(address, core),
+                    || toro_rt::virtio::msi_message(core),
+                )
             }
             (Some(_), Some(other)) => fatal(&format!("netwait={other}: expected halt or spin")),
         };

@@ -117,6 +117,17 @@ pub fn interrupt() -> Option<Interrupt> {
         address => Some(Interrupt::MmioLine(address)),
     }
 }
+
+/// Routes the network device's receive interrupt to the cores: a virtio-mmio line
+/// through `route_line(transport address)`, MSI-X with the message `msi_message`
+/// gives. False when the device has no interrupt or it could not be routed.
+pub fn route_receive_interrupt(route_line: impl FnOnce(usize) -> bool, msi_message: impl FnOnce() -> Option<(u64, u32)>) -> bool {
+    match interrupt() {
+        Some(Interrupt::MmioLine(address)) => route_line(address),
+        Some(Interrupt::Msix) => msi_message().is_some_and(|(address, data)| crate::pci::route_msix(address, data)),
+        None => false,
+    }
+}
 static OTHER_REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Register accesses (each a VM exit under PVM) since boot.

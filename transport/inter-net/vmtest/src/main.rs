@@ -202,12 +202,10 @@ fn main() -> i32 {
     if flag("halt") {
         let net = net();
         net.set_waker(wake);
-        let routed = match vm::interrupt() {
-            Some(vm::Interrupt::MmioLine(address)) => toro_rt::virtio::route_interrupt(address, None),
-            Some(vm::Interrupt::Msix) => toro_rt::virtio::msi_message(None)
-                .is_some_and(|(address, data)| inter_net::pci::route_msix(address, data)),
-            None => false,
-        };
+        let routed = vm::route_receive_interrupt(
+            |address| toro_rt::virtio::route_interrupt(address, None),
+            || toro_rt::virtio::msi_message(None),
+        );
         if !routed {
             fatal("halt: the NIC's interrupt could not be routed");
         }
