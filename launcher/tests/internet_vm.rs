@@ -213,11 +213,7 @@ fn ping_pong_between_two_vms_with_data_checks() {
             let status = job.wait(limit(accel));
             let out = job.output();
             assert_eq!(status.code(), Some(0), "{accel:?} {backend}:\n{out}");
-            for rank in 0..2 {
-                for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
-                    assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?} {backend}: rank {rank}: no {needle:?}:\n{out}");
-                }
-            }
+            assert_both_ranks_checked(&out, &format!("{accel:?} {backend}"));
             eprintln!("{accel:?} {backend}: ping-pong job took {:?}", job.started.elapsed());
         }
     }
@@ -331,6 +327,15 @@ fn q35_virtio_pci_nic_with_halting_ranks_passes_the_checks_and_moves_a_large_mes
     }
 }
 
+/// Both ranks of the ping-pong image passed its data checks and its checked ping-pong.
+fn assert_both_ranks_checked(out: &str, what: &str) {
+    for rank in 0..2 {
+        for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
+            assert!(out.contains(&format!("[rank {rank}] {needle}")), "{what}: rank {rank}: no {needle:?}:\n{out}");
+        }
+    }
+}
+
 /// One `halt` job with `launcher_args` in front of the image: exit 0, both ranks'
 /// data and ping-pong checks, rank 0's large message checked.
 fn halting_ranks_pass_the_checks(accel: Accel, launcher_args: &[&str], what: &str) {
@@ -344,11 +349,7 @@ fn halting_ranks_pass_the_checks(accel: Accel, launcher_args: &[&str], what: &st
     let status = job.wait(limit(accel));
     let out = job.output();
     assert_eq!(status.code(), Some(0), "{accel:?} {what}:\n{out}");
-    for rank in 0..2 {
-        for needle in ["data checks passed (0 B .. 1 MiB both ways)", "ping-pong checks passed (8 B and 1 KiB"] {
-            assert!(out.contains(&format!("[rank {rank}] {needle}")), "{accel:?} {what}: rank {rank}: no {needle:?}:\n{out}");
-        }
-    }
+    assert_both_ranks_checked(&out, &format!("{accel:?} {what}"));
     let line = format!("[rank 0] big message of {mib} MiB: ");
     assert!(out.lines().any(|l| l.starts_with(&line) && l.ends_with("ms, checked")), "{accel:?} {what}: no {line:?}:\n{out}");
     eprintln!("{accel:?} {what}: halting ranks: {} (job {:?})", out.lines().find(|l| l.starts_with(&line)).unwrap_or(""), job.started.elapsed());

@@ -632,12 +632,19 @@ mod tests {
         assert_eq!(Layout::read(&PciRoot::new(bus.clone()), function, &bus), None);
     }
 
+    /// A bus holding one virtio-net function with BARs 1 and 4 at these addresses, and
+    /// the layout its capabilities describe.
+    fn one_virtio_net(bar1: u64, bar4: u64) -> (DeviceFunction, PciRoot<FakeBus>, Layout) {
+        let bus = FakeBus { functions: vec![virtio_net(bar1, bar4)], reads: Default::default() };
+        let function = find_virtio_net(&bus).unwrap();
+        let root = PciRoot::new(bus.clone());
+        let layout = Layout::read(&root, function, &bus).unwrap();
+        (function, root, layout)
+    }
+
     #[test]
     fn bars_the_firmware_assigned_in_reach_stay_and_decoding_and_bus_mastering_go_on() {
-        let bus = FakeBus { functions: vec![virtio_net(0xFEBC_0000, 0xFEBF_C000)], reads: Default::default() };
-        let function = find_virtio_net(&bus).unwrap();
-        let mut root = PciRoot::new(bus.clone());
-        let layout = Layout::read(&root, function, &bus).unwrap();
+        let (function, mut root, layout) = one_virtio_net(0xFEBC_0000, 0xFEBF_C000);
         let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
         assert_eq!((bars[1], bars[4]), (0xFEBC_0000, 0xFEBF_C000));
         let (_, command) = root.get_status_command(function);
@@ -648,10 +655,7 @@ mod tests {
     #[test]
     fn unassigned_or_unreachable_bars_are_placed_in_the_pool_aligned() {
         // BAR 1 unassigned, BAR 4 above 4 GiB (out of ring 3's reach).
-        let bus = FakeBus { functions: vec![virtio_net(0, 0x8_0000_0000)], reads: Default::default() };
-        let function = find_virtio_net(&bus).unwrap();
-        let mut root = PciRoot::new(bus.clone());
-        let layout = Layout::read(&root, function, &bus).unwrap();
+        let (function, mut root, layout) = one_virtio_net(0, 0x8_0000_0000);
         let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
         // BAR 4 (first used) at the pool's start, BAR 1 after it.
         assert_eq!((bars[4], bars[1]), (0xFEA0_0000, 0xFEA0_4000));
@@ -669,24 +673,18 @@ mod tests {
     #[test]
     fn a_new_bar_skips_one_the_firmware_left_in_the_pool() {
         // BAR 4 kept at the pool's start, BAR 1 unassigned: it goes after BAR 4.
-        let bus = FakeBus { functions: vec![virtio_net(0, 0xFEA0_0000)], reads: Default::default() };
-        let function = find_virtio_net(&bus).unwrap();
-        let mut root = PciRoot::new(bus.clone());
-        let layout = Layout::read(&root, function, &bus).unwrap();
+        let (function, mut root, layout) = one_virtio_net(0, 0xFEA0_0000);
         let bars = place_bars(&mut root, function, &layout, REACH, POOL).unwrap();
         assert_eq!((bars[4], bars[1]), (0xFEA0_0000, 0xFEA0_4000));
     }
 
     #[test]
     fn a_structure_outside_its_bar_or_a_reserved_bar_is_refused() {
-        let bus = FakeBus { functions: vec![virtio_net(0xFEBC_0000, 0xFEBF_C000)], reads: Default::default() };
-        let function = find_virtio_net(&bus).unwrap();
-        let mut root = PciRoot::new(bus.clone());
-        let layout = Layout::read(&root, function, &bus).unwrap();
-        let mut past_the_end = layout.clone();
+        let (function, mut root, layout) = one_virtio_net(0xFEBC_0000, 0xFEBF_C000);
+        let mut past_the_end = layout;
         past_the_end.common.offset = 0x4000 - 8;
         assert_eq!(place_bars(&mut root, function, &past_the_end, REACH, POOL), Err(PciError::BadBar(past_the_end.common.bar)));
-        let mut reserved = layout.clone();
+        let mut reserved = layout;
         reserved.notify.bar = 6;
         assert_eq!(place_bars(&mut root, function, &reserved, REACH, POOL), Err(PciError::BadBar(6)));
     }
