@@ -107,6 +107,19 @@ impl<M: Machine> CoreNet<M> {
     }
 }
 
+/// One core's state in cache lines of its own: the ranks of different cores lock
+/// and write their own core's state on every call, and a line shared with the
+/// neighbour's would cross between the cores each time.
+#[repr(align(128))]
+struct CoreSlot<M: Machine>(Mutex<CoreNet<M>>);
+
+impl<M: Machine> core::ops::Deref for CoreSlot<M> {
+    type Target = Mutex<CoreNet<M>>;
+    fn deref(&self) -> &Mutex<CoreNet<M>> {
+        &self.0
+    }
+}
+
 /// Shared memory of small collectives, by (collective context, world ranks).
 type Arenas = BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>;
 
@@ -114,7 +127,7 @@ type Arenas = BTreeMap<(u32, Vec<WireRank>), Arc<Arena>>;
 /// between the ranks.
 pub struct VbusNet<M: Machine> {
     /// Field order matters: the endpoints (which borrow the bus) drop first.
-    cores: Vec<Mutex<CoreNet<M>>>,
+    cores: Vec<CoreSlot<M>>,
     arenas: Mutex<Arenas>,
     bus: *mut Bus<M>,
     spin_ns: u64,
@@ -135,7 +148,7 @@ impl<M: Machine> VbusNet<M> {
         let cores = (0..config.cores)
             .map(|core| {
                 let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
-                Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), reclaims: 0 })
+                CoreSlot(Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), reclaims: 0 }))
             })
             .collect();
         Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })

@@ -4,7 +4,7 @@ use core::fmt;
 use core::mem::size_of;
 
 use crate::virtq::HeaderLine;
-use crate::virtq::Desc;
+use crate::virtq::{Desc, DeviceState, DriverState};
 
 /// Most cores a bus connects (one VM's vCPUs).
 pub const MAX_CORES: usize = 64;
@@ -118,10 +118,12 @@ impl Config {
             + q * self.slot_bytes()
     }
 
-    /// Sender-private bookkeeping per ring, kept in the sending [`Endpoint`](crate::Endpoint):
-    /// in-flight and rendezvous flags (1 B each) and a generation counter (4 B) per descriptor.
+    /// Private bookkeeping per ring, kept in the [`Endpoint`](crate::Endpoint)s, each
+    /// part in cache lines of its own (it is written on every message): the sender's
+    /// indices (one line) and per descriptor an in-flight and a rendezvous flag and a
+    /// generation counter (8 B), the receiver's indices (one line).
     pub const fn private_ring_bytes(&self) -> usize {
-        6 * self.queue_size as usize
+        size_of::<DriverState>() + cache_lines(8 * self.queue_size as usize) + size_of::<DeviceState>()
     }
 
     /// Total bytes of a bus: `cores·(cores−1)` rings, shared and private parts.

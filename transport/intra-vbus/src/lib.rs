@@ -98,16 +98,17 @@
 //!
 //! ```text
 //! ring(Q, E) = ⌈16·Q⌉ (descriptors) + 64·Q (header lines) + ⌈2·(Q+3)⌉ (avail)
-//!            + ⌈8·Q+6⌉ (used) + Q·⌈E⌉ (eager buffers) + 6·Q (sender's private state)
+//!            + ⌈8·Q+6⌉ (used) + Q·⌈E⌉ (eager buffers)
+//!            + 64 + ⌈8·Q⌉ + 64 (the sender's and the receiver's private state)
 //! bus(N)     = N·(N−1) · ring(Q, E)            ([`Config::memory_bytes`])
 //! ```
 //!
 //! | cores | rings | Q=64, E=2 KiB (default ≤ 16 cores) | Q=16, E=1 KiB (default > 16 cores) |
 //! |------:|------:|-----------------------------------:|-----------------------------------:|
 //! |     2 |     2 |                            275 KB  |                             36 KB  |
-//! |     4 |    12 |                            1.6 MB  |                            216 KB  |
+//! |     4 |    12 |                            1.7 MB  |                            218 KB  |
 //! |     8 |    56 |                            7.7 MB  |                            1.0 MB  |
-//! |    64 |  4032 |                            554 MB  |                             73 MB  |
+//! |    64 |  4032 |                            555 MB  |                             73 MB  |
 //!
 //! Each header has a cache line of its own; an eager payload of at most 24
 //! bytes travels in the rest of that line instead of the eager buffer, so a

@@ -56,8 +56,8 @@ fn config_limits() {
     assert_eq!(Config::new(0).validate(), Err(ConfigError::Cores));
     assert_eq!(Config::new(65).validate(), Err(ConfigError::Cores));
     assert!(Config::new(64).validate().is_ok());
-    assert_eq!(Config::new(64).memory_bytes(), 72_640_512);
-    assert_eq!(Config::new(8).memory_bytes(), 7_691_264);
+    assert_eq!(Config::new(64).memory_bytes(), 73_285_632);
+    assert_eq!(Config::new(8).memory_bytes(), 7_705_600);
     for q in [0u16, 1, 3, 100, 32768] {
         assert_eq!(Config { queue_size: q, ..Config::new(2) }.validate(), Err(ConfigError::QueueSize));
     }

@@ -58,7 +58,6 @@
 //! slot and eager buffer of its own, like the per-buffer header of virtio-net.
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
@@ -195,31 +194,61 @@ pub(crate) struct Published {
     pub(crate) notify: bool,
 }
 
-/// Driver-side bookkeeping, private to the sending core.
+/// Driver-side state of one descriptor.
+#[derive(Clone, Copy, Debug, Default)]
+struct DescState {
+    /// How many times it came back. A send is complete when its descriptor's
+    /// generation moved on.
+    generation: u32,
+    /// Made available and not yet seen back in the used ring.
+    in_flight: bool,
+    /// Carries a rendezvous (someone polls for its return).
+    rendezvous: bool,
+}
+
+/// The states of eight descriptors in a cache line of their own.
+#[repr(align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+struct DescStateLine([DescState; DESC_STATES_PER_LINE]);
+
+const DESC_STATES_PER_LINE: usize = 8;
+const _: () = assert!(size_of::<DescState>() * DESC_STATES_PER_LINE == 64);
+
+/// Driver-side bookkeeping, private to the sending core. It is written on
+/// every send, so it lives in cache lines of its own (the struct and its
+/// per-descriptor states): the endpoints of all cores are often allocated
+/// side by side by one core, and a line shared with another core's state
+/// would cross between the cores on every message.
+#[repr(align(64))]
 #[derive(Debug)]
 pub(crate) struct DriverState {
-    /// Per descriptor: made available and not yet seen back in the used ring.
-    in_flight: Vec<bool>,
-    /// Per descriptor: how many times it came back. A send is complete when
-    /// its descriptor's generation moved on.
-    generation: Vec<u32>,
+    states: Box<[DescStateLine]>,
+    queue_size: u16,
     next_avail: u16,
     last_used: u16,
-    /// Per descriptor: carries a rendezvous (someone polls for its return).
-    rendezvous: Vec<bool>,
     rendezvous_in_flight: usize,
 }
 
 impl DriverState {
     pub(crate) fn new(queue_size: u16) -> Self {
+        let lines = (queue_size as usize).div_ceil(DESC_STATES_PER_LINE);
         DriverState {
-            in_flight: alloc::vec![false; queue_size as usize],
-            generation: alloc::vec![0; queue_size as usize],
+            states: alloc::vec![DescStateLine::default(); lines].into_boxed_slice(),
+            queue_size,
             next_avail: 0,
             last_used: 0,
-            rendezvous: alloc::vec![false; queue_size as usize],
             rendezvous_in_flight: 0,
         }
+    }
+
+    #[inline(always)]
+    fn state(&self, i: usize) -> &DescState {
+        &self.states[i / DESC_STATES_PER_LINE].0[i % DESC_STATES_PER_LINE]
+    }
+
+    #[inline(always)]
+    fn state_mut(&mut self, i: usize) -> &mut DescState {
+        &mut self.states[i / DESC_STATES_PER_LINE].0[i % DESC_STATES_PER_LINE]
     }
 
     /// Whether anyone can be waiting for this ring's used entries: a
@@ -232,16 +261,18 @@ impl DriverState {
     /// The descriptor the next publish uses is still in flight (as far as
     /// this side has reclaimed).
     fn next_in_flight(&self) -> bool {
-        let size = self.in_flight.len();
-        size != 0 && self.in_flight[self.next_avail as usize & (size - 1)]
+        let size = self.queue_size as usize;
+        size != 0 && self.state(self.next_avail as usize & (size - 1)).in_flight
     }
 
     pub(crate) fn generation(&self, id: u16) -> u32 {
-        self.generation[id as usize]
+        self.state(id as usize).generation
     }
 }
 
-/// Device-side bookkeeping, private to the receiving core.
+/// Device-side bookkeeping, private to the receiving core, in a cache line of
+/// its own (as [`DriverState`]).
+#[repr(align(64))]
 #[derive(Debug, Default)]
 pub(crate) struct DeviceState {
     last_avail: u16,
@@ -367,9 +398,10 @@ impl Virtq {
         let old = st.next_avail;
         let i = self.pos(old);
         let id = i as u16;
-        st.in_flight[i] = true;
         let rendezvous = header.protocol == crate::Protocol::Rendezvous;
-        st.rendezvous[i] = rendezvous;
+        let state = st.state_mut(i);
+        state.in_flight = true;
+        state.rendezvous = rendezvous;
         st.rendezvous_in_flight += rendezvous as usize;
         let desc = match header.protocol {
             crate::Protocol::Eager => {
@@ -404,7 +436,7 @@ impl Virtq {
         self.prefetch_for_write(self.pos(st.next_avail) as u16);
         Some(Published {
             id,
-            generation: st.generation[i],
+            generation: st.state(i).generation,
             notify: need_event(event, st.next_avail, old),
         })
     }
@@ -421,10 +453,12 @@ impl Virtq {
             let id = self.used.at(word).load(Ordering::Relaxed);
             assert!(id < self.size, "corrupt used ring");
             let i = id as usize;
-            assert!(st.in_flight[i], "descriptor returned twice");
-            st.in_flight[i] = false;
-            st.generation[i] = st.generation[i].wrapping_add(1);
-            st.rendezvous_in_flight -= st.rendezvous[i] as usize;
+            let state = st.state_mut(i);
+            assert!(state.in_flight, "descriptor returned twice");
+            state.in_flight = false;
+            state.generation = state.generation.wrapping_add(1);
+            let rendezvous = state.rendezvous;
+            st.rendezvous_in_flight -= rendezvous as usize;
             st.last_used = st.last_used.wrapping_add(1);
             if st.last_used.is_multiple_of(REPARK_EVERY) {
                 self.used_event().store(st.last_used.wrapping_add(PARKED), Ordering::Relaxed);
