@@ -141,7 +141,7 @@ pub use config::{
     Config, ConfigError, DEFAULT_EAGER_MAX, DEFAULT_QUEUE_SIZE, DEFAULT_SPIN_POLLS, LARGE_BUS_CORES,
     MAX_CORES, MAX_QUEUE_SIZE,
 };
-pub use copy::{copy_payload, STREAM_COPY_MIN};
+pub use copy::{copy_payload, copy_streamed, stream_from, STREAM_COPY_MIN};
 pub use endpoint::{Endpoint, Incoming, SendError, SendHandle};
 pub use header::{Envelope, Header, Protocol};
 
