@@ -7,7 +7,7 @@
 //! the order they arrived; with FIFO transports this gives MPI's non-overtaking rule.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeSet, VecDeque};
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -70,7 +70,7 @@ pub(crate) struct Engine {
     unexpected: VecDeque<Arrived>,
     posted: VecDeque<(ReceiveId, Pattern, Landing)>,
     /// Messages matched by posted receives, waiting for `wait`/`test` to complete them.
-    matched: BTreeMap<ReceiveId, Matched>,
+    matched: MatchedSlots,
     acked: BTreeSet<u64>,
     /// Sends nobody waits for (acks); polled to completion by `progress`.
     background: Vec<SendHandle>,
@@ -93,7 +93,7 @@ impl Engine {
             world_size: locations.len() as u32,
             unexpected: VecDeque::new(),
             posted: VecDeque::new(),
-            matched: BTreeMap::new(),
+            matched: MatchedSlots::default(),
             acked: BTreeSet::new(),
             background: Vec::new(),
             next_id: 1,
@@ -240,7 +240,7 @@ impl Engine {
                 } else {
                     Matched::Queued(self.receive_arrived(transport, header))
                 };
-                self.matched.insert(id, matched);
+                self.matched.fill(id, matched);
             }
             None => {
                 let arrived = self.receive_arrived(transport, header);
@@ -344,10 +344,10 @@ impl Engine {
     /// `raw::Landing` for what the caller guarantees: the buffer stays live and
     /// untouched until `take_matched(id)` has returned `Some`).
     pub(crate) fn post_receive(&mut self, pattern: Pattern, landing: Landing) -> ReceiveId {
-        let id = self.fresh_id();
+        let id = self.matched.reserve();
         match self.take_unexpected(&pattern) {
             Some(arrived) => {
-                self.matched.insert(id, Matched::Queued(arrived));
+                self.matched.fill(id, Matched::Queued(arrived));
             }
             None => self.posted.push_back((id, pattern, landing)),
         }
@@ -356,11 +356,43 @@ impl Engine {
 
     /// The message of a posted receive, if it has arrived.
     pub(crate) fn take_matched(&mut self, id: ReceiveId) -> Option<Matched> {
-        if let Some(arrived) = self.matched.remove(&id) {
+        if let Some(arrived) = self.matched.take(id) {
             return Some(arrived);
         }
         self.progress();
-        self.matched.remove(&id)
+        self.matched.take(id)
+    }
+}
+
+/// What posted receives matched, by receive id: the id is a slot, reserved when the
+/// receive is posted and free again once its request took the message (every posted
+/// receive is completed: a request's drop waits for it). A slot per receive in flight
+/// keeps the message rate free of a map's insert and remove.
+#[derive(Default)]
+struct MatchedSlots {
+    slots: Vec<Option<Matched>>,
+    free: Vec<ReceiveId>,
+}
+
+impl MatchedSlots {
+    fn reserve(&mut self) -> ReceiveId {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            (self.slots.len() - 1) as ReceiveId
+        })
+    }
+
+    fn fill(&mut self, id: ReceiveId, matched: Matched) {
+        let slot = &mut self.slots[id as usize];
+        debug_assert!(slot.is_none(), "receive {id} matched twice");
+        *slot = Some(matched);
+    }
+
+    /// The message of receive `id`, if it matched; the slot is free again then.
+    fn take(&mut self, id: ReceiveId) -> Option<Matched> {
+        let matched = self.slots[id as usize].take()?;
+        self.free.push(id);
+        Some(matched)
     }
 }
 
