@@ -57,7 +57,9 @@ pub struct Cli {
     /// Memory per VM: 256M, 1G, or MiB (default 256M).
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
-    /// QEMU machine type.
+    /// QEMU machine type (default microvm). q35: the NIC is virtio-pci with an MSI-X
+    /// interrupt, which answers across VMs sooner; started by qboot where QEMU ships it
+    /// (else SeaBIOS: seconds under KVM PVM); program output goes through the serial port.
     #[arg(long, value_enum)]
     pub machine: Option<Machine>,
     /// Accelerator: auto = KVM when /dev/kvm can create a VM, else TCG.
