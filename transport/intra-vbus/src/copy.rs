@@ -139,7 +139,7 @@ mod tests {
         let source: Vec<u8> = (0..from + 200).map(|i| (i * 7 + (i >> 9)) as u8).collect();
         type Copy = fn(&[u8], &mut [u8]);
         let copies: [(&str, Copy); 2] = [("copy_payload", copy_payload), ("copy_streamed", copy_streamed)];
-        for len in [1, 63, 4096 + 5, STREAM_COPY_MIN - 1, STREAM_COPY_MIN, STREAM_COPY_MIN + 1, from - 1, from, from + 127] {
+        for len in [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 20, 31, 32, 33, 63, 4096 + 5, STREAM_COPY_MIN - 1, STREAM_COPY_MIN, STREAM_COPY_MIN + 1, from - 1, from, from + 127] {
             for ((src_at, dst_at), (name, copy)) in [(0, 0), (1, 0), (0, 3), (17, 45), (63, 1)].into_iter().flat_map(|at| copies.map(|c| (at, c))) {
                 let src = &source[src_at..src_at + len];
                 let mut dst = vec![0xEEu8; dst_at + len + 70];

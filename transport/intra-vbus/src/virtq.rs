@@ -585,23 +585,40 @@ impl Virtq {
 }
 
 /// `copy_nonoverlapping` for the eager path, with the sizes of MPI's small
-/// messages (0–16 bytes: envelopes, barriers, 8-byte reductions) done in
-/// registers: a call to `memcpy` costs more than the copy there.
+/// messages (1–32 bytes: envelopes, barriers, 1–4 doubles) done in registers:
+/// a call to `memcpy` costs more than the copy there. Each size class moves a
+/// head and a tail that overlap in the middle.
 ///
 /// # Safety
 /// As for [`core::ptr::copy_nonoverlapping`].
 #[inline(always)]
 pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     // SAFETY: the caller's contract; each branch reads and writes inside
-    // `src[..len]` and `dst[..len]` (two overlapping 8-byte halves for 9–16).
+    // `src[..len]` and `dst[..len]`: a head and a tail of the branch's word
+    // size, both within `len` since `len` is at least that size.
     unsafe {
         match len {
             0 => {}
-            8 => dst.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned()),
-            9..=16 => {
+            1..=3 => {
+                let (a, m, b) = (src.read(), src.add(len / 2).read(), src.add(len - 1).read());
+                dst.write(a);
+                dst.add(len / 2).write(m);
+                dst.add(len - 1).write(b);
+            }
+            4..=7 => {
+                let (a, b) = (src.cast::<u32>().read_unaligned(), src.add(len - 4).cast::<u32>().read_unaligned());
+                dst.cast::<u32>().write_unaligned(a);
+                dst.add(len - 4).cast::<u32>().write_unaligned(b);
+            }
+            8..=16 => {
                 let (a, b) = (src.cast::<u64>().read_unaligned(), src.add(len - 8).cast::<u64>().read_unaligned());
                 dst.cast::<u64>().write_unaligned(a);
                 dst.add(len - 8).cast::<u64>().write_unaligned(b);
+            }
+            17..=32 => {
+                let (a, b) = (src.cast::<u128>().read_unaligned(), src.add(len - 16).cast::<u128>().read_unaligned());
+                dst.cast::<u128>().write_unaligned(a);
+                dst.add(len - 16).cast::<u128>().write_unaligned(b);
             }
             _ => core::ptr::copy_nonoverlapping(src, dst, len),
         }
