@@ -110,9 +110,10 @@
 //! |     8 |    56 |                            7.7 MB  |                            1.0 MB  |
 //! |    64 |  4032 |                            555 MB  |                             73 MB  |
 //!
-//! Each header has a cache line of its own; an eager payload of at most 24
-//! bytes travels in the rest of that line instead of the eager buffer, so a
-//! small message moves two lines from core to core (avail index, header).
+//! Each header has a cache line of its own; an eager payload of at most 20
+//! bytes travels in the rest of that line instead of the eager buffer, and the
+//! line ends with the stamp that publishes it, so a small message moves one
+//! line from core to core (see `virtq.rs`).
 //!
 //! Every part is cache-line aligned, so what the sender writes (descriptors,
 //! headers, avail ring, eager buffers) and what the receiver writes (used
