@@ -7,11 +7,13 @@
 # `toro-mpirun --accel kvm`) the job runs twice, with few and with many iterations, under
 # `perf stat -a` on KVM's tracepoints; the difference divided by the extra messages is what
 # one message costs, boot and set-up cancelled out. Messages: latency sends one each way per
-# iteration (so "per message" is per message and side); bw sends 64 per iteration one way
-# (its 4-byte acknowledgement per window is counted against them).
+# iteration, and a message's halt and interrupt are its receiver's, so "per message" is per
+# message at its receiving side (= per VM per round trip); bw sends 64 per iteration one way
+# (its 4-byte acknowledgement per window is counted against them; both VMs together).
+# `perf stat -a` counts every VM on the host: the script refuses to run beside other QEMUs.
 #
 # Columns, per message: notify = MMIO + port accesses (virtio notifies, register reads);
-# halts = halts that blocked the vCPU (kvm_vcpu_wakeup); irqs = interrupts the host raised
+# halts = HLT exits (kvm_vcpu_wakeup, polled or blocked); irqs = interrupts the host raised
 # (MSI through the back-end's irqfd); to-qemu = exits to QEMU's user space; ring-0 insns =
 # guest ring-0 instructions KVM PVM emulated (the halt and interrupt paths). An interrupt
 # that finds its vCPU halted ends that halt's exit; one that finds it running is an exit of
@@ -26,6 +28,11 @@ command -v perf >/dev/null || {
 }
 [ -d /sys/kernel/tracing/events/kvm ] || mount -t tracefs none /sys/kernel/tracing 2>/dev/null || true
 [ -d /sys/kernel/tracing/events/kvm ] || { echo "vm-exits: KVM's tracepoints are not available (root, tracefs, kvm loaded?)" >&2; exit 1; }
+
+if pgrep -x qemu-system-x86_64 >/dev/null || pgrep -x qemu-system-x86 >/dev/null; then
+    echo "vm-exits: other QEMU processes are running; their VM exits would be counted too" >&2
+    exit 1
+fi
 
 cargo build -q --release -p toro-launcher
 mkdir -p target/vm-exits

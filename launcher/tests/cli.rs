@@ -285,6 +285,34 @@ fn dry_run_single_vm_cyclic_q35_env() {
     assert!(out.contains("vm 2: ranks 4, 1 vCPU,"), "{out}");
 }
 
+/// q35 starts with qboot when the QEMU binary's prefix has `share/qemu/qboot.rom`
+/// (Debian's does), SeaBIOS (no `-bios`) otherwise; microvm never gets `-bios`.
+#[test]
+fn dry_run_q35_uses_qboot_beside_qemu() {
+    let s = Sandbox::new("qboot");
+    let img = s.image();
+    std::fs::create_dir_all(s.path("prefix/bin")).unwrap();
+    write_script(&s.path("prefix/bin/qemu-system-x86_64"), "exit 1");
+    let with_qemu = |machine: &str| {
+        let mut c = Command::new(BIN);
+        let qemu = s.path("prefix/bin/qemu-system-x86_64");
+        c.args(["--qemu", qemu.to_str().unwrap(), "--accel", "tcg", "--dry-run", "-np", "2", "--vms", "2", "--machine", machine, &img]);
+        c.env("TMPDIR", s.path("tmp")).env("TORO_JOB_ID", "t1").stdin(Stdio::null());
+        let out = run(c, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = with_qemu("q35");
+    assert!(out.contains("-M q35") && !out.contains("-bios"), "no qboot.rom: SeaBIOS\n{out}");
+    std::fs::create_dir_all(s.path("prefix/share/qemu")).unwrap();
+    std::fs::write(s.path("prefix/share/qemu/qboot.rom"), b"rom").unwrap();
+    let rom = std::fs::canonicalize(s.path("prefix/share/qemu/qboot.rom")).unwrap();
+    let out = with_qemu("q35");
+    assert_eq!(out.matches(&format!("-bios {}", rom.display())).count(), 2, "both VMs start with qboot\n{out}");
+    let out = with_qemu("microvm");
+    assert!(!out.contains("-bios"), "microvm keeps its own firmware\n{out}");
+}
+
 /// q35 under TCG with vhost-user: the guest's ranks poll the NIC (`netwait=spin`, a
 /// key, before the application's arguments), since QEMU 7.2 crashes when the guest
 /// unmasks the NIC's MSI-X entry there; not with the datagram back-end.

@@ -413,3 +413,38 @@ pub(crate) fn deliver(header: &Header, payload: &[u8], destination: &mut [u8], d
     destination[..payload.len()].copy_from_slice(payload);
     Ok(*header)
 }
+
+#[cfg(test)]
+mod matched_slots_tests {
+    use super::*;
+
+    fn header(tag: i32) -> Header {
+        Header { source: 1, dest: 0, tag, context: 0, len: 0, kind: MessageKind::Data, cookie: 0 }
+    }
+
+    fn tag_of(matched: Option<Matched>) -> Option<i32> {
+        match matched? {
+            Matched::InPlace(h) => Some(h.tag),
+            Matched::Queued(a) => Some(a.header.tag),
+        }
+    }
+
+    #[test]
+    fn a_slot_is_reused_only_after_its_message_was_taken() {
+        let mut slots = MatchedSlots::default();
+        let (a, b) = (slots.reserve(), slots.reserve());
+        assert_ne!(a, b);
+        assert_eq!(tag_of(slots.take(a)), None, "nothing matched yet: the slot stays reserved");
+        assert_ne!(slots.reserve(), a, "a reserved slot is not handed out again");
+        slots.fill(a, Matched::InPlace(header(10)));
+        slots.fill(b, Matched::Queued(Arrived { header: header(11), payload: vec![1] }));
+        assert_eq!(tag_of(slots.take(a)), Some(10));
+        assert_eq!(tag_of(slots.take(a)), None, "taken once");
+        let c = slots.reserve();
+        assert_eq!(c, a, "a's slot is free again");
+        assert_eq!(tag_of(slots.take(c)), None, "the reused slot starts empty");
+        slots.fill(c, Matched::InPlace(header(12)));
+        assert_eq!((tag_of(slots.take(b)), tag_of(slots.take(c))), (Some(11), Some(12)));
+        assert_eq!(slots.slots.len(), 3, "three receives were ever in flight at once");
+    }
+}

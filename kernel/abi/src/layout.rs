@@ -36,8 +36,9 @@ pub const MMIO_BASE: u64 = 0xFE00_0000;
 pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 pub const VIRTIO_MMIO_END: u64 = 0xFEC0_0000;
 /// Device memory ring 3 reaches (one 2 MiB page): microvm's virtio-mmio window and,
-/// on q35, the PCI memory BARs SeaBIOS assigns top-down from 0xFEC0_0000 (the
-/// virtio-net device's at 0xFEBC_0000 and 0xFEBF_C000).
+/// on q35, the PCI memory BARs: SeaBIOS assigns them top-down from 0xFEC0_0000 (the
+/// virtio-net device's at 0xFEBC_0000 and 0xFEBF_C000); qboot leaves them unassigned
+/// and the driver places them in [`PCI_BAR_POOL`].
 pub const USER_MMIO_BASE: u64 = 0xFEA0_0000;
 pub const USER_MMIO_END: u64 = 0xFEC0_0000;
 /// Where the ring-3 drivers place a PCI memory BAR the firmware left unassigned

@@ -221,7 +221,8 @@ fn start_inter_net(cmdline: &toro_abi::cmdline::Cmdline<'static>) -> Arc<InterNe
     // SAFETY: called once per VM (inside JOB's call_once); the virtio-mmio
     // window and the PCI BAR window (USER_MMIO_BASE..END) are mapped uncached for
     // ring 3, and the kernel mapped the ECAM it reports; the BAR pool lies below
-    // where SeaBIOS assigns BARs on q35 (toro_abi::layout); only this code drives
+    // where SeaBIOS assigns BARs on q35 (qboot assigns none: the driver places
+    // them in the pool; toro_abi::layout); only this code drives
     // the network device (the console claims console devices only).
     let started = unsafe { inter_net::vm::start::<toro_rt::virtio::IdentityHal>(config, pci, clock_us, net_fatal) };
     started.unwrap_or_else(|e| match e {

@@ -75,8 +75,8 @@ pub(crate) const fn cache_lines(bytes: usize) -> usize {
 impl Config {
     /// Defaults for `cores` cores: up to [`LARGE_BUS_CORES`] cores,
     /// [`DEFAULT_QUEUE_SIZE`] descriptors of [`DEFAULT_EAGER_MAX`] bytes per
-    /// ring (7.6 MB at 8 cores); above, 16 descriptors of 1 KiB, since the
-    /// ring count grows as cores² (71 MB instead of 548 MB at 64 cores).
+    /// ring (7.7 MB at 8 cores); above, 16 descriptors of 1 KiB, since the
+    /// ring count grows as cores² (73 MB instead of 555 MB at 64 cores).
     pub const fn new(cores: usize) -> Self {
         let large = cores > LARGE_BUS_CORES;
         Config {

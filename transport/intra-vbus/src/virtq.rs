@@ -213,6 +213,8 @@ struct DescStateLine([DescState; DESC_STATES_PER_LINE]);
 
 const DESC_STATES_PER_LINE: usize = 8;
 const _: () = assert!(size_of::<DescState>() * DESC_STATES_PER_LINE == 64);
+// `Config::private_ring_bytes` and the crate docs' memory formula count one line each.
+const _: () = assert!(size_of::<DriverState>() == 64 && size_of::<DeviceState>() == 64);
 
 /// Driver-side bookkeeping, private to the sending core. It is written on
 /// every send, so it lives in cache lines of its own (the struct and its
