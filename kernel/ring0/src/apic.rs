@@ -10,6 +10,13 @@ use toro_abi::TIMER_VECTOR;
 #[no_mangle]
 pub static X2APIC_MODE: AtomicBool = AtomicBool::new(false);
 static READY: AtomicBool = AtomicBool::new(false);
+/// Set when the hypervisor acknowledges an interrupt as it delivers it: the
+/// in-service bit is already clear in the handler (KVM PVM does this; TCG and
+/// hardware virtualisation do not). The wake-up stub then skips its EOI, an
+/// emulated `wrmsr` and ~10 more emulated instructions per interrupt under PVM.
+/// Decided once at boot by [`probe_auto_eoi`], before the other CPUs start.
+#[no_mangle]
+pub static AUTO_EOI: AtomicBool = AtomicBool::new(false);
 
 const APIC_BASE_MSR: u32 = 0x1B;
 const SPURIOUS_VECTOR: u32 = 0xFF;
@@ -18,6 +25,8 @@ const SPURIOUS_VECTOR: u32 = 0xFF;
 const ID: u32 = 0x20;
 const TPR: u32 = 0x80;
 const EOI: u32 = 0xB0;
+/// First of the eight 32-bit in-service registers.
+const ISR: u32 = 0x100;
 const SVR: u32 = 0xF0;
 const LVT_LINT0: u32 = 0x350;
 const LVT_LINT1: u32 = 0x360;
@@ -129,9 +138,48 @@ pub fn broadcast_startup(page: u64) {
     send_icr(0, ALL_BUT_SELF | 0x4600 | (page >> 12) as u32);
 }
 
-#[allow(dead_code)]
 pub fn eoi() {
     write(EOI, 0);
+}
+
+/// Whether `vector` is in service on this CPU (delivered, not yet acknowledged).
+pub fn in_service(vector: u8) -> bool {
+    read(ISR + (vector as u32 / 32) * 0x10) & (1 << (vector % 32)) != 0
+}
+
+/// What the probe's interrupt found: 0 not taken yet, 1 in service, 2 already acknowledged.
+pub static PROBE_SEEN: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Decides [`AUTO_EOI`] (boot CPU, interrupts off, before the other CPUs start):
+/// sends itself `vector` twice, to be taken while running (one instruction with
+/// interrupts on) and while halted (how every interrupt here is taken), and sets
+/// the flag only if an interrupt came and every one that came was already
+/// acknowledged. (KVM PVM delivers none in the one-instruction window: its
+/// interrupt waits for the halt.) The halt is bounded by the timer (`timeout_ticks`).
+pub fn probe_auto_eoi(vector: u8, timeout_ticks: u32) {
+    let (mut taken, mut acknowledged) = (0, true);
+    for halt in [false, true] {
+        PROBE_SEEN.store(0, Ordering::Relaxed);
+        send_ipi(id(), vector);
+        if halt {
+            arm_timer(timeout_ticks.max(1));
+            // SAFETY: interrupts only for the duration of the halt (as in the
+            // halt trap); the handlers of every vector are installed.
+            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            arm_timer(0);
+        } else {
+            // SAFETY: interrupts for one instruction; the pending IPI is taken then.
+            unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        }
+        match PROBE_SEEN.load(Ordering::Relaxed) {
+            0 => {}
+            seen => {
+                taken += 1;
+                acknowledged &= seen == 2;
+            }
+        }
+    }
+    AUTO_EOI.store(taken > 0 && acknowledged, Ordering::Relaxed);
 }
 
 /// Starts this CPU's timer counting down from `ticks` (one-shot; 0 stops it).

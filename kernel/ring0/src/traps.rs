@@ -95,9 +95,12 @@ trap_entry:
 
     /* Wake-up IPI, timer and device interrupts: taken inside the halt trap
        (or in ring 3 if a hypervisor leaves interrupts on there); only
-       acknowledges (all are edge-triggered: no IOAPIC EOI). */
+       acknowledges (all are edge-triggered: no IOAPIC EOI), unless the
+       hypervisor already did (AUTO_EOI, see apic.rs). */
     .global wake_entry
 wake_entry:
+    cmpb $0, AUTO_EOI(%rip)
+    jne 3f
     pushq %rax
     pushq %rcx
     pushq %rdx
@@ -111,6 +114,32 @@ wake_entry:
 1:  movl $0xfee000b0, %eax
     movl $0, (%rax)
 2:  popq %rdx
+    popq %rcx
+    popq %rax
+3:  iretq
+
+    /* The boot CPU's AUTO_EOI probe (apic::probe_auto_eoi): every register
+       the C calling convention lets probe_interrupt clobber is saved. Nine
+       pushes on the 40-byte frame keep the call 16-byte aligned. */
+    .global probe_entry
+probe_entry:
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    call probe_interrupt
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rdi
+    popq %rsi
+    popq %rdx
     popq %rcx
     popq %rax
     iretq
@@ -137,6 +166,7 @@ extern "C" {
     fn ud_entry();
     fn trap_entry();
     fn wake_entry();
+    fn probe_entry();
     fn spurious_entry();
 }
 
@@ -156,6 +186,20 @@ pub fn init_idt() {
     cpu::set_gate(6, ud_entry as *const () as u64, Gate::Kernel { ist: 0 });
     cpu::set_gate(trap::TRAP_VECTOR, trap_entry as *const () as u64, Gate::User);
     cpu::set_gate(0xFF, spurious_entry as *const () as u64, Gate::Kernel { ist: 0 });
+    cpu::set_gate(PROBE_VECTOR, probe_entry as *const () as u64, Gate::Kernel { ist: 0 });
+}
+
+/// The vector of `apic::probe_auto_eoi`'s self-IPIs (boot only).
+pub const PROBE_VECTOR: u8 = 0xF2;
+
+/// The probe's interrupt: records whether it arrived in service, and acknowledges it if so.
+#[no_mangle]
+extern "C" fn probe_interrupt() {
+    let in_service = apic::in_service(PROBE_VECTOR);
+    if in_service {
+        apic::eoi();
+    }
+    apic::PROBE_SEEN.store(if in_service { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 #[repr(C)]
