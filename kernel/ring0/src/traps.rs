@@ -22,6 +22,24 @@ global_asm!(
         jmp exc_common
     .endm
 
+    /* The trap a waiting core makes once per message it waits for: a halt
+       with no timer to arm (rax = HALT, rdi = 0). Served here, without the
+       call into trap_dispatch: under PVM every ring-0 instruction is
+       emulated, and this saves about a dozen of them per halt. Anything else
+       falls through to the general path. */
+    .macro HALT_FAST_PATH
+        cmpq ${halt}, %rax
+        jne 9f
+        testq %rdi, %rdi
+        jnz 9f
+        sti
+        hlt
+        cli
+        xorl %eax, %eax
+        iretq
+    9:
+    .endm
+
     .text
     EXC_NOERR 0
     EXC_NOERR 1
@@ -71,6 +89,7 @@ ud_entry:
     cmpw ${trap_insn}, (%r11)
     jne exc_6
     addq $2, (%rsp)
+    HALT_FAST_PATH
     jmp trap_entry
 
 exc_common:
@@ -84,6 +103,7 @@ exc_common:
        so nothing is saved here (each ring-0 instruction is costly under PVM). */
     .global trap_entry
 trap_entry:
+    HALT_FAST_PATH
     movq %rdx, %rcx
     movq %rsi, %rdx
     movq %rdi, %rsi
@@ -158,6 +178,7 @@ exception_stubs:
     .text
 "#,
     trap_insn = const 0xCD | (toro_abi::trap::TRAP_VECTOR as u16) << 8,
+    halt = const toro_abi::trap::HALT,
     options(att_syntax)
 );
 
