@@ -12,10 +12,10 @@ pub static X2APIC_MODE: AtomicBool = AtomicBool::new(false);
 static READY: AtomicBool = AtomicBool::new(false);
 /// Set when the hypervisor acknowledges an interrupt as it delivers it: the
 /// in-service bit is already clear in the handler (KVM PVM does this; TCG and
-/// hardware virtualisation do not). The wake-up stub then skips its EOI, an
-/// emulated `wrmsr` and ~10 more emulated instructions per interrupt under PVM.
-/// Decided once at boot by [`probe_auto_eoi`], before the other CPUs start.
-#[no_mangle]
+/// hardware virtualisation do not). The interrupt gates then point at a bare
+/// `iretq` (`traps::ack_by_hypervisor`), which saves an emulated `wrmsr` and
+/// ~10 more emulated instructions per interrupt under PVM. Decided once at
+/// boot by [`probe_auto_eoi`], before the other CPUs start.
 pub static AUTO_EOI: AtomicBool = AtomicBool::new(false);
 
 const APIC_BASE_MSR: u32 = 0x1B;

@@ -176,6 +176,9 @@ extern "C" fn kmain(start_info: u64) -> ! {
     boot.apic_timer_hz = apic::timer_hz(timer_start, boot.tsc_hz);
     // Does the hypervisor acknowledge interrupts itself? (a millisecond at most)
     apic::probe_auto_eoi(traps::PROBE_VECTOR, (boot.apic_timer_hz / 1000).min(u32::MAX as u64) as u32);
+    if apic::AUTO_EOI.load(Ordering::Relaxed) {
+        traps::ack_by_hypervisor();
+    }
 
     // PCI Express configuration space for ring-3 drivers (q35), before other CPUs start.
     if let Some(ecam) = acpi::pci_ecam(si.rsdp_paddr).filter(|e| e.start_bus == 0) {

@@ -115,12 +115,11 @@ trap_entry:
 
     /* Wake-up IPI, timer and device interrupts: taken inside the halt trap
        (or in ring 3 if a hypervisor leaves interrupts on there); only
-       acknowledges (all are edge-triggered: no IOAPIC EOI), unless the
-       hypervisor already did (AUTO_EOI, see apic.rs). */
+       acknowledges (all are edge-triggered: no IOAPIC EOI). Where the
+       hypervisor acknowledges them itself (apic::AUTO_EOI) their gates point
+       at the bare `iretq` of spurious_entry instead (ack_by_hypervisor). */
     .global wake_entry
 wake_entry:
-    cmpb $0, AUTO_EOI(%rip)
-    jne 3f
     pushq %rax
     pushq %rcx
     pushq %rdx
@@ -136,7 +135,7 @@ wake_entry:
 2:  popq %rdx
     popq %rcx
     popq %rax
-3:  iretq
+    iretq
 
     /* The boot CPU's AUTO_EOI probe (apic::probe_auto_eoi): every register
        the C calling convention lets probe_interrupt clobber is saved. Nine
@@ -208,6 +207,17 @@ pub fn init_idt() {
     cpu::set_gate(trap::TRAP_VECTOR, trap_entry as *const () as u64, Gate::User);
     cpu::set_gate(0xFF, spurious_entry as *const () as u64, Gate::Kernel { ist: 0 });
     cpu::set_gate(PROBE_VECTOR, probe_entry as *const () as u64, Gate::Kernel { ist: 0 });
+}
+
+/// Points every interrupt gate that acknowledged (`wake_entry`) at a bare `iretq`:
+/// for a hypervisor that acknowledges interrupts as it delivers them
+/// (`apic::AUTO_EOI`). Boot CPU only, before the other CPUs start.
+pub fn ack_by_hypervisor() {
+    for v in 32..=0xFEu8 {
+        if v != trap::TRAP_VECTOR && v != PROBE_VECTOR {
+            cpu::set_gate(v, spurious_entry as *const () as u64, Gate::Kernel { ist: 0 });
+        }
+    }
 }
 
 /// The vector of `apic::probe_auto_eoi`'s self-IPIs (boot only).
