@@ -1,42 +1,30 @@
-//! osu_bw's pattern at 1 byte on host threads over the real intra-vbus rings:
-//! rank 0 starts a window of 64 immediate sends and waits for them, rank 1 posts
-//! 64 immediate receives and waits, then acknowledges. For counting the MPI layer's
-//! instructions per message (`valgrind --tool=callgrind`); the rate it prints on
-//! host threads is no figure for the VM.
+//! The OSU ports (`benches/osu/src/osu.rs`, the same file the Toro image and the
+//! rsmpi host build use) on host threads over the real intra-vbus rings: two ranks,
+//! by default `bw -m 1:1`, osu_bw's window of 64 one-byte messages. For counting
+//! the MPI layer's instructions per message (`valgrind --tool=callgrind`) or
+//! sampling it (`perf record`); the figures it prints on host threads are no
+//! figures for the VM.
 //!
-//! cargo run --release -p mpi --features std --example message_rate [-- WINDOWS]
-use mpi::request::{scope, wait_all};
-use mpi::testing::over_vbus::spawn_world;
-use mpi::traits::*;
+//! cargo run --release -p mpi --features std --example message_rate [-- OSU ARGS]
+extern crate alloc;
 
-const WINDOW: usize = 64;
+macro_rules! out {
+    ($($arg:tt)*) => { println!($($arg)*) };
+}
+
+#[path = "../../benches/osu/src/osu.rs"]
+mod osu;
+
+fn args() -> Vec<String> {
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    if given.is_empty() {
+        ["bw", "-m", "1:1", "-i", "2000"].map(String::from).to_vec()
+    } else {
+        given
+    }
+}
 
 fn main() {
-    let windows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2_000);
-    let rates = spawn_world(2, move |universe| {
-        let world = universe.world();
-        let rank = world.rank();
-        let peer = world.process_at_rank(1 - rank);
-        let out = [1u8; 1];
-        let mut inp = [[0u8; 1]; WINDOW];
-        world.barrier();
-        let start = std::time::Instant::now();
-        for _ in 0..windows {
-            if rank == 0 {
-                scope(|s| {
-                    let requests: Vec<_> = (0..WINDOW).map(|_| peer.immediate_send(s, &out[..])).collect();
-                    wait_all(requests);
-                });
-                peer.receive::<u32>();
-            } else {
-                scope(|s| {
-                    let requests: Vec<_> = inp.iter_mut().map(|b| peer.immediate_receive_into(s, &mut b[..])).collect();
-                    wait_all(requests);
-                });
-                peer.send(&0u32);
-            }
-        }
-        (windows * WINDOW) as f64 / start.elapsed().as_secs_f64()
-    });
-    println!("1-byte messages: {:.2} M/s on host threads", rates[0] / 1e6);
+    let statuses = mpi::testing::over_vbus::spawn_world(2, |universe| osu::run(&universe.world(), &args()));
+    std::process::exit(statuses.into_iter().find(|&s| s != 0).unwrap_or(0));
 }
