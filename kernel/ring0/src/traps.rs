@@ -90,7 +90,7 @@ ud_entry:
     jne exc_6
     addq $2, (%rsp)
     HALT_FAST_PATH
-    jmp trap_entry
+    jmp trap_general
 
 exc_common:
     movq %rsp, %rdi
@@ -98,12 +98,13 @@ exc_common:
     call exception_report
     ud2
 
-    /* int 0x80 from ring 3: rax = trap number, rdi/rsi/rdx = arguments.
+    /* int 0x81 from ring 3 (or the #UD PVM turns it into): rax = trap number, rdi/rsi/rdx = arguments.
        The ring-3 caller treats every C caller-saved register as clobbered,
        so nothing is saved here (each ring-0 instruction is costly under PVM). */
     .global trap_entry
 trap_entry:
     HALT_FAST_PATH
+trap_general:
     movq %rdx, %rcx
     movq %rsi, %rdx
     movq %rdi, %rsi
