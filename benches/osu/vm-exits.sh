@@ -29,7 +29,8 @@ command -v perf >/dev/null || {
 [ -d /sys/kernel/tracing/events/kvm ] || mount -t tracefs none /sys/kernel/tracing 2>/dev/null || true
 [ -d /sys/kernel/tracing/events/kvm ] || { echo "vm-exits: KVM's tracepoints are not available (root, tracefs, kvm loaded?)" >&2; exit 1; }
 
-if pgrep -x qemu-system-x86_64 >/dev/null || pgrep -x qemu-system-x86 >/dev/null; then
+# The kernel cuts process names at 15 characters: QEMU's is "qemu-system-x86".
+if pgrep -x qemu-system-x86 >/dev/null; then
     echo "vm-exits: other QEMU processes are running; their VM exits would be counted too" >&2
     exit 1
 fi
