@@ -10,7 +10,7 @@
 //! every send (as an application producing data does; the time spent writing
 //! is not counted); the threshold is chosen on those.
 //!
-//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software]
+//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software | --rate]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -244,6 +244,15 @@ fn main() {
     if std::env::args().any(|a| a == "--software") {
         let ns = (0..RUNS).map(|_| software_one_way_ns(default)).fold(f64::INFINITY, f64::min);
         println!("8 B one-way, software only (both endpoints on one thread): {ns:.1} ns (best of {RUNS} runs)");
+        return;
+    }
+    if std::env::args().any(|a| a == "--rate") {
+        // Small-message rate, osu_bw's window shape: for comparing with the
+        // MPI layer's (mpi/examples/message_rate.rs) and finding which is the limit.
+        for size in [1, 8, 64] {
+            let gbs = bandwidth(default, size, false);
+            println!("{size:>4} B: {:.1} M messages/s (best of {RUNS} runs)", gbs * 1e3 / size as f64);
+        }
         return;
     }
     if std::env::args().any(|a| a == "--latency") {

@@ -254,14 +254,16 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             self.give_back_deferred();
             return Err(SendError::WouldBlock);
         };
-        if published.notify {
-            self.bus.notifier().notify(to);
-        }
         // The message is out: now, off the receiver's critical path, the
-        // bookkeeping a send would otherwise do before it.
-        self.give_back_deferred();
+        // bookkeeping a send would otherwise do before it, then the fence
+        // that orders the publish before reading the receiver's event index
+        // (shared with the give-backs' fence).
         // SAFETY: as above.
         unsafe { ring.reclaim_if_half_out(&mut self.tx[to]) };
+        self.give_back_deferred_fenced();
+        if ring.avail_needs_notify(&self.tx[to], published.old) {
+            self.bus.notifier().notify(to);
+        }
         Ok(if eager {
             SendHandle::COMPLETE
         } else {
@@ -334,8 +336,11 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// Takes the next message from core `src`, if any (FIFO per core pair).
     #[inline]
     pub fn poll_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
-        self.give_back_deferred();
-        self.take_from(src)
+        let m = self.take_from(src);
+        if m.is_none() {
+            self.give_back_deferred();
+        }
+        m
     }
 
     /// `poll_from` without giving back first (`poll` gives back once for all sources).
@@ -367,7 +372,6 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// Takes the next message from any core, taking turns between sources.
     #[inline]
     pub fn poll(&mut self) -> Option<Incoming<'bus>> {
-        self.give_back_deferred();
         // Sources in turn from `next_source`, wrapping without a division
         // (this loop is on every receive's path).
         let n = self.cores();
@@ -380,6 +384,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             }
             src = next;
         }
+        // Nothing came: a good moment to give back (see `release`).
+        self.give_back_deferred();
         None
     }
 
@@ -404,11 +410,13 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// Gives a received message back: its descriptor returns to the sender
     /// (completing a rendezvous send). Messages may be released in any order.
     ///
-    /// An eager descriptor goes back at this endpoint's next call that
-    /// takes `&mut self` (send, test, poll, wait) or its drop, whichever
-    /// comes first (at once if [`DEFER_MAX`] already wait):
-    /// a receiver that answers a message then gives back after its answer
-    /// is out, so the give-back's fence is not on the round trip. Nobody
+    /// An eager descriptor goes back at this endpoint's next send, test,
+    /// wait, poll that finds nothing, or its drop, whichever comes first, in
+    /// one batch with the others released meanwhile (at once if
+    /// [`DEFER_MAX`] already wait): a receiver that answers a message gives
+    /// back after its answer is out, so the give-back's fence is not on the
+    /// round trip, and a receiver draining a stream pays one index store and
+    /// one fence per batch instead of one per message. Nobody
     /// waits for one eager descriptor: a sender waits only for a rendezvous
     /// descriptor, given back here at once, or for a full ring, which a
     /// core that never calls the bus again would not empty anyway.
@@ -430,12 +438,42 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         }
     }
 
-    /// Gives back every released descriptor still held.
+    /// Gives back every released descriptor still held: the used entries of
+    /// each ring, then one index store per ring and one fence for them all.
     #[inline]
     fn give_back_deferred(&mut self) {
-        for k in 0..core::mem::take(&mut self.deferred_len) {
-            let (src, id) = self.deferred[k];
-            self.give_back(src, id);
+        if self.deferred_len != 0 {
+            self.give_back_deferred_fenced();
+        }
+    }
+
+    /// [`give_back_deferred`](Self::give_back_deferred), with its `SeqCst`
+    /// fence even if nothing was held (a send's publish needs one).
+    fn give_back_deferred_fenced(&mut self) {
+        let n = core::mem::take(&mut self.deferred_len);
+        let mut sources = 0u64;
+        for &(src, id) in &self.deferred[..n] {
+            // SAFETY: this endpoint is ring src→core's only device; the
+            // message that held descriptor `id` was consumed by `release`, so
+            // its payload can no longer be read.
+            unsafe { self.bus.ring(src, self.core).give_back_unpublished(&mut self.rx[src], id) };
+            sources |= 1 << src;
+        }
+        let mut published = [(0 as CoreId, 0u16); DEFER_MAX];
+        let mut rings = 0;
+        for src in BitIter(sources) {
+            // SAFETY: as above.
+            if let Some(old) = unsafe { self.bus.ring(src, self.core).publish_used(&mut self.rx[src]) } {
+                published[rings] = (src, old);
+                rings += 1;
+            }
+        }
+        // Store-buffering pair with the drivers' `arm_driver`.
+        fence(Ordering::SeqCst);
+        for &(src, old) in &published[..rings] {
+            if self.bus.ring(src, self.core).used_needs_notify(&self.rx[src], old) {
+                self.bus.notifier().notify(src);
+            }
         }
     }
 
@@ -579,6 +617,23 @@ impl<N: Notify> Drop for Endpoint<'_, N> {
     /// never calls the bus again.
     fn drop(&mut self) {
         self.give_back_deferred();
+    }
+}
+
+/// The set bits of a mask, lowest first.
+struct BitIter(u64);
+
+impl Iterator for BitIter {
+    type Item = CoreId;
+
+    #[inline]
+    fn next(&mut self) -> Option<CoreId> {
+        if self.0 == 0 {
+            return None;
+        }
+        let bit = self.0.trailing_zeros() as CoreId;
+        self.0 &= self.0 - 1;
+        Some(bit)
     }
 }
 

@@ -5,8 +5,8 @@
 //! indices) in memory all cores share. Core `i` is the ring's only producer
 //! (the spec's *driver*), core `j` its only consumer (the *device*). The data
 //! path uses plain atomic loads and stores with Acquire/Release on the
-//! indices and one `fence(SeqCst)` per publish: no locks, no read-modify-write
-//! atomics. The crate is `no_std` + `alloc` and knows nothing of the kernel;
+//! indices and one `fence(SeqCst)` per send (and per batch of give-backs): no
+//! locks, no read-modify-write atomics. The crate is `no_std` + `alloc` and knows nothing of the kernel;
 //! the machine comes in through [`Notify`].
 //!
 //! ## Using it
@@ -83,7 +83,11 @@
 //! all of them; only if nothing arrived may it sleep ([`Notify::wait`]), and
 //! [`Endpoint::finish_wait`] parks the event indices again. A publisher (send
 //! or release) stores its index, executes `fence(SeqCst)`, and calls
-//! [`Notify::notify`] only if it crossed the peer's event index. The two
+//! [`Notify::notify`] only if it crossed the peer's event index. A send
+//! fences before it returns, after its bookkeeping, so the fence seldom waits
+//! for the stamp's line; released eager descriptors go back in batches (at the
+//! next send, test, wait, empty poll, or eight of them) with one index store
+//! and one fence per batch. The two
 //! fences make this a store-buffering pair: either the sleeper sees the
 //! message or the publisher sees the armed index (checked by loom, see
 //! `loom_tests.rs`). A polling peer parks its event index half the index

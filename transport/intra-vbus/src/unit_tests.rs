@@ -52,6 +52,32 @@ fn index_wraps_past_u16_max() {
 }
 
 #[test]
+fn released_eager_descriptors_go_back_in_one_batch() {
+    let bus = Bus::new(Config::new(2), NoNotify).unwrap();
+    let (mut a, mut b) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap());
+    for tag in 0..5 {
+        a.send(1, env(tag), &[tag as u8; 8]).unwrap();
+    }
+    let ring = bus.ring(0, 1);
+    for tag in 0..5 {
+        let m = b.poll().expect("sent above");
+        assert_eq!(m.header().env.tag, tag);
+        b.release(m);
+        assert_eq!(ring.used_idx(), 0, "held until the receiver runs dry");
+    }
+    assert!(b.poll().is_none());
+    assert_eq!(ring.used_idx(), 5, "the empty poll gave all five back at once");
+    // A rendezvous descriptor goes back at its release: its sender waits for it.
+    let big = vec![3u8; DEFAULT_EAGER_MAX + 1];
+    // SAFETY: `big` outlives the handle, tested complete below before it drops.
+    let h = unsafe { a.try_isend(1, env(9), &big) }.unwrap();
+    let m = b.poll().unwrap();
+    b.release(m);
+    assert_eq!(ring.used_idx(), 6);
+    assert!(a.test(&h));
+}
+
+#[test]
 fn config_limits() {
     assert_eq!(Config::new(0).validate(), Err(ConfigError::Cores));
     assert_eq!(Config::new(65).validate(), Err(ConfigError::Cores));
