@@ -9,7 +9,7 @@ use core::marker::PhantomData;
 use crate::bus::{Bus, Notify};
 use crate::header::{Envelope, Header, Protocol};
 use crate::sync::{fence, spin_hint, Ordering};
-use crate::virtq::{DeviceState, DriverState};
+use crate::virtq::{DeviceState, DriverState, Virtq};
 use crate::CoreId;
 
 /// Why a send did not start.
@@ -145,6 +145,11 @@ struct LocalMessage {
 pub struct Endpoint<'bus, N: Notify> {
     bus: &'bus Bus<N>,
     core: CoreId,
+    /// Ring `core → dst`, by `dst` (`None` at the own index): looked up once,
+    /// not on every send.
+    tx_rings: Box<[Option<&'bus Virtq>]>,
+    /// Ring `src → core`, by `src` (`None` at the own index).
+    rx_rings: Box<[Option<&'bus Virtq>]>,
     /// Driver state of ring `core → dst`, by `dst` (own index unused).
     tx: Box<[DriverState]>,
     /// Device state of ring `src → core`, by `src` (own index unused).
@@ -179,6 +184,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         Endpoint {
             bus,
             core,
+            tx_rings: (0..config.cores).map(|dst| (dst != core).then(|| bus.ring(core, dst))).collect(),
+            rx_rings: (0..config.cores).map(|src| (src != core).then(|| bus.ring(src, core))).collect(),
             tx: (0..config.cores).map(|dst| DriverState::new(q(dst))).collect(),
             rx: (0..config.cores).map(|_| DeviceState::default()).collect(),
             local: VecDeque::new(),
@@ -201,7 +208,19 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     fn cores(&self) -> CoreId {
-        self.bus.config().cores
+        self.tx_rings.len()
+    }
+
+    /// The ring this core sends to `dst` on (`dst` another core).
+    #[inline(always)]
+    fn tx_ring(&self, dst: CoreId) -> &'bus Virtq {
+        self.tx_rings[dst].expect("no ring to the own core")
+    }
+
+    /// The ring this core receives from `src` on (`src` another core).
+    #[inline(always)]
+    fn rx_ring(&self, src: CoreId) -> &'bus Virtq {
+        self.rx_rings[src].expect("no ring from the own core")
     }
 
     // ----- sending ------------------------------------------------------
@@ -245,7 +264,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             }
             return Ok(SendHandle::COMPLETE);
         }
-        let ring = self.bus.ring(self.core, to);
+        let ring = self.tx_ring(to);
         // SAFETY: this endpoint is the only one of its core, so the only
         // driver of ring core→to, and tx[to] is that ring's driver state; the
         // rendezvous buffer contract is our caller's.
@@ -283,7 +302,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         self.give_back_deferred();
         let Some(p) = handle.pending else { return true };
         assert_eq!(p.from, self.core, "send handle of another endpoint");
-        let ring = self.bus.ring(self.core, p.to);
+        let ring = self.tx_ring(p.to);
         // SAFETY: this endpoint is ring core→to's only driver (see try_isend).
         unsafe { ring.reclaim(&mut self.tx[p.to]) };
         self.tx[p.to].generation(p.id) != p.generation
@@ -326,7 +345,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         if src == self.core {
             return self.local.front().map(|m| m.header);
         }
-        let ring = self.bus.ring(src, self.core);
+        let ring = self.rx_ring(src);
         let id = ring.peek(&self.rx[src])?;
         // SAFETY: this endpoint is ring src→core's only device and `id` is
         // the descriptor at its head, not yet consumed nor given back.
@@ -353,7 +372,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             let m = self.local.pop_front()?;
             return Some(self.incoming(m.header, src, Source::Local(m.data), core::ptr::null()));
         }
-        let ring = self.bus.ring(src, self.core);
+        let ring = self.rx_ring(src);
         let id = ring.peek(&self.rx[src])?;
         // SAFETY: as in peek_from; we keep the descriptor until release.
         let header = unsafe { ring.header(id) };
@@ -451,34 +470,57 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// fence even if nothing was held (a send's publish needs one).
     fn give_back_deferred_fenced(&mut self) {
         let n = core::mem::take(&mut self.deferred_len);
+        if n == 0 {
+            // Store-buffering pair with the device's `arm_device` (a send's publish).
+            fence(Ordering::SeqCst);
+            return;
+        }
+        let first = self.deferred[0].0;
+        if self.deferred[1..n].iter().all(|&(src, _)| src == first) {
+            // The usual case: every held descriptor came from one core.
+            let ring = self.rx_ring(first);
+            for &(_, id) in &self.deferred[..n] {
+                // SAFETY: this endpoint is ring first→core's only device; the
+                // message that held descriptor `id` was consumed by `release`,
+                // so its payload can no longer be read.
+                unsafe { ring.give_back_unpublished(&mut self.rx[first], id) };
+            }
+            // SAFETY: as above.
+            let old = unsafe { ring.publish_used(&mut self.rx[first]) };
+            // Store-buffering pair with the driver's `arm_driver`.
+            fence(Ordering::SeqCst);
+            if old.is_some_and(|old| ring.used_needs_notify(&self.rx[first], old)) {
+                self.bus.notifier().notify(first);
+            }
+            return;
+        }
         let mut sources = 0u64;
         for &(src, id) in &self.deferred[..n] {
-            // SAFETY: this endpoint is ring src→core's only device; the
-            // message that held descriptor `id` was consumed by `release`, so
-            // its payload can no longer be read.
-            unsafe { self.bus.ring(src, self.core).give_back_unpublished(&mut self.rx[src], id) };
+            // SAFETY: as above, for ring src→core.
+            unsafe { self.rx_ring(src).give_back_unpublished(&mut self.rx[src], id) };
             sources |= 1 << src;
         }
         let mut published = [(0 as CoreId, 0u16); DEFER_MAX];
         let mut rings = 0;
         for src in BitIter(sources) {
             // SAFETY: as above.
-            if let Some(old) = unsafe { self.bus.ring(src, self.core).publish_used(&mut self.rx[src]) } {
+            if let Some(old) = unsafe { self.rx_ring(src).publish_used(&mut self.rx[src]) } {
                 published[rings] = (src, old);
                 rings += 1;
             }
         }
-        // Store-buffering pair with the drivers' `arm_driver`.
+        // Store-buffering pair with the drivers' `arm_driver` (and, for a
+        // send, the device's `arm_device`).
         fence(Ordering::SeqCst);
         for &(src, old) in &published[..rings] {
-            if self.bus.ring(src, self.core).used_needs_notify(&self.rx[src], old) {
+            if self.rx_ring(src).used_needs_notify(&self.rx[src], old) {
                 self.bus.notifier().notify(src);
             }
         }
     }
 
     fn give_back(&mut self, src: CoreId, id: u16) {
-        let ring = self.bus.ring(src, self.core);
+        let ring = self.rx_ring(src);
         // SAFETY: this endpoint is ring src→core's only device; the message
         // that held descriptor `id` was consumed by `release`, so its payload
         // can no longer be read.
@@ -532,9 +574,9 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             return true;
         }
         (0..self.cores()).filter(|&peer| peer != self.core).any(|peer| {
-            self.bus.ring(peer, self.core).peek(&self.rx[peer]).is_some()
+            self.rx_ring(peer).peek(&self.rx[peer]).is_some()
                 || (self.tx[peer].watch_used()
-                    && self.bus.ring(self.core, peer).has_used(&self.tx[peer]))
+                    && self.tx_ring(peer).has_used(&self.tx[peer]))
         })
     }
 
@@ -548,11 +590,11 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         self.waiting = true;
         let mut reclaimed = false;
         for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
-            let rx_ring = self.bus.ring(peer, self.core);
+            let rx_ring = self.rx_ring(peer);
             // SAFETY: this endpoint is ring peer→core's only device.
             unsafe { rx_ring.arm_device(&self.rx[peer]) };
             if self.tx[peer].watch_used() {
-                let tx_ring = self.bus.ring(self.core, peer);
+                let tx_ring = self.tx_ring(peer);
                 // SAFETY: this endpoint is ring core→peer's only driver.
                 // Reclaim first, so the event index we arm is the device's
                 // next used entry, not one already returned.
@@ -581,10 +623,10 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         self.waiting = false;
         for peer in (0..self.cores()).filter(|&peer| peer != self.core) {
             // SAFETY: this endpoint is ring peer→core's only device.
-            unsafe { self.bus.ring(peer, self.core).disarm_device(&self.rx[peer]) };
+            unsafe { self.rx_ring(peer).disarm_device(&self.rx[peer]) };
             if self.armed_tx & (1 << peer) != 0 {
                 // SAFETY: this endpoint is ring core→peer's only driver.
-                unsafe { self.bus.ring(self.core, peer).disarm_driver(&self.tx[peer]) };
+                unsafe { self.tx_ring(peer).disarm_driver(&self.tx[peer]) };
             }
         }
         self.armed_tx = 0;
