@@ -91,6 +91,9 @@ struct CoreNet<M: Machine> {
     endpoint: Endpoint<'static, M>,
     /// Messages for the ranks of this core that another rank took off a ring.
     inboxes: BTreeMap<WireRank, VecDeque<(Header, Vec<u8>)>>,
+    /// Messages in all the inboxes: while 0 (one rank per core, always) a fetch skips
+    /// the map.
+    inboxed: usize,
     /// Counts the endpoint calls that may take returned descriptors back from the
     /// rings (`test`, sends, `prepare_wait`; all through `reclaiming`): a rank that
     /// yielded before blocking compares it with what it saw before the yield (see the
@@ -99,6 +102,24 @@ struct CoreNet<M: Machine> {
 }
 
 impl<M: Machine> CoreNet<M> {
+    fn push_inbox(&mut self, rank: WireRank, message: (Header, Vec<u8>)) {
+        self.inboxes.entry(rank).or_default().push_back(message);
+        self.inboxed += 1;
+    }
+
+    fn pop_inbox(&mut self, rank: WireRank) -> Option<(Header, Vec<u8>)> {
+        if self.inboxed == 0 {
+            return None;
+        }
+        let message = self.inboxes.get_mut(&rank)?.pop_front()?;
+        self.inboxed -= 1;
+        Some(message)
+    }
+
+    fn inbox_is_empty(&self, rank: WireRank) -> bool {
+        self.inboxed == 0 || self.inboxes.get(&rank).is_none_or(VecDeque::is_empty)
+    }
+
     /// The endpoint, for a call that may take returned descriptors back from the rings
     /// (`test`, `try_isend`, `prepare_wait`): counted in `reclaims`.
     fn reclaiming(&mut self) -> &mut Endpoint<'static, M> {
@@ -148,7 +169,7 @@ impl<M: Machine> VbusNet<M> {
         let cores = (0..config.cores)
             .map(|core| {
                 let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
-                CoreSlot(Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), reclaims: 0 }))
+                CoreSlot(Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), inboxed: 0, reclaims: 0 }))
             })
             .collect();
         Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })
@@ -242,7 +263,7 @@ impl<M: Machine> RankWaiter<M> {
         }
         let machine = self.net.machine();
         let mut core = self.net.cores[self.core].lock();
-        if core.inboxes.get(&self.rank).is_some_and(|inbox| !inbox.is_empty()) {
+        if !core.inbox_is_empty(self.rank) {
             return;
         }
         if reclaims_seen.is_some_and(|seen| seen != core.reclaims) {
@@ -369,7 +390,7 @@ impl<M: Machine> VbusPort<M> {
         let me = self.waiter.rank;
         let net = &self.waiter.net;
         let mut core = net.cores[self.waiter.core].lock();
-        if let Some((header, data)) = core.inboxes.get_mut(&me).and_then(VecDeque::pop_front) {
+        if let Some((header, data)) = core.pop_inbox(me) {
             self.peeked = Some((header, Held::Copied(data)));
             return;
         }
@@ -382,7 +403,7 @@ impl<M: Machine> VbusPort<M> {
             }
             let data = message.payload().to_vec();
             core.endpoint.release(message);
-            core.inboxes.entry(header.dest).or_default().push_back((header, data));
+            core.push_inbox(header.dest, (header, data));
             delivered_to_others = true;
         }
         drop(core);
@@ -401,7 +422,7 @@ impl<M: Machine> VbusPort<M> {
             let header = header_of(message.header());
             let data = message.payload().to_vec();
             core.endpoint.release(message);
-            core.inboxes.entry(header.dest).or_default().push_back((header, data));
+            core.push_inbox(header.dest, (header, data));
             any = true;
         }
         drop(core);

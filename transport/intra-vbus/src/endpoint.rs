@@ -165,6 +165,9 @@ pub struct Endpoint<'bus, N: Notify> {
     /// Released eager descriptors not yet given back, as (source core, id):
     /// see [`release`](Self::release).
     deferred: [(CoreId, u16); DEFER_MAX],
+    /// Give back once this many are held: [`DEFER_MAX`], or the queue size
+    /// if smaller (a ring's descriptors are never all held).
+    defer_limit: usize,
     deferred_len: usize,
 }
 
@@ -193,6 +196,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             waiting: false,
             armed_tx: 0,
             deferred: [(0, 0); DEFER_MAX],
+            defer_limit: DEFER_MAX.min(config.queue_size as usize),
             deferred_len: 0,
         }
     }
@@ -331,6 +335,9 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
                 Err(e) => return Err(e),
             }
         };
+        if handle.is_complete() {
+            return Ok(());
+        }
         let guard = AbortOnUnwind;
         self.wait_send(handle);
         core::mem::forget(guard);
@@ -355,14 +362,10 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// Takes the next message from core `src`, if any (FIFO per core pair).
     #[inline]
     pub fn poll_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
-        let m = self.take_from(src);
-        if m.is_none() {
-            self.give_back_deferred();
-        }
-        m
+        self.take_from(src)
     }
 
-    /// `poll_from` without giving back first (`poll` gives back once for all sources).
+    /// The next message from core `src`, if any.
     #[inline]
     fn take_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
         if src >= self.cores() {
@@ -403,8 +406,6 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             }
             src = next;
         }
-        // Nothing came: a good moment to give back (see `release`).
-        self.give_back_deferred();
         None
     }
 
@@ -415,7 +416,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
                 return m;
             }
             // Spin on `poll` itself: the message is taken the moment its
-            // line arrives, not after a separate look for work.
+            // line arrives, not after a separate look for work. (Spinning on
+            // the stamps alone and polling after measured no faster.)
             for _ in 0..self.bus.config().spin_polls {
                 spin_hint();
                 if let Some(m) = self.poll() {
@@ -430,15 +432,15 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// (completing a rendezvous send). Messages may be released in any order.
     ///
     /// An eager descriptor goes back at this endpoint's next send, test,
-    /// wait, poll that finds nothing, or its drop, whichever comes first, in
-    /// one batch with the others released meanwhile (at once if
-    /// [`DEFER_MAX`] already wait): a receiver that answers a message gives
-    /// back after its answer is out, so the give-back's fence is not on the
-    /// round trip, and a receiver draining a stream pays one index store and
-    /// one fence per batch instead of one per message. Nobody
-    /// waits for one eager descriptor: a sender waits only for a rendezvous
-    /// descriptor, given back here at once, or for a full ring, which a
-    /// core that never calls the bus again would not empty anyway.
+    /// wait or drop, in one batch with the others released meanwhile, or
+    /// once [`DEFER_MAX`] (at most the queue size) are held: a receiver that
+    /// answers a message gives back after its answer is out, so the
+    /// give-back's fence is not on the round trip, and a receiver draining a
+    /// stream pays one index store and one fence per batch instead of one per
+    /// message. Nobody waits for one eager descriptor: a sender waits only
+    /// for a rendezvous descriptor, given back here at once, or for a full
+    /// ring, and fewer are held than a ring has, so the receiver polling on
+    /// takes the others and reaches the batch size.
     pub fn release(&mut self, msg: Incoming<'bus>) {
         assert!(
             msg.dst_core == self.core && msg.bus == self.bus as *const Bus<N> as *const (),
@@ -447,11 +449,11 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         let Source::Ring { id } = msg.source else { return };
         let src = msg.src_core;
         if msg.header.protocol == Protocol::Eager {
-            if self.deferred_len == DEFER_MAX {
-                self.give_back_deferred();
-            }
             self.deferred[self.deferred_len] = (src, id);
             self.deferred_len += 1;
+            if self.deferred_len == self.defer_limit {
+                self.give_back_deferred_fenced();
+            }
         } else {
             self.give_back(src, id);
         }
@@ -636,6 +638,9 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// [`Notify::wait`] until there may be work. May return without work
     /// (spurious wake): callers loop.
     pub fn wait_for_work(&mut self) {
+        // Whoever waits may be what the peers wait for: a sender needs its
+        // next descriptor back in ring order.
+        self.give_back_deferred();
         for _ in 0..self.bus.config().spin_polls {
             if self.has_work() {
                 return;

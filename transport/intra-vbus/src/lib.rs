@@ -86,7 +86,7 @@
 //! [`Notify::notify`] only if it crossed the peer's event index. A send
 //! fences before it returns, after its bookkeeping, so the fence seldom waits
 //! for the stamp's line; released eager descriptors go back in batches (at the
-//! next send, test, wait, empty poll, or eight of them) with one index store
+//! next send, test or wait, or once eight are held) with one index store
 //! and one fence per batch. The two
 //! fences make this a store-buffering pair: either the sleeper sees the
 //! message or the publisher sees the armed index (checked by loom, see

@@ -55,26 +55,52 @@ fn index_wraps_past_u16_max() {
 fn released_eager_descriptors_go_back_in_one_batch() {
     let bus = Bus::new(Config::new(2), NoNotify).unwrap();
     let (mut a, mut b) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap());
-    for tag in 0..5 {
+    for tag in 0..10 {
         a.send(1, env(tag), &[tag as u8; 8]).unwrap();
     }
     let ring = bus.ring(0, 1);
-    for tag in 0..5 {
+    for tag in 0..10 {
         let m = b.poll().expect("sent above");
         assert_eq!(m.header().env.tag, tag);
         b.release(m);
-        assert_eq!(ring.used_idx(), 0, "held until the receiver runs dry");
+        let expected = if tag < 7 { 0 } else { 8 };
+        assert_eq!(ring.used_idx(), expected, "eight go back together, after the eighth release");
     }
     assert!(b.poll().is_none());
-    assert_eq!(ring.used_idx(), 5, "the empty poll gave all five back at once");
+    assert_eq!(ring.used_idx(), 8, "polling gives nothing back");
+    b.send(0, env(99), &[]).unwrap();
+    assert_eq!(ring.used_idx(), 10, "the next send gave the other two back");
     // A rendezvous descriptor goes back at its release: its sender waits for it.
     let big = vec![3u8; DEFAULT_EAGER_MAX + 1];
     // SAFETY: `big` outlives the handle, tested complete below before it drops.
     let h = unsafe { a.try_isend(1, env(9), &big) }.unwrap();
     let m = b.poll().unwrap();
     b.release(m);
-    assert_eq!(ring.used_idx(), 6);
+    assert_eq!(ring.used_idx(), 11);
     assert!(a.test(&h));
+}
+
+#[test]
+fn a_small_ring_is_never_held_whole() {
+    // Two descriptors: the second release gives both back, so a sender that
+    // filled the ring finds room again while the receiver only polls.
+    let config = Config { queue_size: 2, ..Config::new(2) };
+    let bus = Bus::new(config, NoNotify).unwrap();
+    let (mut a, mut b) = (bus.endpoint(0).unwrap(), bus.endpoint(1).unwrap());
+    for round in 0..3 {
+        for tag in 0..2 {
+            // SAFETY: eager, complete at once.
+            let h = unsafe { a.try_isend(1, env(tag), &[1]) }.expect("room after the receiver's releases");
+            assert!(h.is_complete());
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { a.try_isend(1, env(2), &[1]) }.unwrap_err(), SendError::WouldBlock, "round {round}");
+        for _ in 0..2 {
+            let m = b.poll().unwrap();
+            b.release(m);
+        }
+        assert!(b.poll().is_none());
+    }
 }
 
 #[test]
