@@ -64,6 +64,10 @@ mpirun_toro="$T/release/toro-mpirun"
 osu_ompi="$T/ompi/release/osu"
 osu_mpich="$T/mpich/release/osu"
 report="$T/ompi/release/osu-report"
+# The host moves this VM's two vCPUs between near cores (a cache line crosses in ~20 ns)
+# and far ones (~190 ns), minutes apart: before each np=2 run the line's one-way time is
+# recorded (raw/<run>/<bench>.<round>.line), and the report shows which runs saw which.
+line_probe="$T/release/examples/pingpong"
 if [ "$report_only" = 1 ]; then
     (cd benches/osu/host && CARGO_TARGET_DIR="$T/ompi" cargo build -q --release -p osu-report) || exit 1
 else
@@ -75,6 +79,7 @@ fi
 echo "== build" >&2
 cargo run -q -p toro-image --bin toro-build -- toro-osu --bin toro-osu -o "$image" || exit 1
 CARGO_TARGET_DIR="$T" cargo build -q --release -p toro-launcher --bin toro-mpirun || exit 1
+CARGO_TARGET_DIR="$T" cargo build -q --release -p intra-vbus --example pingpong || exit 1
 (cd benches/osu/host &&
     MPICC=mpicc.openmpi CARGO_TARGET_DIR="$T/ompi" cargo build -q --release -p osu-rsmpi &&
     MPICC=mpicc.mpich CARGO_TARGET_DIR="$T/mpich" cargo build -q --release -p osu-rsmpi &&
@@ -137,9 +142,12 @@ for bench in $benches; do
         fi
         dir="$out/raw/$id"
         mkdir -p "$dir"
+        base="$dir/$bench.$rep"
+        if [ "$np" = 2 ]; then
+            "$line_probe" --line | sed -n 's/^cache-line ping-pong one-way: \([0-9.]*\) ns.*/\1/p' >"$base.line"
+        fi
         t0=$(date +%s.%N)
         # shellcheck disable=SC2086
-        base="$dir/$bench.$rep"
         timeout -k 5 "$timeout_s" $cmd $bench $args >"$base.out" 2>"$base.err" </dev/null
         status=$?
         t1=$(date +%s.%N)

@@ -10,7 +10,7 @@
 //! every send (as an application producing data does; the time spent writing
 //! is not counted); the threshold is chosen on those.
 //!
-//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software | --rate]
+//! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software | --rate | --line]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -298,6 +298,13 @@ fn main() {
     if std::env::args().any(|a| a == "--software") {
         let ns = (0..RUNS).map(|_| software_one_way_ns(default)).fold(f64::INFINITY, f64::min);
         println!("8 B one-way, software only (both endpoints on one thread): {ns:.1} ns (best of {RUNS} runs)");
+        return;
+    }
+    if std::env::args().any(|a| a == "--line") {
+        // Just the yardstick, quickly: benches/osu/run.sh records it before each run,
+        // since the host moves this VM's two vCPUs between near and far cores.
+        let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
+        println!("cache-line ping-pong one-way: {line:.0} ns (best of {RUNS} runs)");
         return;
     }
     if std::env::args().any(|a| a == "--rate") {

@@ -4,6 +4,9 @@
 //! `RESULTS_DIR/REPORT.md` (tables with ratios against each baseline) and
 //! `RESULTS_DIR/osu_<bench>.png` (log-log, one line per system, one panel per np).
 //! `RESULTS_DIR/machine.md`, when present, is copied at the top of the report.
+//! `raw/<id>/<bench>.<round>.line`, when present, holds the host's cache-line
+//! one-way time (ns) measured just before that run: the host moves the VM's two
+//! vCPUs between near and far cores, and the report says which run saw which.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -68,6 +71,46 @@ fn parse_output(text: &str) -> Series {
 }
 
 type Rounds = BTreeMap<String, usize>;
+
+/// Cache-line one-way times (ns) before each round, by (run id, bench).
+type Placements = BTreeMap<(String, String), Vec<f64>>;
+
+/// A line crossing faster than this: the two vCPUs were near each other.
+const NEAR_NS: f64 = 60.0;
+
+/// Where most of a run's rounds ran, "near" or "far" ("mixed" on a tie; None: not
+/// recorded). Most rounds decide, as the report's figure is their median.
+fn placement(lines: Option<&Vec<f64>>) -> Option<&'static str> {
+    let lines = lines.filter(|l| !l.is_empty())?;
+    let near = lines.iter().filter(|&&ns| ns < NEAR_NS).count();
+    Some(match (2 * near).cmp(&lines.len()) {
+        std::cmp::Ordering::Greater => "near",
+        std::cmp::Ordering::Less => "far",
+        std::cmp::Ordering::Equal => "mixed",
+    })
+}
+
+fn load_placements(dir: &Path, runs: &[Run]) -> Placements {
+    let mut out = Placements::new();
+    for run in runs {
+        let Ok(entries) = std::fs::read_dir(dir.join("raw").join(&run.id)) else { continue };
+        let mut files: Vec<(String, f64)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_suffix(".line")?.to_string();
+                let ns = std::fs::read_to_string(e.path()).ok()?.trim().parse::<f64>().ok()?;
+                Some((stem, ns))
+            })
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        for (stem, ns) in files {
+            let Some((bench, _round)) = stem.rsplit_once('.') else { continue };
+            out.entry((run.id.clone(), bench.to_string())).or_default().push(ns);
+        }
+    }
+    out
+}
 
 fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>, Rounds) {
     let manifest = std::fs::read_to_string(dir.join("runs.tsv")).expect("runs.tsv");
@@ -206,6 +249,7 @@ fn main() {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| "bad font").unwrap();
 
     let (runs, data, rounds) = load(&dir);
+    let placements = load_placements(&dir, &runs);
     let mut nps: Vec<u32> = runs.iter().map(|r| r.np).collect();
     nps.sort();
     nps.dedup();
@@ -228,6 +272,38 @@ fn main() {
          bandwidth — above 1 Toro is better, below 1 it trails. Toro across VMs is compared with the TCP \
          baselines only.\n\n",
     );
+
+    if !placements.is_empty() {
+        md.push_str(
+            "## vCPU placement\n\nThe host moves this VM's two vCPUs between near cores and far ones, minutes apart. \
+             Before each np=2 run the host's two-thread cache-line ping-pong was timed (one-way, ns; near below 60): \
+             compare figures measured in the same placement. Where most of Toro's rounds and most of a baseline's ran in different \
+             placements the summary says so.\n\n",
+        );
+        let np2: Vec<&Run> = runs.iter().filter(|r| r.np == 2).collect();
+        let mut head = String::from("| benchmark |");
+        let mut rule = String::from("|---|");
+        for r in &np2 {
+            let _ = write!(head, " {} |", short(r));
+            rule.push_str("---|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        for bench in BENCHES {
+            if !np2.iter().any(|r| placements.contains_key(&(r.id.clone(), bench.to_string()))) {
+                continue;
+            }
+            let mut line = format!("| osu_{bench} |");
+            for r in &np2 {
+                let cell = placements
+                    .get(&(r.id.clone(), bench.to_string()))
+                    .map(|v| v.iter().map(|ns| format!("{ns:.0}")).collect::<Vec<_>>().join(" / "))
+                    .unwrap_or_else(|| "—".into());
+                let _ = write!(line, " {cell} |");
+            }
+            let _ = writeln!(md, "{line}");
+        }
+        md.push('\n');
+    }
 
     // Summary: median advantage over sizes, and at the smallest / largest size.
     md.push_str("## Summary\n\nMedian of Toro's advantage over all message sizes (in brackets: smallest size / largest size).\n\n");
@@ -256,7 +332,17 @@ fn main() {
                 } else {
                     String::new()
                 };
-                let _ = writeln!(md, "| osu_{bench} | {np} | {} | {} | **{}**{ends} |", short(t), short(b), fmt_ratio(med));
+                let (tp, bp) = (
+                    placement(placements.get(&(t.id.clone(), bench.to_string()))),
+                    placement(placements.get(&(b.id.clone(), bench.to_string()))),
+                );
+                let caveat = match (tp, bp) {
+                    (Some(tp), Some(bp)) if tp != bp && t.id != "toro-2vm" => {
+                        format!(" — placement differed: Toro {tp}, baseline {bp}")
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(md, "| osu_{bench} | {np} | {} | {} | **{}**{ends}{caveat} |", short(t), short(b), fmt_ratio(med));
             }
         }
     }
