@@ -388,6 +388,12 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             }
         };
         ring.consume(&mut self.rx[src]);
+        if ring.peek(&self.rx[src]).is_none() {
+            // `src` sent nothing more, as when it waits for an answer: the answer
+            // would go back on the ring to `src`, so start taking its line now. (Not
+            // in a stream: there it only takes the line from a core about to poll it.)
+            self.tx_ring(src).prefetch_next_header(&self.tx[src]);
+        }
         Some(self.incoming(header, src, Source::Ring { id }, payload))
     }
 

@@ -372,6 +372,28 @@ impl Virtq {
         let _ = id;
     }
 
+    /// Hints the CPU to fetch, for writing, the header line the next publish on
+    /// this ring will use, if that descriptor is free. A receiver calls it for
+    /// the ring back to the core a message came from: if it answers, the line
+    /// is already on its way while it takes the message in, so the answer's
+    /// stamp does not wait for a whole line transfer (ping-pong 8 B one-way
+    /// 57–61 → 52–55 ns with near vCPUs, `pingpong --latency`).
+    #[inline(always)]
+    pub(crate) fn prefetch_next_header(&self, st: &DriverState) {
+        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+        if !st.next_in_flight() {
+            let line: *const HeaderLine = &self.headers[self.pos(st.next_avail)];
+            // SAFETY: `prefetchw` only hints the cache; it never faults and
+            // changes no memory (a no-op on CPUs without it).
+            unsafe {
+                core::arch::asm!("prefetchw [{0}]", in(reg) line,
+                    options(nostack, readonly, preserves_flags));
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+        let _ = st;
+    }
+
     /// The eager buffer of descriptor `id`.
     #[inline(always)]
     pub(crate) fn slot(&self, id: u16) -> *mut u8 {
