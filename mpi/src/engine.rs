@@ -204,6 +204,10 @@ impl Engine {
     pub(crate) fn progress(&mut self) -> bool {
         let mut busy = false;
         for transport in 0..self.router.transports.len() {
+            if self.router.transports[transport].lends_payloads() {
+                busy |= self.drain(transport);
+                continue;
+            }
             while let Some(header) = self.router.transports[transport].peek() {
                 busy = true;
                 self.take_incoming(transport, header);
@@ -211,6 +215,41 @@ impl Engine {
         }
         self.poll_background();
         busy
+    }
+
+    /// `take_incoming` for a whole batch of a transport that lends its payloads: one
+    /// call, the messages placed as they come; acknowledgements are sent after it.
+    fn drain(&mut self, transport: usize) -> bool {
+        let mut synchronous: Vec<Header> = Vec::new();
+        let Engine { router, posted, matched, unexpected, acked, .. } = self;
+        let any = router.transports[transport].drain(&mut |header, payload| {
+            if header.kind == MessageKind::SyncAck {
+                acked.insert(header.cookie);
+                return;
+            }
+            let arrived = || Arrived { header: *header, payload: payload.to_vec() };
+            match posted.iter().position(|(_, pattern, _)| pattern.matches(header)) {
+                Some(index) => {
+                    let (id, _, landing) = posted.remove(index).expect("index from position");
+                    if header.kind == MessageKind::SyncData {
+                        synchronous.push(*header);
+                    }
+                    let placed = if header.len <= landing.len() && datatype_is_unchecked(landing.datatype) {
+                        // As in `take_incoming`: the receive is still posted, its buffer live.
+                        copy_lent(payload, &mut landing.bytes_mut()[..header.len]);
+                        Matched::InPlace(*header)
+                    } else {
+                        Matched::Queued(arrived())
+                    };
+                    matched.fill(id, placed);
+                }
+                None => unexpected.push_back(arrived()),
+            }
+        });
+        for header in &synchronous {
+            self.record_ack(header);
+        }
+        any
     }
 
     fn poll_background(&mut self) {
@@ -394,6 +433,15 @@ impl MatchedSlots {
         self.free.push(id);
         Some(matched)
     }
+}
+
+/// Copies a payload lent by a transport: with the bus's copy where it is built in (long
+/// copies stream past the cache, see `intra_vbus::copy_payload`).
+fn copy_lent(payload: &[u8], into: &mut [u8]) {
+    #[cfg(feature = "vbus")]
+    intra_vbus::copy_payload(payload, into);
+    #[cfg(not(feature = "vbus"))]
+    into.copy_from_slice(payload);
 }
 
 /// Datatypes whose bytes need no validation may be copied straight from the transport.

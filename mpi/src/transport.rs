@@ -77,6 +77,27 @@ pub trait Transport {
     /// Copies the payload of the message last returned by `peek` into `into`
     /// (`into.len() == header.len`) and consumes the message.
     fn receive_payload(&mut self, into: &mut [u8]);
+
+    /// Whether `drain` lends payloads in place (then the MPI layer drains this
+    /// transport instead of peeking message by message).
+    fn lends_payloads(&self) -> bool {
+        false
+    }
+
+    /// Consumes every message available now, in order: hands each header, with its
+    /// payload read in place (`payload.len() == header.len`), to `sink`, which copies
+    /// what it keeps. Returns whether there was any. One call for a whole batch, where
+    /// `peek` and `receive_payload` take two per message; the default goes through them.
+    fn drain(&mut self, sink: &mut dyn FnMut(&Header, &[u8])) -> bool {
+        let mut any = false;
+        while let Some(header) = self.peek() {
+            let mut payload = alloc::vec![0u8; header.len];
+            self.receive_payload(&mut payload);
+            sink(&header, &payload);
+            any = true;
+        }
+        any
+    }
 }
 
 /// A rank's messages to itself, kept in a queue. Always present in the router (index

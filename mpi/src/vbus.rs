@@ -383,6 +383,16 @@ impl<M: Machine> VbusPort<M> {
         &self.waiter.net
     }
 
+    /// A taken `SyncAck` carries the whole cookie of the synchronous send it acknowledges
+    /// (the wire has its low 32 bits), which is no longer outstanding.
+    fn settle_sync_ack(&mut self, header: &mut Header) {
+        if header.kind == MessageKind::SyncAck {
+            if let Some(cookie) = self.sync_cookies.remove(&(header.cookie as u32)) {
+                header.cookie = cookie;
+            }
+        }
+    }
+
     /// Takes the next message for this rank off its inbox or the rings; messages for
     /// the other ranks of the core go to their inboxes. With `copy_all`, a message
     /// for this rank is copied out and released too (frees ring descriptors).
@@ -481,6 +491,56 @@ impl<M: Machine> Transport for VbusPort<M> {
             self.waiter.busy();
         }
         done
+    }
+
+    fn lends_payloads(&self) -> bool {
+        true
+    }
+
+    /// Under one lock for the batch: this rank's inbox, then the rings (messages for the
+    /// other ranks of the core go to their inboxes), each payload lent from the ring.
+    fn drain(&mut self, sink: &mut dyn FnMut(&Header, &[u8])) -> bool {
+        let mut any = false;
+        if self.peeked.is_some() {
+            // Peeked earlier and not taken: it comes first (FIFO).
+            let header = self.peek().expect("a peeked message");
+            let mut payload = alloc::vec![0u8; header.len];
+            self.receive_payload(&mut payload);
+            sink(&header, &payload);
+            any = true;
+        }
+        // An `Rc` clone (no atomic): the lock guard borrows it, not `self`.
+        let waiter = self.waiter.clone();
+        let me = waiter.rank;
+        let mut core = waiter.net.cores[waiter.core].lock();
+        while let Some((mut header, data)) = core.pop_inbox(me) {
+            self.settle_sync_ack(&mut header);
+            sink(&header, &data);
+            any = true;
+        }
+        let mut delivered_to_others = false;
+        while let Some(message) = core.endpoint.poll() {
+            let mut header = header_of(message.header());
+            if header.dest == me {
+                self.settle_sync_ack(&mut header);
+                sink(&header, message.payload());
+                core.endpoint.release(message);
+                any = true;
+            } else {
+                let data = message.payload().to_vec();
+                core.endpoint.release(message);
+                core.push_inbox(header.dest, (header, data));
+                delivered_to_others = true;
+            }
+        }
+        drop(core);
+        if delivered_to_others {
+            waiter.net.machine().wake_all(waiter.core);
+        }
+        if any {
+            waiter.busy();
+        }
+        any
     }
 
     fn peek(&mut self) -> Option<Header> {
