@@ -49,7 +49,8 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::rc::Rc;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use intra_vbus::{Bus, Config, ConfigError, CoreId, Endpoint, Envelope, Incoming, Notify, SendError, SendHandle};
 use spin::Mutex;
@@ -59,6 +60,11 @@ use crate::transport::{Header, MessageKind, SendTicket, Transport, TransportErro
 
 /// What the adapter needs from the machine besides the bus's `Notify`.
 pub trait Machine: Notify + Send + 'static {
+    /// True if every thread that uses the MPI layer runs pinned to its rank's core and
+    /// the threads of a core switch only inside `yield_now` and the waits (a cooperative
+    /// scheduler): a core's state is then only ever touched by one thread at a time on
+    /// that core, and its lock needs no locked instruction (see `CoreLock`).
+    const COOPERATIVE_CORES: bool = false;
     /// Lets the other ready threads of the calling core run (returns at once if none).
     fn yield_now(&self);
     /// Monotonic nanoseconds.
@@ -132,12 +138,75 @@ impl<M: Machine> CoreNet<M> {
 /// and write their own core's state on every call, and a line shared with the
 /// neighbour's would cross between the cores each time.
 #[repr(align(128))]
-struct CoreSlot<M: Machine>(Mutex<CoreNet<M>>);
+struct CoreSlot<M: Machine>(CoreLock<CoreNet<M>>);
 
 impl<M: Machine> core::ops::Deref for CoreSlot<M> {
-    type Target = Mutex<CoreNet<M>>;
-    fn deref(&self) -> &Mutex<CoreNet<M>> {
+    type Target = CoreLock<CoreNet<M>>;
+    fn deref(&self) -> &CoreLock<CoreNet<M>> {
         &self.0
+    }
+}
+
+/// The lock of one core's state. Taken on every send and receive, so on a machine with
+/// cooperative cores (`Machine::COOPERATIVE_CORES`) it is a flag set and cleared with
+/// plain stores: a `lock cmpxchg` drains the store buffer, which holds the last message's
+/// stamp, and cost a tenth of the small-message rate. Elsewhere (host threads as ranks)
+/// it spins on a compare-and-swap. Never held across a yield or a wait; a second lock on
+/// a cooperative core would mean it was, and panics.
+struct CoreLock<T> {
+    held: AtomicBool,
+    cooperative: bool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only through a guard, and a guard exists only while
+// `held` is set by its `lock`: on cooperative cores one thread at a time runs on the
+// core and all users of the lock run there (`Machine::COOPERATIVE_CORES`), elsewhere
+// the compare-and-swap makes `held` exclusive. T: Send, as the value moves between the
+// threads that lock it.
+unsafe impl<T: Send> Sync for CoreLock<T> {}
+
+impl<T> CoreLock<T> {
+    fn new(value: T, cooperative: bool) -> Self {
+        CoreLock { held: AtomicBool::new(false), cooperative, value: UnsafeCell::new(value) }
+    }
+
+    #[inline]
+    fn lock(&self) -> CoreGuard<'_, T> {
+        if self.cooperative {
+            assert!(!self.held.load(Ordering::Acquire), "a core's MPI state locked twice: held across a thread switch");
+            self.held.store(true, Ordering::Relaxed);
+        } else {
+            while self.held.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                core::hint::spin_loop();
+            }
+        }
+        CoreGuard { lock: self }
+    }
+}
+
+struct CoreGuard<'a, T> {
+    lock: &'a CoreLock<T>,
+}
+
+impl<T> core::ops::Deref for CoreGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds the lock (see `CoreLock`'s Sync impl).
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for CoreGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for CoreGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.held.store(false, Ordering::Release);
     }
 }
 
@@ -169,7 +238,10 @@ impl<M: Machine> VbusNet<M> {
         let cores = (0..config.cores)
             .map(|core| {
                 let endpoint = bus.endpoint(core).expect("a fresh bus has every endpoint");
-                CoreSlot(Mutex::new(CoreNet { endpoint, inboxes: BTreeMap::new(), inboxed: 0, reclaims: 0 }))
+                CoreSlot(CoreLock::new(
+                    CoreNet { endpoint, inboxes: BTreeMap::new(), inboxed: 0, reclaims: 0 },
+                    M::COOPERATIVE_CORES,
+                ))
             })
             .collect();
         Ok(VbusNet { cores, arenas: Mutex::new(BTreeMap::new()), bus: bus as *const Bus<M> as *mut Bus<M>, spin_ns })

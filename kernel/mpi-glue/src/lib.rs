@@ -104,6 +104,11 @@ impl Notify for RtMachine {
 }
 
 impl Machine for RtMachine {
+    /// Rank threads are spawned on their core and stay there; the scheduler switches
+    /// threads only when one yields or waits; and the MPI objects are `Rc`s, so only a
+    /// rank's own thread calls into its port.
+    const COOPERATIVE_CORES: bool = true;
+
     fn yield_now(&self) {
         toro_rt::yield_now();
     }
