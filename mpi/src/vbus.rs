@@ -3,14 +3,16 @@
 //! One [`VbusNet`] per VM holds the bus and, per core, that core's endpoint plus an
 //! inbox per rank. Several ranks may share a core (cooperative rank threads in the
 //! VM, std threads in host tests): they share the core's endpoint under a lock that
-//! is held for a few ring operations and never across a wait. Each rank owns a
+//! is held for a few ring operations and never across a wait (in the VM a flag set
+//! with plain stores, see `CoreLock`). Each rank owns a
 //! [`VbusPort`] (its `Transport`) and a [`RankWaiter`] (what its `Environment::relax`
 //! calls).
 //!
 //! Receiving: a rank first drains its inbox (messages other ranks of its core took
 //! off the rings for it), then polls the endpoint. A message for itself stays on the
 //! ring until the MPI layer copies its payload straight into the destination buffer
-//! (rendezvous: the one and only copy); a message for another rank of the core is
+//! (rendezvous: the one and only copy), in one `Transport::drain` call per batch from
+//! the progress loop, or `peek` + `receive_payload` for a blocking receive; a message for another rank of the core is
 //! copied into that rank's inbox and released at once, so no ring is ever held up
 //! by a rank that is not running. FIFO per rank pair holds: ring order, then inbox
 //! order, and a rank always empties its inbox before it polls again.
