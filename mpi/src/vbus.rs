@@ -672,6 +672,42 @@ impl<M: Machine> Drop for VbusPort<M> {
 }
 
 #[cfg(test)]
+mod core_lock_tests {
+    use super::CoreLock;
+
+    #[test]
+    fn a_cooperative_core_lock_taken_twice_panics_instead_of_racing() {
+        let lock = CoreLock::new(0u32, true);
+        {
+            let mut guard = lock.lock();
+            *guard += 1;
+            let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(lock.lock())));
+            assert!(again.is_err(), "a second lock on a cooperative core must panic");
+        }
+        // The first guard's drop released it: the core's next caller gets it.
+        assert_eq!(*lock.lock(), 1);
+    }
+
+    #[test]
+    fn a_spinning_core_lock_excludes_other_threads() {
+        let lock = CoreLock::new(0u64, false);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let mut guard = lock.lock();
+                        let v = *guard;
+                        std::hint::spin_loop();
+                        *guard = v + 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(*lock.lock(), 40_000, "no increment lost");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! The waiting protocol of ranks sharing a core, step by step: a machine that
     //! models the VM's scheduler with a script of what the other ranks do whenever
