@@ -359,17 +359,7 @@ impl Virtq {
     /// neither latency nor message rate measurably: `pingpong --rate`.)
     #[inline(always)]
     fn prefetch_for_write(&self, id: u16) {
-        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
-        {
-            // SAFETY: `prefetchw` only hints the cache; it never faults and
-            // changes no memory (a no-op on CPUs without it).
-            unsafe {
-                core::arch::asm!("prefetchw [{0}]", in(reg) self.slot(id),
-                    options(nostack, readonly, preserves_flags));
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
-        let _ = id;
+        prefetchw(self.slot(id));
     }
 
     /// Hints the CPU to fetch, for writing, the header line the next publish on
@@ -378,21 +368,12 @@ impl Virtq {
     /// is already on its way while it takes the message in, so the answer's
     /// stamp does not wait for a whole line transfer (ping-pong 8 B one-way
     /// with near vCPUs: host threads 57–61 → 50–52 ns, `pingpong --latency`; in
-    /// a VM 54–61 → 44–54 ns, `vbus-test`).
+    /// a VM 58–60 → 51–53 ns, `vbus-test`).
     #[inline(always)]
     pub(crate) fn prefetch_next_header(&self, st: &DriverState) {
-        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
         if !st.next_in_flight() {
-            let line: *const HeaderLine = &self.headers[self.pos(st.next_avail)];
-            // SAFETY: `prefetchw` only hints the cache; it never faults and
-            // changes no memory (a no-op on CPUs without it).
-            unsafe {
-                core::arch::asm!("prefetchw [{0}]", in(reg) line,
-                    options(nostack, readonly, preserves_flags));
-            }
+            prefetchw(&self.headers[self.pos(st.next_avail)]);
         }
-        #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
-        let _ = st;
     }
 
     /// The eager buffer of descriptor `id`.
@@ -664,6 +645,20 @@ impl Virtq {
     pub(crate) fn used_idx(&self) -> u16 {
         self.used.at(IDX).load(Ordering::Relaxed)
     }
+}
+
+/// Hints the CPU to fetch the line at `at` for writing (a no-op where there is no
+/// `prefetchw`, and under Miri and loom).
+#[inline(always)]
+fn prefetchw<T>(at: *const T) {
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    // SAFETY: `prefetchw` only hints the cache; it never faults, whatever the
+    // address, and changes no memory (a no-op on CPUs without it).
+    unsafe {
+        core::arch::asm!("prefetchw [{0}]", in(reg) at, options(nostack, readonly, preserves_flags));
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+    let _ = at;
 }
 
 /// `copy_nonoverlapping` for the eager path, with the sizes of MPI's small
