@@ -478,50 +478,23 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// fence even if nothing was held (a send's publish needs one).
     fn give_back_deferred_fenced(&mut self) {
         let n = core::mem::take(&mut self.deferred_len);
-        if n == 0 {
-            // Store-buffering pair with the device's `arm_device` (a send's publish).
-            fence(Ordering::SeqCst);
-            return;
-        }
-        let first = self.deferred[0].0;
-        if self.deferred[1..n].iter().all(|&(src, _)| src == first) {
-            // The usual case: every held descriptor came from one core.
-            let ring = self.rx_ring(first);
-            for &(_, id) in &self.deferred[..n] {
-                // SAFETY: this endpoint is ring first→core's only device; the
-                // message that held descriptor `id` was consumed by `release`,
-                // so its payload can no longer be read.
-                unsafe { ring.give_back_unpublished(&mut self.rx[first], id) };
-            }
-            // SAFETY: as above.
-            let old = unsafe { ring.publish_used(&mut self.rx[first]) };
-            // Store-buffering pair with the driver's `arm_driver`.
-            fence(Ordering::SeqCst);
-            if old.is_some_and(|old| ring.used_needs_notify(&self.rx[first], old)) {
-                self.bus.notifier().notify(first);
-            }
-            return;
-        }
         let mut sources = 0u64;
         for &(src, id) in &self.deferred[..n] {
-            // SAFETY: as above, for ring src→core.
+            // SAFETY: this endpoint is ring src→core's only device; the message
+            // that held descriptor `id` was consumed by `release`, so its payload
+            // can no longer be read.
             unsafe { self.rx_ring(src).give_back_unpublished(&mut self.rx[src], id) };
             sources |= 1 << src;
         }
-        let mut published = [(0 as CoreId, 0u16); DEFER_MAX];
-        let mut rings = 0;
         for src in BitIter(sources) {
-            // SAFETY: as above.
-            if let Some(old) = unsafe { self.rx_ring(src).publish_used(&mut self.rx[src]) } {
-                published[rings] = (src, old);
-                rings += 1;
-            }
+            // SAFETY: as above; `src` had an entry written just now.
+            unsafe { self.rx_ring(src).publish_used(&mut self.rx[src]) };
         }
         // Store-buffering pair with the drivers' `arm_driver` (and, for a
         // send, the device's `arm_device`).
         fence(Ordering::SeqCst);
-        for &(src, old) in &published[..rings] {
-            if self.rx_ring(src).used_needs_notify(&self.rx[src], old) {
+        for src in BitIter(sources) {
+            if self.rx_ring(src).used_needs_notify(&self.rx[src]) {
                 self.bus.notifier().notify(src);
             }
         }

@@ -284,6 +284,9 @@ pub(crate) struct DeviceState {
     /// The used index the driver can see: entries up to `next_used` are
     /// written but not yet published.
     published_used: u16,
+    /// The used index before the last published batch (for
+    /// [`Virtq::used_needs_notify`]).
+    batch_from: u16,
 }
 
 /// One ring: shared memory of one ordered core pair.
@@ -576,31 +579,26 @@ impl Virtq {
         st.next_used = st.next_used.wrapping_add(1);
     }
 
-    /// Publishes the used entries written since the last publish; returns the
-    /// used index before them (for [`used_needs_notify`](Self::used_needs_notify)),
-    /// or `None` if there were none. The caller fences (`SeqCst`) after its
-    /// last publish and before asking `used_needs_notify`.
+    /// Publishes the used entries written since the last publish (at least
+    /// one). The caller fences (`SeqCst`) after its last publish and before
+    /// asking [`used_needs_notify`](Self::used_needs_notify).
     ///
     /// # Safety
     /// As for [`give_back_unpublished`](Self::give_back_unpublished).
     #[inline]
-    pub(crate) unsafe fn publish_used(&self, st: &mut DeviceState) -> Option<u16> {
-        let old = st.published_used;
-        if old == st.next_used {
-            return None;
-        }
+    pub(crate) unsafe fn publish_used(&self, st: &mut DeviceState) {
+        debug_assert_ne!(st.published_used, st.next_used, "nothing to publish");
         self.used.at(IDX).store(st.next_used, Ordering::Release);
+        st.batch_from = st.published_used;
         st.published_used = st.next_used;
-        Some(old)
     }
 
-    /// After [`publish_used`](Self::publish_used) returned `old` and a
-    /// `SeqCst` fence (the store-buffering pair with the driver's
-    /// `arm_driver`): whether the driver asked to be notified of an entry in
-    /// that batch.
+    /// After [`publish_used`](Self::publish_used) and a `SeqCst` fence (the
+    /// store-buffering pair with the driver's `arm_driver`): whether the
+    /// driver asked to be notified of an entry in that batch.
     #[inline]
-    pub(crate) fn used_needs_notify(&self, st: &DeviceState, old: u16) -> bool {
-        need_event(self.used_event().load(Ordering::Relaxed), st.next_used, old)
+    pub(crate) fn used_needs_notify(&self, st: &DeviceState) -> bool {
+        need_event(self.used_event().load(Ordering::Relaxed), st.next_used, st.batch_from)
     }
 
     /// Returns descriptor `id` to the driver at once; true if the driver asked
@@ -610,13 +608,13 @@ impl Virtq {
     /// As for [`give_back_unpublished`](Self::give_back_unpublished).
     pub(crate) unsafe fn give_back(&self, st: &mut DeviceState, id: u16) -> bool {
         // SAFETY: forwarded from our caller.
-        let old = unsafe {
+        unsafe {
             self.give_back_unpublished(st, id);
-            self.publish_used(st)
-        };
+            self.publish_used(st);
+        }
         // Store-buffering pair with the driver's `arm_driver`.
         fence(Ordering::SeqCst);
-        old.is_some_and(|old| self.used_needs_notify(st, old))
+        self.used_needs_notify(st)
     }
 
     /// Device about to sleep: notify me at the next available entry. The
