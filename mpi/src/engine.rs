@@ -228,13 +228,12 @@ impl Engine {
                 return;
             }
             let arrived = || Arrived { header: *header, payload: payload.to_vec() };
-            match posted.iter().position(|(_, pattern, _)| pattern.matches(header)) {
-                Some(index) => {
-                    let (id, _, landing) = posted.remove(index).expect("index from position");
+            match take_posted(posted, header) {
+                Some((id, landing)) => {
                     if header.kind == MessageKind::SyncData {
                         synchronous.push(*header);
                     }
-                    let placed = if header.len <= landing.len() && datatype_is_unchecked(landing.datatype) {
+                    let placed = if lands_in_place(header.len, landing.len(), landing.datatype) {
                         // As in `take_incoming`: the receive is still posted, its buffer live.
                         copy_lent(payload, &mut landing.bytes_mut()[..header.len]);
                         Matched::InPlace(*header)
@@ -266,11 +265,10 @@ impl Engine {
             self.acked.insert(header.cookie);
             return;
         }
-        match self.posted.iter().position(|(_, pattern, _)| pattern.matches(&header)) {
-            Some(index) => {
-                let (id, _, landing) = self.posted.remove(index).expect("index from position");
+        match take_posted(&mut self.posted, &header) {
+            Some((id, landing)) => {
                 self.record_ack(&header);
-                let matched = if header.len <= landing.len() && datatype_is_unchecked(landing.datatype) {
+                let matched = if lands_in_place(header.len, landing.len(), landing.datatype) {
                     // The receive is still posted (its request cannot have completed
                     // before `take_matched(id)`), so its buffer is live and ours to write.
                     let into = &mut landing.bytes_mut()[..header.len];
@@ -330,7 +328,7 @@ impl Engine {
                         continue;
                     }
                     self.record_ack(&header);
-                    let direct = header.len <= destination.len() && datatype_is_unchecked(datatype);
+                    let direct = lands_in_place(header.len, destination.len(), datatype);
                     if direct {
                         self.router.transports[transport].receive_payload(&mut destination[..header.len]);
                         return Ok(header);
@@ -444,9 +442,18 @@ fn copy_lent(payload: &[u8], into: &mut [u8]) {
     into.copy_from_slice(payload);
 }
 
-/// Datatypes whose bytes need no validation may be copied straight from the transport.
-fn datatype_is_unchecked(datatype: DatatypeRef) -> bool {
-    !datatype.contains_bool()
+/// The first posted receive `header` matches (receives match in the order they were
+/// posted), taken off the list.
+fn take_posted(posted: &mut VecDeque<(ReceiveId, Pattern, Landing)>, header: &Header) -> Option<(ReceiveId, Landing)> {
+    let index = posted.iter().position(|(_, pattern, _)| pattern.matches(header))?;
+    posted.remove(index).map(|(id, _, landing)| (id, landing))
+}
+
+/// Whether a matched message of `len` bytes is copied from the transport straight into
+/// a receive buffer of `room` bytes: it fits, and its datatype's bytes need no validation
+/// (otherwise it is kept and checked first, or reported as truncated).
+fn lands_in_place(len: usize, room: usize, datatype: DatatypeRef) -> bool {
+    len <= room && !datatype.contains_bool()
 }
 
 /// Copies a payload into a receive buffer: never cuts, never writes invalid values.
