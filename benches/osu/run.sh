@@ -144,7 +144,7 @@ for bench in $benches; do
         mkdir -p "$dir"
         base="$dir/$bench.$rep"
         if [ "$np" = 2 ]; then
-            "$line_probe" --line | sed -n 's/^cache-line ping-pong one-way: \([0-9.]*\) ns.*/\1/p' >"$base.line"
+            timeout 60 "$line_probe" --line | sed -n 's/^cache-line ping-pong one-way: \([0-9.]*\) ns.*/\1/p' >"$base.line"
         fi
         t0=$(date +%s.%N)
         # shellcheck disable=SC2086

@@ -292,7 +292,13 @@ fn config(eager_max: usize) -> Config {
     Config { queue_size: 64, eager_max, spin_polls: 1_000_000, ..Config::new(2) }
 }
 
+const MODES: [&str; 5] = ["--scan", "--latency", "--software", "--rate", "--line"];
+
 fn main() {
+    if let Some(bad) = std::env::args().skip(1).find(|a| !MODES.contains(&a.as_str())) {
+        eprintln!("pingpong: unknown argument {bad:?} (modes: {}; none: the full table)", MODES.join(" "));
+        std::process::exit(2);
+    }
     let scan = std::env::args().any(|a| a == "--scan");
     let default = config(DEFAULT_EAGER_MAX);
     if std::env::args().any(|a| a == "--software") {

@@ -113,7 +113,8 @@ fn load_placements(dir: &Path, runs: &[Run]) -> Placements {
 }
 
 fn load(dir: &Path) -> (Vec<Run>, BTreeMap<(String, String), Series>, Rounds) {
-    let manifest = std::fs::read_to_string(dir.join("runs.tsv")).expect("runs.tsv");
+    let manifest = std::fs::read_to_string(dir.join("runs.tsv"))
+        .unwrap_or_else(|e| fail(&format!("{}: {e} (run benches/osu/run.sh first)", dir.join("runs.tsv").display())));
     let mut runs = Vec::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let f: Vec<&str> = line.split('\t').collect();
@@ -239,12 +240,18 @@ fn short(run: &Run) -> String {
     run.label.clone()
 }
 
+/// A one-line error and exit status 2, for a missing or unwritable input.
+fn fail(message: &str) -> ! {
+    eprintln!("osu-report: {message}");
+    std::process::exit(2)
+}
+
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "benches/osu/results".into()));
     let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"]
         .iter()
         .find_map(|p| std::fs::read(p).ok())
-        .expect("DejaVuSans.ttf (apt-get install fonts-dejavu-core)");
+        .unwrap_or_else(|| fail("no DejaVuSans.ttf (apt-get install fonts-dejavu-core)"));
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| "bad font").unwrap();
 
@@ -405,7 +412,8 @@ fn main() {
             }
         }
     }
-    std::fs::write(dir.join("REPORT.md"), md).expect("write REPORT.md");
+    std::fs::write(dir.join("REPORT.md"), md)
+        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", dir.join("REPORT.md").display())));
     eprintln!("osu-report: wrote {}", dir.join("REPORT.md").display());
 }
 
