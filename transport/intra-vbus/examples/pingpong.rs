@@ -219,21 +219,30 @@ fn bare_ring_one_way_ns() -> f64 {
         let sum: u64 = slot.words.iter().map(|w| w.load(Ordering::Relaxed)).sum();
         assert_eq!(sum, 3 * i);
     };
+    pinned_ping_pong_ns(
+        |i| {
+            receive(&to_b, i);
+            send(&to_a, i);
+        },
+        |i| {
+            send(&to_b, i);
+            receive(&to_a, i);
+        },
+    )
+}
+
+/// One-way ns of 200,000 round trips: `ask(i)` on CPU 0 (timed), `answer(i)` on
+/// CPU 1, round `i` by round.
+fn pinned_ping_pong_ns(answer: impl Fn(u64) + Sync, ask: impl Fn(u64)) -> f64 {
     let rounds = 200_000u64;
     let elapsed = thread::scope(|s| {
         s.spawn(|| {
             pin_to_cpu(1);
-            for i in 0..rounds {
-                receive(&to_b, i);
-                send(&to_a, i);
-            }
+            (0..rounds).for_each(&answer);
         });
         pin_to_cpu(0);
         let start = Instant::now();
-        for i in 0..rounds {
-            send(&to_b, i);
-            receive(&to_a, i);
-        }
+        (0..rounds).for_each(&ask);
         start.elapsed()
     });
     elapsed.as_secs_f64() * 1e9 / (2 * rounds) as f64
@@ -244,28 +253,20 @@ fn line_ping_pong_ns(answer_in_second_line: bool) -> f64 {
     struct Line(AtomicU64);
     let (ask, second) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
     let answer = if answer_in_second_line { &second } else { &ask };
-    let rounds = 200_000u64;
-    let elapsed = thread::scope(|s| {
-        s.spawn(|| {
-            pin_to_cpu(1);
-            for i in 0..rounds {
-                while ask.0.load(Ordering::Acquire) != 2 * i + 1 {
-                    std::hint::spin_loop();
-                }
-                answer.0.store(2 * i + 2, Ordering::Release);
+    pinned_ping_pong_ns(
+        |i| {
+            while ask.0.load(Ordering::Acquire) != 2 * i + 1 {
+                std::hint::spin_loop();
             }
-        });
-        pin_to_cpu(0);
-        let start = Instant::now();
-        for i in 0..rounds {
+            answer.0.store(2 * i + 2, Ordering::Release);
+        },
+        |i| {
             ask.0.store(2 * i + 1, Ordering::Release);
             while answer.0.load(Ordering::Acquire) != 2 * i + 2 {
                 std::hint::spin_loop();
             }
-        }
-        start.elapsed()
-    });
-    elapsed.as_secs_f64() * 1e9 / (2 * rounds) as f64
+        },
+    )
 }
 
 /// The instructions of one 8-byte message, send to release, without the
