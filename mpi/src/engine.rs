@@ -204,8 +204,8 @@ impl Engine {
     pub(crate) fn progress(&mut self) -> bool {
         let mut busy = false;
         for transport in 0..self.router.transports.len() {
-            if self.router.transports[transport].lends_payloads() {
-                busy |= self.drain(transport);
+            if let Some(any) = self.drain(transport) {
+                busy |= any;
                 continue;
             }
             while let Some(header) = self.router.transports[transport].peek() {
@@ -219,7 +219,8 @@ impl Engine {
 
     /// `take_incoming` for a whole batch of a transport that lends its payloads: one
     /// call, the messages placed as they come; acknowledgements are sent after it.
-    fn drain(&mut self, transport: usize) -> bool {
+    /// `None` if the transport does not lend them.
+    fn drain(&mut self, transport: usize) -> Option<bool> {
         let mut synchronous: Vec<Header> = Vec::new();
         let Engine { router, posted, matched, unexpected, acked, .. } = self;
         let any = router.transports[transport].drain(&mut |header, payload| {

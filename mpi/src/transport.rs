@@ -78,25 +78,14 @@ pub trait Transport {
     /// (`into.len() == header.len`) and consumes the message.
     fn receive_payload(&mut self, into: &mut [u8]);
 
-    /// Whether `drain` lends payloads in place (then the MPI layer drains this
-    /// transport instead of peeking message by message).
-    fn lends_payloads(&self) -> bool {
-        false
-    }
-
     /// Consumes every message available now, in order: hands each header, with its
     /// payload read in place (`payload.len() == header.len`), to `sink`, which copies
-    /// what it keeps. Returns whether there was any. One call for a whole batch, where
-    /// `peek` and `receive_payload` take two per message; the default goes through them.
-    fn drain(&mut self, sink: &mut dyn FnMut(&Header, &[u8])) -> bool {
-        let mut any = false;
-        while let Some(header) = self.peek() {
-            let mut payload = alloc::vec![0u8; header.len];
-            self.receive_payload(&mut payload);
-            sink(&header, &payload);
-            any = true;
-        }
-        any
+    /// what it keeps. One call for a whole batch, where `peek` and `receive_payload`
+    /// take two per message. Returns whether there was any message, or `None` (the
+    /// default) if this transport does not lend its payloads: then the MPI layer peeks
+    /// message by message.
+    fn drain(&mut self, _sink: &mut dyn FnMut(&Header, &[u8])) -> Option<bool> {
+        None
     }
 }
 

@@ -566,13 +566,9 @@ impl<M: Machine> Transport for VbusPort<M> {
         done
     }
 
-    fn lends_payloads(&self) -> bool {
-        true
-    }
-
     /// Under one lock for the batch: this rank's inbox, then the rings (messages for the
     /// other ranks of the core go to their inboxes), each payload lent from the ring.
-    fn drain(&mut self, sink: &mut dyn FnMut(&Header, &[u8])) -> bool {
+    fn drain(&mut self, sink: &mut dyn FnMut(&Header, &[u8])) -> Option<bool> {
         let mut any = false;
         if self.peeked.is_some() {
             // Peeked earlier and not taken: it comes first (FIFO).
@@ -611,7 +607,7 @@ impl<M: Machine> Transport for VbusPort<M> {
         if any {
             waiter.busy();
         }
-        any
+        Some(any)
     }
 
     fn peek(&mut self) -> Option<Header> {
