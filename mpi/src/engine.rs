@@ -445,6 +445,7 @@ fn copy_lent(payload: &[u8], into: &mut [u8]) {
 
 /// The first posted receive `header` matches (receives match in the order they were
 /// posted), taken off the list.
+#[inline(always)]
 fn take_posted(posted: &mut VecDeque<(ReceiveId, Pattern, Landing)>, header: &Header) -> Option<(ReceiveId, Landing)> {
     let index = posted.iter().position(|(_, pattern, _)| pattern.matches(header))?;
     posted.remove(index).map(|(id, _, landing)| (id, landing))
@@ -453,6 +454,7 @@ fn take_posted(posted: &mut VecDeque<(ReceiveId, Pattern, Landing)>, header: &He
 /// Whether a matched message of `len` bytes is copied from the transport straight into
 /// a receive buffer of `room` bytes: it fits, and its datatype's bytes need no validation
 /// (otherwise it is kept and checked first, or reported as truncated).
+#[inline(always)]
 fn lands_in_place(len: usize, room: usize, datatype: DatatypeRef) -> bool {
     len <= room && !datatype.contains_bool()
 }
