@@ -110,12 +110,8 @@ struct CoreNet<M: Machine> {
 }
 
 impl<M: Machine> CoreNet<M> {
-    /// Copies a message taken off a ring into the inbox of its rank (`header.dest`) and
-    /// releases it, so no ring waits for a rank that is not running.
-    fn to_inbox(&mut self, header: Header, message: Incoming<'static>) {
-        let data = message.payload().to_vec();
-        self.endpoint.release(message);
-        self.inboxes.entry(header.dest).or_default().push_back((header, data));
+    fn push_inbox(&mut self, rank: WireRank, message: (Header, Vec<u8>)) {
+        self.inboxes.entry(rank).or_default().push_back(message);
         self.inboxed += 1;
     }
 
@@ -489,7 +485,9 @@ impl<M: Machine> VbusPort<M> {
                 self.peeked = Some((header, Held::Ring(message)));
                 break;
             }
-            core.to_inbox(header, message);
+            let data = message.payload().to_vec();
+            core.endpoint.release(message);
+            core.push_inbox(header.dest, (header, data));
             delivered_to_others = true;
         }
         drop(core);
@@ -505,7 +503,10 @@ impl<M: Machine> VbusPort<M> {
         let mut core = net.cores[self.waiter.core].lock();
         let mut any = false;
         while let Some(message) = core.endpoint.poll() {
-            core.to_inbox(header_of(message.header()), message);
+            let header = header_of(message.header());
+            let data = message.payload().to_vec();
+            core.endpoint.release(message);
+            core.push_inbox(header.dest, (header, data));
             any = true;
         }
         drop(core);
@@ -596,7 +597,9 @@ impl<M: Machine> Transport for VbusPort<M> {
                 core.endpoint.release(message);
                 any = true;
             } else {
-                core.to_inbox(header, message);
+                let data = message.payload().to_vec();
+                core.endpoint.release(message);
+                core.push_inbox(header.dest, (header, data));
                 delivered_to_others = true;
             }
         }
