@@ -110,6 +110,9 @@ struct CoreNet<M: Machine> {
 }
 
 impl<M: Machine> CoreNet<M> {
+    /// (Its three callers copy and release the ring message themselves: one helper
+    /// doing that too measured 6 ns slower on the 8 B latency, the receive loop's
+    /// code around it changed.)
     fn push_inbox(&mut self, rank: WireRank, message: (Header, Vec<u8>)) {
         self.inboxes.entry(rank).or_default().push_back(message);
         self.inboxed += 1;
