@@ -2,7 +2,8 @@
 //! its core's endpoint. Checks, each with a line `vbus: <check> ok`:
 //! all pairs exchanging messages of mixed sizes (eager and rendezvous) with
 //! checksums; MESSAGES small messages core 0 → core 1; an 8-byte ping-pong between
-//! cores 0 and 1 beside a bare cache-line ping-pong (one-way ns, best batch); one BIG
+//! cores 0 and 1 beside the yardsticks of `intra_vbus::floor` (a cache line, the
+//! answer in a second line, a bare ring; one-way ns, best batch); one BIG
 //! MiB message.
 //! Arguments: `-- [MESSAGES [BIG_MIB]]` (defaults 1000000 and 16).
 #![no_std]
@@ -13,6 +14,7 @@ extern crate alloc;
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
+use intra_vbus::floor::{BareRing, CacheLine};
 use intra_vbus::{Bus, Config, Endpoint, Envelope, SendError, SendHandle};
 use toro::{println, RtMachine};
 
@@ -121,32 +123,22 @@ fn ping_pong_bus(e0: Ep, e1: Ep, batches: u64) -> ((Ep, Ep), u64) {
     ((e0, echo.join()), ns)
 }
 
-/// One-way ns of a cache line passed between cores 0 and 1, best of `batches`.
-fn ping_pong_cache_line(batches: u64) -> u64 {
-    use core::sync::atomic::{AtomicU64, Ordering};
-    #[repr(align(64))]
-    struct Line(AtomicU64);
-    let line: &'static Line = Box::leak(Box::new(Line(AtomicU64::new(0))));
+/// One-way ns of a yardstick from `intra_vbus::floor` between cores 0 and 1,
+/// best of `batches`.
+fn ping_pong_floor<F: Send + Sync + 'static>(
+    floor: F,
+    answer: fn(&F, u64),
+    ask: fn(&F, u64),
+    batches: u64,
+) -> u64 {
+    let floor: &'static F = Box::leak(Box::new(floor));
     let rounds = batches * PING_BATCH;
-    let echo = toro::rt::spawn_on(1, move || {
-        for i in 0..rounds {
-            while line.0.load(Ordering::Acquire) != 2 * i + 1 {
-                core::hint::spin_loop();
-            }
-            line.0.store(2 * i + 2, Ordering::Release);
-        }
-    });
+    let echo = toro::rt::spawn_on(1, move || (0..rounds).for_each(|i| answer(floor, i)));
     let ping = toro::rt::spawn_on(0, move || {
         let mut best = u64::MAX;
         for b in 0..batches {
             let start = toro::rt::now_ns();
-            for k in 0..PING_BATCH {
-                let i = b * PING_BATCH + k;
-                line.0.store(2 * i + 1, Ordering::Release);
-                while line.0.load(Ordering::Acquire) != 2 * i + 2 {
-                    core::hint::spin_loop();
-                }
-            }
+            (b * PING_BATCH..(b + 1) * PING_BATCH).for_each(|i| ask(floor, i));
             best = best.min(toro::rt::now_ns() - start);
         }
         best / (2 * PING_BATCH)
@@ -218,10 +210,15 @@ fn main() -> i32 {
     );
 
     // 3. Ping-pong 8 B between cores 0 and 1: the bus's one-way latency in this VM, beside
-    //    two threads passing one cache line (the floor), best batch of 1,000 round trips.
+    //    the floors it is measured against, best batch of 1,000 round trips.
     let ((e0_back, e1_back), bus_ns) = ping_pong_bus(e0, e1, 20);
-    let line_ns = ping_pong_cache_line(20);
-    println!("vbus: ping-pong 8 B one-way {bus_ns} ns, cache line one-way {line_ns} ns (best batch of 1000) ok");
+    let line_ns = ping_pong_floor(CacheLine::one_line(), CacheLine::answer, CacheLine::ask, 20);
+    let two_ns = ping_pong_floor(CacheLine::two_lines(), CacheLine::answer, CacheLine::ask, 20);
+    let bare_ns = ping_pong_floor(BareRing::default(), BareRing::answer, BareRing::ask, 20);
+    println!(
+        "vbus: ping-pong 8 B one-way {bus_ns} ns, cache line one-way {line_ns} ns, \
+         answer in a second line {two_ns} ns, bare ring {bare_ns} ns (best batch of 1000) ok"
+    );
     let (mut e0, mut e1) = (e0_back, e1_back);
 
     // 4. One big message (rendezvous: one copy into the receiver's buffer).

@@ -12,11 +12,10 @@
 //!
 //! cargo run -p intra-vbus --release --example pingpong [-- --scan | --latency | --software | --rate | --line]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use intra_vbus::{Bus, Config, CoreId, Endpoint, Envelope, Notify, SendError, DEFAULT_EAGER_MAX};
+use intra_vbus::{floor, Bus, Config, CoreId, Endpoint, Envelope, Notify, SendError, DEFAULT_EAGER_MAX};
 
 /// Both threads poll; `wait` is only reached after `spin_polls` empty polls.
 struct Spin;
@@ -174,61 +173,22 @@ fn bandwidth_run(config: Config, size: usize, fresh: bool) -> f64 {
 
 /// Bare cache-line ping-pong between the two threads: the floor for latency.
 fn cache_line_one_way_ns() -> f64 {
-    line_ping_pong_ns(false)
+    let line = floor::CacheLine::one_line();
+    pinned_ping_pong_ns(|i| line.answer(i), |i| line.ask(i))
 }
 
 /// The same ping-pong where the answer goes back in a second line, as on the
-/// bus (ring 0→1 and ring 1→0 have their own header lines). The answering
-/// core must take that line from the core polling it before it can write, so
-/// each way costs more than one line transfer.
+/// bus (see `intra_vbus::floor`).
 fn two_lines_one_way_ns() -> f64 {
-    line_ping_pong_ns(true)
+    let lines = floor::CacheLine::two_lines();
+    pinned_ping_pong_ns(|i| lines.answer(i), |i| lines.ask(i))
 }
 
 /// The floor for a ring per direction: the bus's layout with nothing but the
-/// protocol. Each direction has 64 slots of one line each; a message is three
-/// words and a stamp stored last (Release), then the publish's `fence(SeqCst)`;
-/// the receiver spins on the stamp (Acquire) and reads the words. No header,
-/// no descriptors, no give-back, no bookkeeping: what the bus's 8 B figure
-/// adds to this is its software.
+/// protocol (see `intra_vbus::floor`).
 fn bare_ring_one_way_ns() -> f64 {
-    use std::sync::atomic::{fence, AtomicU16};
-    #[repr(C, align(64))]
-    struct Slot {
-        words: [AtomicU64; 3],
-        stamp: AtomicU16,
-    }
-    const SLOTS: usize = 64;
-    let ring = || -> Vec<Slot> {
-        (0..SLOTS).map(|_| Slot { words: Default::default(), stamp: AtomicU16::new(0) }).collect()
-    };
-    let (to_b, to_a) = (ring(), ring());
-    let send = |ring: &[Slot], i: u64| {
-        let slot = &ring[i as usize % SLOTS];
-        for w in &slot.words {
-            w.store(i, Ordering::Relaxed);
-        }
-        slot.stamp.store((i as u16).wrapping_add(1), Ordering::Release);
-        fence(Ordering::SeqCst);
-    };
-    let receive = |ring: &[Slot], i: u64| {
-        let slot = &ring[i as usize % SLOTS];
-        while slot.stamp.load(Ordering::Acquire) != (i as u16).wrapping_add(1) {
-            std::hint::spin_loop();
-        }
-        let sum: u64 = slot.words.iter().map(|w| w.load(Ordering::Relaxed)).sum();
-        assert_eq!(sum, 3 * i);
-    };
-    pinned_ping_pong_ns(
-        |i| {
-            receive(&to_b, i);
-            send(&to_a, i);
-        },
-        |i| {
-            send(&to_b, i);
-            receive(&to_a, i);
-        },
-    )
+    let ring = floor::BareRing::default();
+    pinned_ping_pong_ns(|i| ring.answer(i), |i| ring.ask(i))
 }
 
 /// One-way ns of 200,000 round trips: `ask(i)` on CPU 0 (timed), `answer(i)` on
@@ -246,27 +206,6 @@ fn pinned_ping_pong_ns(answer: impl Fn(u64) + Sync, ask: impl Fn(u64)) -> f64 {
         start.elapsed()
     });
     elapsed.as_secs_f64() * 1e9 / (2 * rounds) as f64
-}
-
-fn line_ping_pong_ns(answer_in_second_line: bool) -> f64 {
-    #[repr(align(64))]
-    struct Line(AtomicU64);
-    let (ask, second) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
-    let answer = if answer_in_second_line { &second } else { &ask };
-    pinned_ping_pong_ns(
-        |i| {
-            while ask.0.load(Ordering::Acquire) != 2 * i + 1 {
-                std::hint::spin_loop();
-            }
-            answer.0.store(2 * i + 2, Ordering::Release);
-        },
-        |i| {
-            ask.0.store(2 * i + 1, Ordering::Release);
-            while answer.0.load(Ordering::Acquire) != 2 * i + 2 {
-                std::hint::spin_loop();
-            }
-        },
-    )
 }
 
 /// The instructions of one 8-byte message, send to release, without the

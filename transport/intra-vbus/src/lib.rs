@@ -132,6 +132,7 @@ mod bus;
 mod config;
 mod copy;
 mod endpoint;
+pub mod floor;
 mod header;
 mod sync;
 mod virtq;
