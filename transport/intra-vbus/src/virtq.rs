@@ -26,10 +26,13 @@
 //! builds); they are simply not on the receiver's critical path.
 //!
 //! Ordering (Rust/C11 memory model, not only x86-TSO):
-//! - the driver writes descriptor, header, eager bytes and the available
-//!   entry, then stores the stamp with Release, then `avail.idx` with
-//!   Release; the device loads the stamp with Acquire before reading them.
-//!   The device reads them, then stores `used.idx` with Release; the driver
+//! - the driver writes header, eager bytes, the available entry and (for a
+//!   rendezvous) the descriptor, then stores the stamp with Release, then an
+//!   eager message's descriptor (the device never reads it: the payload's
+//!   place follows from the id and length), then `avail.idx` with Release;
+//!   the device loads the stamp with Acquire before reading what it needs
+//!   (the stamp goes out as early as it can: the receiver polls it). The
+//!   device reads the message, then stores `used.idx` with Release; the driver
 //!   loads it with Acquire before reusing the descriptor.
 //! - notification suppression is the spec's event index (VIRTIO_F_EVENT_IDX,
 //!   §2.7.7/§2.7.10): the device asks for a notification by writing
@@ -415,35 +418,45 @@ impl Virtq {
         let i = self.pos(old);
         let id = i as u16;
         let rendezvous = header.protocol == crate::Protocol::Rendezvous;
-        let state = st.state_mut(i);
-        state.in_flight = true;
-        state.rendezvous = rendezvous;
-        st.rendezvous_in_flight += rendezvous as usize;
-        let desc = match header.protocol {
-            crate::Protocol::Eager => {
-                assert!(payload.len() <= self.slot_bytes, "eager payload larger than its slot");
-                let slot = self.eager_payload(id, payload.len());
-                // SAFETY: descriptor `id` is not in flight: the device gave it
-                // back (its used entry was Acquire-loaded in reclaim) and no
-                // longer reads its slot or header line, so we own them;
-                // `payload` is a live shared slice, so it cannot be this memory.
-                unsafe { copy_small(payload.as_ptr(), slot, payload.len()) };
-                Desc { addr: slot as u64, len: payload.len() as u32, flags: 0, next: 0 }
-            }
-            crate::Protocol::Rendezvous => Desc {
+        let desc = if rendezvous {
+            Desc {
                 addr: payload.as_ptr().expose_provenance() as u64,
                 len: payload.len().min(u32::MAX as usize) as u32,
                 flags: 0,
                 next: 0,
-            },
+            }
+        } else {
+            assert!(payload.len() <= self.slot_bytes, "eager payload larger than its slot");
+            let slot = self.eager_payload(id, payload.len());
+            // SAFETY: descriptor `id` is not in flight: the device gave it
+            // back (its used entry was Acquire-loaded in reclaim) and no
+            // longer reads its slot or header line, so we own them;
+            // `payload` is a live shared slice, so it cannot be this memory.
+            unsafe { copy_small(payload.as_ptr(), slot, payload.len()) };
+            Desc { addr: slot as u64, len: payload.len() as u32, flags: 0, next: 0 }
         };
-        // SAFETY: descriptor `id` is ours until published (see above): the
-        // device reads these cells only after acquiring the stamp below.
-        self.desc[i].with_mut(|p| unsafe { p.write(desc) });
+        if rendezvous {
+            // The device reads a rendezvous descriptor: it goes out with the stamp.
+            // SAFETY: descriptor `id` is ours until published (see above): the
+            // device reads these cells only after acquiring the stamp below.
+            self.desc[i].with_mut(|p| unsafe { p.write(desc) });
+        }
         // SAFETY: as above.
         self.headers[i].header.with_mut(|p| unsafe { p.write(*header) });
         self.avail.at(RING + i).store(id, Ordering::Relaxed);
         self.headers[i].stamp.store(stamp_of(old), Ordering::Release);
+        // The message is out; what follows is off the receiver's critical path.
+        if !rendezvous {
+            // An eager descriptor is written for the spec's layout (the device
+            // takes the payload from the header line or the slot, never reads it),
+            // before the available index that a spec device would read.
+            // SAFETY: as above; the device never reads an eager descriptor.
+            self.desc[i].with_mut(|p| unsafe { p.write(desc) });
+        }
+        let state = st.state_mut(i);
+        state.in_flight = true;
+        state.rendezvous = rendezvous;
+        st.rendezvous_in_flight += rendezvous as usize;
         st.next_avail = old.wrapping_add(1);
         self.avail.at(IDX).store(st.next_avail, Ordering::Release);
         self.prefetch_for_write(self.pos(st.next_avail) as u16);
