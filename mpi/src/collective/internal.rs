@@ -190,11 +190,41 @@ pub(crate) fn broadcast_scatter_all_gather(group: &Group, root: usize, buffer: &
     all_gather_ring_tagged(group, buffer, &by_rank, tag::BROADCAST)
 }
 
-/// Binomial-tree gather of equal blocks; the root gets them in rank order.
+/// Binomial-tree gather of equal blocks into the root's rank-ordered `output`.
+///
+/// A leaf sends its block as it is; the root receives each subtree's blocks straight into
+/// `output` where they lie there in one piece (always when the root is rank 0), so only
+/// inner ranks, and a subtree whose ranks wrap past the last, go through a staging buffer.
 pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&mut [u8]>) -> MpiResult<()> {
     let (n, size) = (group.size, block.len());
     let relative = (group.rank + n - root) % n;
+    if let Some(output) = output {
+        output[root * size..(root + 1) * size].copy_from_slice(block);
+        let mut mask = 1;
+        while mask < n {
+            let blocks = mask.min(n - mask);
+            let from = (mask + root) % n;
+            if from + blocks <= n {
+                group.receive(from, tag::GATHER, &mut output[from * size..(from + blocks) * size])?;
+            } else {
+                // Relative ranks mask..mask+blocks wrap past rank n−1.
+                let mut staged = AlignedBytes::zeroed(blocks * size);
+                let staged = staged.as_mut();
+                group.receive(from, tag::GATHER, staged)?;
+                let (head, tail) = staged.split_at((n - from) * size);
+                output[from * size..].copy_from_slice(head);
+                output[..tail.len()].copy_from_slice(tail);
+            }
+            mask <<= 1;
+        }
+        return Ok(());
+    }
     let subtree = subtree_size(relative, n);
+    let parent = |mask: usize| (relative - mask + root) % n;
+    if subtree == 1 {
+        // A leaf: its parent is reached through its lowest set bit.
+        return group.send(parent(relative & relative.wrapping_neg()), tag::GATHER, block);
+    }
     // Blocks of ranks relative..relative+subtree, in relative order.
     let mut gathered = AlignedBytes::zeroed(subtree * size);
     let gathered = gathered.as_mut();
@@ -203,8 +233,7 @@ pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&m
     let mut mask = 1;
     while mask < n {
         if relative & mask != 0 {
-            group.send((relative - mask + root) % n, tag::GATHER, &gathered[..have * size])?;
-            break;
+            return group.send(parent(mask), tag::GATHER, &gathered[..have * size]);
         }
         if relative + mask < n {
             let blocks = mask.min(n - relative - mask);
@@ -212,12 +241,6 @@ pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&m
             have += blocks;
         }
         mask <<= 1;
-    }
-    if let Some(output) = output {
-        for (index, chunk) in gathered.chunks(size.max(1)).enumerate().take(if size == 0 { 0 } else { n }) {
-            let rank = (index + root) % n;
-            output[rank * size..(rank + 1) * size].copy_from_slice(chunk);
-        }
     }
     Ok(())
 }
@@ -228,25 +251,48 @@ fn subtree_size(relative: usize, n: usize) -> usize {
 }
 
 /// Binomial-tree scatter of equal blocks from the root's rank-ordered `input`.
+///
+/// The root sends each subtree's blocks straight from `input` where they lie there in one
+/// piece (always when the root is rank 0), and a leaf receives its block straight into
+/// `output`, so only inner ranks, and a subtree whose ranks wrap past the last, go
+/// through a staging buffer.
 pub(crate) fn scatter(group: &Group, root: usize, input: Option<&[u8]>, output: &mut [u8]) -> MpiResult<()> {
     let (n, size) = (group.size, output.len());
     let relative = (group.rank + n - root) % n;
+    if let Some(input) = input {
+        let mut mask = n.next_power_of_two() >> 1;
+        while mask > 0 {
+            if mask < n {
+                let blocks = mask.min(n - mask);
+                let to = (mask + root) % n;
+                if to + blocks <= n {
+                    group.send(to, tag::SCATTER, &input[to * size..(to + blocks) * size])?;
+                } else {
+                    // Relative ranks mask..mask+blocks wrap past rank n−1.
+                    let mut staged = AlignedBytes::zeroed(blocks * size);
+                    let staged = staged.as_mut();
+                    let (head, tail) = staged.split_at_mut((n - to) * size);
+                    head.copy_from_slice(&input[to * size..]);
+                    tail.copy_from_slice(&input[..tail.len()]);
+                    group.send(to, tag::SCATTER, staged)?;
+                }
+            }
+            mask >>= 1;
+        }
+        output.copy_from_slice(&input[root * size..(root + 1) * size]);
+        return Ok(());
+    }
     let subtree = subtree_size(relative, n);
+    let lowbit = relative & relative.wrapping_neg();
+    let parent = (relative - lowbit + root) % n;
+    if subtree == 1 {
+        return group.receive(parent, tag::SCATTER, output);
+    }
+    // Blocks of ranks relative..relative+subtree, in relative order.
     let mut blocks = AlignedBytes::zeroed(subtree * size);
     let blocks = blocks.as_mut();
-    match input {
-        Some(input) => {
-            for index in 0..n {
-                let rank = (index + root) % n;
-                blocks[index * size..(index + 1) * size].copy_from_slice(&input[rank * size..(rank + 1) * size]);
-            }
-        }
-        None => {
-            let lowbit = relative & relative.wrapping_neg();
-            group.receive((relative - lowbit + root) % n, tag::SCATTER, blocks)?;
-        }
-    }
-    let mut mask = if relative == 0 { n.next_power_of_two() >> 1 } else { (relative & relative.wrapping_neg()) >> 1 };
+    group.receive(parent, tag::SCATTER, blocks)?;
+    let mut mask = lowbit >> 1;
     while mask > 0 {
         if mask < subtree {
             let end = (2 * mask).min(subtree);

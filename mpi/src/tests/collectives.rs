@@ -322,6 +322,38 @@ fn data_movement_on_1_to_16_ranks() {
     }
 }
 
+/// Gather and scatter send from and receive into the caller's buffers where the blocks
+/// lie in one piece, and stage them where a subtree wraps past the last rank: every
+/// root of every size up to 9, blocks larger than a small message (and, on a third of
+/// the sizes, every message by rendezvous).
+#[test]
+fn gather_and_scatter_of_large_blocks_from_every_root() {
+    for n in 2..=9usize {
+        let eager = if n % 3 == 0 { 0 } else { usize::MAX };
+        spawn_world_with(options(n, eager), move |universe| {
+            let world = universe.world();
+            let (rank, count) = (world.rank() as usize, 3001);
+            let seed = 7 + n as u64;
+            let mine = data::<u8>(seed, rank, count);
+            let everyone: Vec<u8> = (0..n).flat_map(|r| data::<u8>(seed, r, count)).collect();
+            for root in 0..n {
+                let root_process = world.process_at_rank(root as i32);
+                let mut part = vec![0u8; count];
+                if rank == root {
+                    let mut all = vec![0u8; count * n];
+                    root_process.gather_into_root(&mine[..], &mut all[..]);
+                    assert_eq!(all, everyone, "gather of {n} from root {root}");
+                    root_process.scatter_into_root(&everyone[..], &mut part[..]);
+                } else {
+                    root_process.gather_into(&mine[..]);
+                    root_process.scatter_into(&mut part[..]);
+                }
+                assert_eq!(part, mine, "scatter of {n} from root {root}, rank {rank}");
+            }
+        });
+    }
+}
+
 impl TestValue for [i32; 3] {
     fn make(bits: u64) -> Self {
         [bits as i32, (bits >> 20) as i32, (bits >> 40) as i32]
