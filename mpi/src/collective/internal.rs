@@ -390,6 +390,14 @@ pub(crate) fn all_to_all_pairwise(group: &Group, input: &[u8], send: &[Range<usi
 /// Binomial-tree reduction to rank 0 in rank order, then handed to the root.
 pub(crate) fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&mut [u8]>, op: &dyn Operation) -> MpiResult<()> {
     let (r, n, datatype) = (group.rank, group.size, group.datatype);
+    if r & 1 != 0 || r + 1 >= n {
+        // No child: the own value goes up as it is, without aligned copies.
+        if r != 0 {
+            let lowbit = r & r.wrapping_neg();
+            group.send(r - lowbit, tag::REDUCE, input)?;
+            return reduce_handoff(group, root, None, output);
+        }
+    }
     let mut accumulated = AlignedBytes::from_bytes(input);
     let mut incoming = AlignedBytes::zeroed(input.len());
     let mut mask = 1;
@@ -406,15 +414,25 @@ pub(crate) fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&m
         }
         mask <<= 1;
     }
-    if root != 0 {
-        if r == 0 {
-            group.send(root, tag::REDUCE, accumulated.as_ref())?;
-        } else if r == root {
-            group.receive(0, tag::REDUCE, accumulated.as_mut())?;
+    reduce_handoff(group, root, (r == 0).then_some(accumulated), output)
+}
+
+/// The end of [`reduce`]: rank 0 holds the result (`result`, `None` elsewhere) and hands
+/// it to the root, which receives it straight into its output.
+fn reduce_handoff(group: &Group, root: usize, result: Option<AlignedBytes>, output: Option<&mut [u8]>) -> MpiResult<()> {
+    let r = group.rank;
+    if r == 0 {
+        let result = result.expect("rank 0 holds the reduction");
+        if root != 0 {
+            group.send(root, tag::REDUCE, result.as_ref())?;
         }
-    }
-    if let Some(output) = output {
-        output.copy_from_slice(accumulated.as_ref());
+        if let Some(output) = output {
+            output.copy_from_slice(result.as_ref());
+        }
+    } else if r == root {
+        if let Some(output) = output {
+            group.receive(0, tag::REDUCE, output)?;
+        }
     }
     Ok(())
 }
