@@ -195,6 +195,7 @@ pub(crate) fn broadcast_scatter_all_gather(group: &Group, root: usize, buffer: &
 /// A leaf sends its block as it is; the root receives each subtree's blocks straight into
 /// `output` where they lie there in one piece (always when the root is rank 0), so only
 /// inner ranks, and a subtree whose ranks wrap past the last, go through a staging buffer.
+/// `output` is `Some` exactly on the root (it decides who receives).
 pub(crate) fn gather(group: &Group, root: usize, block: &[u8], output: Option<&mut [u8]>) -> MpiResult<()> {
     let (n, size) = (group.size, block.len());
     let relative = (group.rank + n - root) % n;
@@ -255,7 +256,7 @@ fn subtree_size(relative: usize, n: usize) -> usize {
 /// The root sends each subtree's blocks straight from `input` where they lie there in one
 /// piece (always when the root is rank 0), and a leaf receives its block straight into
 /// `output`, so only inner ranks, and a subtree whose ranks wrap past the last, go
-/// through a staging buffer.
+/// through a staging buffer. `input` is `Some` exactly on the root (it decides who sends).
 pub(crate) fn scatter(group: &Group, root: usize, input: Option<&[u8]>, output: &mut [u8]) -> MpiResult<()> {
     let (n, size) = (group.size, output.len());
     let relative = (group.rank + n - root) % n;
@@ -387,7 +388,8 @@ pub(crate) fn all_to_all_pairwise(group: &Group, input: &[u8], send: &[Range<usi
 
 // ---- reductions ----
 
-/// Binomial-tree reduction to rank 0 in rank order, then handed to the root.
+/// Binomial-tree reduction to rank 0 in rank order, then handed to the root. `output` is
+/// `Some` on the root (a root without one would leave rank 0's hand-off unreceived).
 pub(crate) fn reduce(group: &Group, root: usize, input: &[u8], output: Option<&mut [u8]>, op: &dyn Operation) -> MpiResult<()> {
     let (r, n, datatype) = (group.rank, group.size, group.datatype);
     if r & 1 != 0 || r + 1 >= n {
