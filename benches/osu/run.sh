@@ -188,7 +188,7 @@ done
     echo "Software: $(qemu-system-x86_64 --version | head -1); Open MPI $(mpirun.openmpi --version 2>/dev/null | head -1 | awk '{print $NF}');" \
          "MPICH $(mpichversion 2>/dev/null | awk -F'\t' '/Version/{print $2}' | tr -d ' ') (ch4:ucx); $(rustc --version); rsmpi (mpi crate) 0.8; commit $(git rev-parse --short HEAD)."
     echo
-    echo "Command: \`bash benches/osu/run.sh$( [ "$quick" = 1 ] && echo ' --quick')\`, $(date -u '+%Y-%m-%d %H:%M UTC'), $((end - start)) s;" \
+    echo "Command: \`bash benches/osu/run.sh$( [ "$quick" = 1 ] && echo ' --quick')\`, started $(date -u -d "@$start" '+%Y-%m-%d %H:%M UTC'), $((end - start)) s;" \
          "Toro accelerator: $accel; load average (1/5/15 min) $load_before before, $load_after after."
     echo
     echo "Iterations: $( [ "$quick" = 1 ] && echo 'quick mode, sizes up to 64 KiB, -i 100 -x 10 everywhere' || echo "point-to-point with OMB's defaults (latency 10000/1000 iterations for small/large messages, bandwidth 100/20 with a window of 64); collectives -i 200 -x 20 at np=2, -i 50 -x 5 at np=4/8, each benchmark stopped after ${timeout_np4} s there (the sizes it finished are kept)")." \
