@@ -45,6 +45,10 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+if [ "$report_only" = 1 ] && ! [ -d "$out/raw" ]; then
+    echo "run.sh: --report-only: no results to report in $out/raw (run without --report-only first)" >&2
+    exit 2
+fi
 out="$(mkdir -p "$out" && cd "$out" && pwd)"
 
 benches="latency bw bibw barrier bcast reduce allreduce gather scatter allgather alltoall"
