@@ -444,7 +444,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     /// give-back's fence is not on the round trip, and a receiver draining a
     /// stream pays one index store and one fence per batch instead of one per
     /// message. Nobody waits for one eager descriptor: a sender waits only
-    /// for a rendezvous descriptor, given back here at once, or for a full
+    /// for a rendezvous descriptor, given back here at once (with the batch
+    /// held so far), or for a full
     /// ring, and fewer are held than a ring has, so the receiver polling on
     /// takes the others and reaches the batch size.
     pub fn release(&mut self, msg: Incoming<'bus>) {
@@ -453,15 +454,10 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             "message of another endpoint"
         );
         let Source::Ring { id } = msg.source else { return };
-        let src = msg.src_core;
-        if msg.header.protocol == Protocol::Eager {
-            self.deferred[self.deferred_len] = (src, id);
-            self.deferred_len += 1;
-            if self.deferred_len == self.defer_limit {
-                self.give_back_deferred_fenced();
-            }
-        } else {
-            self.give_back(src, id);
+        self.deferred[self.deferred_len] = (msg.src_core, id);
+        self.deferred_len += 1;
+        if msg.header.protocol == Protocol::Rendezvous || self.deferred_len == self.defer_limit {
+            self.give_back_deferred_fenced();
         }
     }
 
@@ -497,16 +493,6 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             if self.rx_ring(src).used_needs_notify(&self.rx[src]) {
                 self.bus.notifier().notify(src);
             }
-        }
-    }
-
-    fn give_back(&mut self, src: CoreId, id: u16) {
-        let ring = self.rx_ring(src);
-        // SAFETY: this endpoint is ring src→core's only device; the message
-        // that held descriptor `id` was consumed by `release`, so its payload
-        // can no longer be read.
-        if unsafe { ring.give_back(&mut self.rx[src], id) } {
-            self.bus.notifier().notify(src);
         }
     }
 
@@ -586,7 +572,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
                 self.armed_tx |= 1 << peer;
             }
         }
-        // Store-buffering pair with the fence in publish / give_back.
+        // Store-buffering pair with the fence after a send and after a batch
+        // of give-backs (`give_back_deferred_fenced`).
         fence(Ordering::SeqCst);
         // A reclaim above may have completed what the caller waits for.
         if reclaimed || self.has_work() {

@@ -65,7 +65,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use crate::header::Header;
-use crate::sync::{fence, AtomicU16, Ordering, SharedCell};
+use crate::sync::{AtomicU16, Ordering, SharedCell};
 
 // Word offsets inside the available and used rings. The flags words stay 0:
 // with the event index negotiated the spec ignores them.
@@ -612,22 +612,6 @@ impl Virtq {
     #[inline]
     pub(crate) fn used_needs_notify(&self, st: &DeviceState) -> bool {
         need_event(self.used_event().load(Ordering::Relaxed), st.next_used, st.batch_from)
-    }
-
-    /// Returns descriptor `id` to the driver at once; true if the driver asked
-    /// to be notified.
-    ///
-    /// # Safety
-    /// As for [`give_back_unpublished`](Self::give_back_unpublished).
-    pub(crate) unsafe fn give_back(&self, st: &mut DeviceState, id: u16) -> bool {
-        // SAFETY: forwarded from our caller.
-        unsafe {
-            self.give_back_unpublished(st, id);
-            self.publish_used(st);
-        }
-        // Store-buffering pair with the driver's `arm_driver`.
-        fence(Ordering::SeqCst);
-        self.used_needs_notify(st)
     }
 
     /// Device about to sleep: notify me at the next available entry. The
