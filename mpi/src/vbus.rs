@@ -110,11 +110,17 @@ struct CoreNet<M: Machine> {
 }
 
 impl<M: Machine> CoreNet<M> {
-    /// (Its three callers copy and release the ring message themselves: one helper
-    /// doing that too measured 6 ns slower on the 8 B latency, the receive loop's
-    /// code around it changed.)
-    fn push_inbox(&mut self, rank: WireRank, message: (Header, Vec<u8>)) {
-        self.inboxes.entry(rank).or_default().push_back(message);
+    /// Copies a message taken off a ring into the inbox of its rank (`header.dest`)
+    /// and releases it, so no ring waits for a rank that is not running. Inlined
+    /// always: as an ordinary call it measured 6 ns slower on the 8 B latency (the
+    /// receive loop around it compiled differently); inlined, the 8 B latency in a VM
+    /// was 0.086–0.090 µs against 0.095–0.097 with the copy written out three times
+    /// (quick osu image, 5 interleaved runs).
+    #[inline(always)]
+    fn move_to_inbox(&mut self, header: Header, message: Incoming<'static>) {
+        let data = message.payload().to_vec();
+        self.endpoint.release(message);
+        self.inboxes.entry(header.dest).or_default().push_back((header, data));
         self.inboxed += 1;
     }
 
@@ -488,9 +494,7 @@ impl<M: Machine> VbusPort<M> {
                 self.peeked = Some((header, Held::Ring(message)));
                 break;
             }
-            let data = message.payload().to_vec();
-            core.endpoint.release(message);
-            core.push_inbox(header.dest, (header, data));
+            core.move_to_inbox(header, message);
             delivered_to_others = true;
         }
         drop(core);
@@ -506,10 +510,7 @@ impl<M: Machine> VbusPort<M> {
         let mut core = net.cores[self.waiter.core].lock();
         let mut any = false;
         while let Some(message) = core.endpoint.poll() {
-            let header = header_of(message.header());
-            let data = message.payload().to_vec();
-            core.endpoint.release(message);
-            core.push_inbox(header.dest, (header, data));
+            core.move_to_inbox(header_of(message.header()), message);
             any = true;
         }
         drop(core);
@@ -600,9 +601,7 @@ impl<M: Machine> Transport for VbusPort<M> {
                 core.endpoint.release(message);
                 any = true;
             } else {
-                let data = message.payload().to_vec();
-                core.endpoint.release(message);
-                core.push_inbox(header.dest, (header, data));
+                core.move_to_inbox(header, message);
                 delivered_to_others = true;
             }
         }
