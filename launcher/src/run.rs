@@ -30,6 +30,10 @@ pub const EXIT_VM_DIED: i32 = 125;
 const TERM_GRACE: Duration = Duration::from_millis(700);
 /// How long to wait for a VM's last console lines after its QEMU exited.
 const DRAIN: Duration = Duration::from_millis(300);
+/// After a VM failed, how long the others may still end on their own before they are
+/// stopped: a guest whose peer noticed it going (its connection closed) is often still
+/// writing its exit line, one VM exit per byte under PVM.
+const FAILURE_GRACE: Duration = Duration::from_millis(250);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The job's private directory (0700): it reserves the job id on this host (a
@@ -208,6 +212,19 @@ fn stop(children: &mut [(&mut Option<Child>, i32)]) {
         kill_group(*pid, libc::SIGKILL);
         if let Some(mut ch) = c.take() {
             let _ = ch.wait();
+        }
+    }
+}
+
+/// Notes the VMs whose QEMU has exited.
+fn reap(vms: &mut [VmRun], now: Instant) {
+    for v in vms.iter_mut() {
+        if let Some(c) = v.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                v.status = Some(st);
+                v.exited_at = Some(now);
+                v.child = None;
+            }
         }
     }
 }
@@ -482,6 +499,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
     };
 
     let mut got_signal = None;
+    let mut vm_failed = false;
     while failure.is_none() {
         let wait = deadline.map_or(POLL, |d| d.saturating_duration_since(Instant::now()).min(POLL));
         match rx.recv_timeout(wait) {
@@ -494,15 +512,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
         }
         let now = Instant::now();
-        for v in vms.iter_mut() {
-            if let Some(c) = v.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    v.status = Some(st);
-                    v.exited_at = Some(now);
-                    v.child = None;
-                }
-            }
-        }
+        reap(&mut vms, now);
         // Earliest exit first, once its last lines are in.
         let mut finished: Vec<usize> = (0..vms.len())
             .filter(|&k| {
@@ -523,6 +533,7 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
             v.done = true;
             if let Err(f) = classify(&plan.vms[k], v.status.unwrap(), &v.said, v.qemu_error.as_deref()) {
                 failure.get_or_insert(f);
+                vm_failed = true;
             }
         }
         if failure.is_some() {
@@ -548,6 +559,22 @@ pub fn run(plan: &Plan, setup: &QemuSetup, opts: &Options) -> Result<i32, String
                 code: EXIT_TIMEOUT,
                 line: format!("timeout after {:?}: stopped {}", t, running.join(", ")),
             });
+        }
+    }
+
+    // A VM failed: the others may be ending on their own this very moment (see
+    // FAILURE_GRACE); let them, rather than cut their last lines.
+    if vm_failed {
+        let until = Instant::now() + FAILURE_GRACE;
+        while got_signal.is_none() && vms.iter().any(|v| v.child.is_some()) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Ok(ev) = rx.recv_timeout(left.min(POLL)) {
+                got_signal = handle(ev, &mut vms, &mut stdout, &mut stderr, false);
+            }
+            reap(&mut vms, Instant::now());
         }
     }
 
