@@ -366,7 +366,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     /// The next message from core `src`, if any.
-    #[inline]
+    #[inline(always)]
     fn take_from(&mut self, src: CoreId) -> Option<Incoming<'bus>> {
         if src >= self.cores() {
             return None;
@@ -398,7 +398,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     /// Takes the next message from any core, taking turns between sources.
-    #[inline]
+    #[inline(always)]
     pub fn poll(&mut self) -> Option<Incoming<'bus>> {
         // Sources in turn from `next_source`, wrapping without a division
         // (this loop is on every receive's path).
@@ -416,21 +416,24 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     }
 
     /// Blocks until a message arrives and takes it.
+    #[inline]
     pub fn recv(&mut self) -> Incoming<'bus> {
+        // Spin on `poll` itself: the message is taken the moment its line
+        // arrives, not after a separate look for work. (Spinning on the
+        // stamps alone and polling after measured no faster.) One call site,
+        // so that `poll` inlines here and the message stays in registers.
+        let mut polls = 0;
         loop {
             if let Some(m) = self.poll() {
                 return m;
             }
-            // Spin on `poll` itself: the message is taken the moment its
-            // line arrives, not after a separate look for work. (Spinning on
-            // the stamps alone and polling after measured no faster.)
-            for _ in 0..self.bus.config().spin_polls {
+            if polls < self.bus.config().spin_polls {
+                polls += 1;
                 spin_hint();
-                if let Some(m) = self.poll() {
-                    return m;
-                }
+            } else {
+                polls = 0;
+                self.sleep_until_work();
             }
-            self.sleep_until_work();
         }
     }
 
