@@ -444,7 +444,7 @@ fn envelope_of(header: &Header) -> Envelope {
     }
 }
 
-fn header_of(h: &intra_vbus::Header) -> Header {
+fn header_of(h: intra_vbus::Header) -> Header {
     let kind = match h.env.kind {
         1 => MessageKind::SyncData,
         2 => MessageKind::SyncAck,

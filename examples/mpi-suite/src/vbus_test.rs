@@ -64,7 +64,7 @@ fn all_pairs(mut ep: Ep, rounds: usize) -> (Ep, u64) {
         }
         while let Some(m) = ep.poll() {
             let src = m.src_core();
-            let h = *m.header();
+            let h = m.header();
             let seq = next_recv[src];
             assert_eq!((h.env.tag as usize, h.env.src_rank as usize, h.env.dst_rank as usize), (seq, src, me), "FIFO");
             assert_eq!(h.len as usize, SIZES[seq % SIZES.len()]);

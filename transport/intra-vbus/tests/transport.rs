@@ -102,7 +102,7 @@ fn sizes_around_threshold_and_64_mib() {
             let mut dst = vec![0u8; 64 << 20];
             for (seq, &len) in sizes.iter().enumerate() {
                 let m = ep.recv();
-                let h = *m.header();
+                let h = m.header();
                 assert_eq!(h.env, env(0, 1, seq as u64));
                 assert_eq!(h.len, len as u64);
                 let expected = if len <= t { Protocol::Eager } else { Protocol::Rendezvous };
@@ -246,7 +246,7 @@ fn ranks_on_the_same_core_use_the_local_queue() {
         for seq in 0..50u64 {
             let m = ep.recv();
             assert_eq!(m.src_core(), me);
-            assert_eq!(*m.header(), intra_vbus::Header {
+            assert_eq!(m.header(), intra_vbus::Header {
                 env: env(me, me, seq),
                 len: ((seq as usize * 97) % 2000) as u64,
                 protocol: m.header().protocol,

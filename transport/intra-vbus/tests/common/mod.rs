@@ -186,7 +186,7 @@ pub fn exchange(ep: &mut Endpoint<'_, ThreadNotify>, traffic: &Traffic<'_>) {
         while let Some(m) = ep.poll() {
             let src = m.src_core();
             let seq = next_seq[src];
-            let h = *m.header();
+            let h = m.header();
             assert_eq!(h.env, env(src, me, seq), "FIFO order or header broken");
             let len = (traffic.len)(src, me, seq);
             assert_eq!(h.len, len as u64);
