@@ -200,7 +200,7 @@ fn main() -> i32 {
     let iterations: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let (rank, size) = (world.rank(), world.size());
     if size == 2 {
-        for bytes in [8usize, 1024] {
+        for bytes in [8usize, 64, 128, 256, 1024] {
             let (us, best) = latency(&world, bytes, iterations);
             if rank == 0 {
                 println!("osu: latency {bytes} B {us:.3} us (best batch {best:.3} us)");
