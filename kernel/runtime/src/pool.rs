@@ -1,6 +1,16 @@
 //! Per-core memory pools. Each core allocates from its own pool; a block
 //! freed on another core is pushed onto its owner's lock-free list and
-//! returned to the owner's free list the next time the owner allocates.
+//! returned to the owner's free lists the next time the owner allocates.
+//!
+//! Blocks of up to [`CLASS_MAX`] bytes come from free lists by size class
+//! (powers of two from 16 bytes) in front of the linked-list heap: the heap's
+//! first fit and its sorted free list walk every hole on each call, and the
+//! MPI layer allocates and frees a small buffer per message (a message for
+//! another rank of the core, one that arrived before its receive was posted,
+//! one between two ranks of a core). A class block, once carved from the
+//! heap, stays in its class until the heap runs dry; then every cached block
+//! goes back to the heap (which merges neighbours) before the allocation is
+//! tried again, or on another core's pool.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -19,46 +29,142 @@ struct RemoteFree {
     align: u32,
 }
 
+/// The smallest class: room for a [`RemoteFree`] and the heap's own minimum.
+const CLASS_MIN: usize = 16;
+/// Larger blocks come from the heap directly.
+const CLASS_MAX: usize = 4096;
+const CLASSES: usize = (CLASS_MAX / CLASS_MIN).trailing_zeros() as usize + 1;
+
+/// The size class of `layout`: its size and alignment rounded up to a power
+/// of two, at least [`CLASS_MIN`]; `None` above [`CLASS_MAX`]. A class block
+/// is aligned to its size, so it serves any layout of its class.
+fn class_of(layout: Layout) -> Option<usize> {
+    let bytes = layout.size().max(layout.align()).max(CLASS_MIN).next_power_of_two();
+    (bytes <= CLASS_MAX).then(|| (bytes / CLASS_MIN).trailing_zeros() as usize)
+}
+
+fn class_layout(class: usize) -> Layout {
+    let bytes = CLASS_MIN << class;
+    // A power of two up to 4096: always a valid size and alignment.
+    Layout::from_size_align(bytes, bytes).expect("class layout")
+}
+
+/// A cached block of a class: the link to the next one lives in the block.
+struct FreeBlock {
+    next: *mut FreeBlock,
+}
+
+struct PoolState {
+    heap: Heap,
+    /// Per class, the first free block (null: none).
+    classes: [*mut FreeBlock; CLASSES],
+    /// Bytes held in the class lists (free, but not in the heap).
+    cached: usize,
+}
+
+// SAFETY: the class lists point into this pool's own memory and are only
+// touched under the pool's lock.
+unsafe impl Send for PoolState {}
+
+impl PoolState {
+    /// Takes a block for `layout` off its class list or carves one from the heap.
+    fn alloc(&mut self, layout: Layout) -> *mut u8 {
+        let Some(class) = class_of(layout) else {
+            return self.heap.allocate_first_fit(layout).map_or(ptr::null_mut(), |p| p.as_ptr());
+        };
+        let head = self.classes[class];
+        if !head.is_null() {
+            // SAFETY: every block on a class list is a free block of this pool
+            // with a FreeBlock written into it by `free`.
+            self.classes[class] = unsafe { (*head).next };
+            self.cached -= CLASS_MIN << class;
+            return head.cast();
+        }
+        self.heap.allocate_first_fit(class_layout(class)).map_or(ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc` of this pool with `layout` and is not used any more.
+    unsafe fn free(&mut self, ptr: *mut u8, layout: Layout) {
+        match class_of(layout) {
+            Some(class) => {
+                let block = ptr.cast::<FreeBlock>();
+                // SAFETY: the block is free and at least CLASS_MIN bytes, aligned to
+                // its class size (at least 16): room for the link.
+                unsafe { block.write(FreeBlock { next: self.classes[class] }) };
+                self.classes[class] = block;
+                self.cached += CLASS_MIN << class;
+            }
+            // SAFETY: the caller's guarantee; large blocks came from the heap as they are.
+            None => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), layout) },
+        }
+    }
+
+    /// Gives every cached class block back to the heap. True if there was any.
+    fn flush_classes(&mut self) -> bool {
+        let any = self.cached != 0;
+        for class in 0..CLASSES {
+            let mut block = core::mem::replace(&mut self.classes[class], ptr::null_mut());
+            while let Some(b) = NonNull::new(block) {
+                // SAFETY: a free block of this class, carved from the heap with the
+                // class layout.
+                unsafe {
+                    block = b.as_ref().next;
+                    self.heap.deallocate(b.cast(), class_layout(class));
+                }
+            }
+        }
+        self.cached = 0;
+        any
+    }
+}
+
 pub struct CorePool {
     /// Taken by the owner core only, except when another core's pool ran dry.
-    heap: Mutex<Heap>,
+    state: Mutex<PoolState>,
     remote: AtomicPtr<RemoteFree>,
 }
 
 impl CorePool {
     const fn empty() -> Self {
-        CorePool { heap: Mutex::new(Heap::empty()), remote: AtomicPtr::new(ptr::null_mut()) }
+        CorePool {
+            state: Mutex::new(PoolState { heap: Heap::empty(), classes: [ptr::null_mut(); CLASSES], cached: 0 }),
+            remote: AtomicPtr::new(ptr::null_mut()),
+        }
     }
 
-    fn drain_remote(&self, heap: &mut Heap) {
+    fn drain_remote(&self, state: &mut PoolState) {
         if self.remote.load(Ordering::Relaxed).is_null() {
             return;
         }
         let mut block = self.remote.swap(ptr::null_mut(), Ordering::Acquire);
         while let Some(b) = NonNull::new(block) {
-            // SAFETY: every block on the list was allocated from this heap and
+            // SAFETY: every block on the list was allocated from this pool and
             // handed over by free_remote, which wrote a RemoteFree into it.
             unsafe {
                 let RemoteFree { next, size, align } = b.as_ptr().read();
-                heap.deallocate(b.cast(), Layout::from_size_align_unchecked(size as usize, align as usize));
+                state.free(b.as_ptr().cast(), Layout::from_size_align_unchecked(size as usize, align as usize));
                 block = next;
             }
         }
     }
 
     fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mut heap = self.heap.lock();
-        self.drain_remote(&mut heap);
-        heap.allocate_first_fit(layout).map_or(ptr::null_mut(), |p| p.as_ptr())
+        let mut state = self.state.lock();
+        self.drain_remote(&mut state);
+        let p = state.alloc(layout);
+        if p.is_null() && state.flush_classes() {
+            return state.alloc(layout);
+        }
+        p
     }
 
     /// # Safety
     /// `ptr` came from this pool with `layout` and is not used any more.
     unsafe fn free_local(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: guaranteed by the caller.
-        unsafe { self.heap.lock().deallocate(NonNull::new_unchecked(ptr), layout) };
+        unsafe { self.state.lock().free(ptr, layout) };
     }
-
     /// # Safety
     /// As for `free_local`; the block must be at least 16 bytes (the allocator's minimum).
     unsafe fn free_remote(&self, ptr: *mut u8, layout: Layout) {
@@ -75,9 +181,9 @@ impl CorePool {
     }
 
     fn free_bytes(&self) -> usize {
-        let mut heap = self.heap.lock();
-        self.drain_remote(&mut heap);
-        heap.free()
+        let mut state = self.state.lock();
+        self.drain_remote(&mut state);
+        state.heap.free() + state.cached
     }
 }
 
@@ -103,7 +209,7 @@ impl Pools {
         let part = ((end - start) / cores) & !0xfff;
         for (i, pool) in self.pools[..cores].iter().enumerate() {
             // SAFETY: the parts are disjoint pieces of the region the caller gave us.
-            unsafe { pool.heap.lock().init((start + i * part) as *mut u8, part) };
+            unsafe { pool.state.lock().heap.init((start + i * part) as *mut u8, part) };
         }
         self.start.store(start, Ordering::Relaxed);
         self.part.store(part, Ordering::Relaxed);
@@ -244,6 +350,57 @@ mod tests {
         producer.join().unwrap();
         consumer.join().unwrap();
         assert_eq!([r.pools.free_bytes(0), r.pools.free_bytes(1)], before);
+    }
+
+    #[test]
+    fn small_blocks_are_reused_aligned_and_disjoint() {
+        let r = region(1 << 20, 1);
+        let before = r.pools.free_bytes(0);
+        let layout = |i: usize| Layout::from_size_align(1 + (i * 53) % 3000, 1 << (i % 7)).unwrap();
+        for round in 0..3u8 {
+            let blocks: Vec<_> = (0..300).map(|i| (r.pools.alloc(0, layout(i)), layout(i))).collect();
+            for (i, (p, l)) in blocks.iter().enumerate() {
+                assert!(!p.is_null());
+                assert_eq!(*p as usize % l.align(), 0);
+                // SAFETY: a live block of `l.size()` bytes, ours.
+                unsafe { p.write_bytes(i as u8 ^ round, l.size()) };
+            }
+            for (i, (p, l)) in blocks.iter().enumerate() {
+                // SAFETY: as above; every byte was written just now.
+                let bytes = unsafe { core::slice::from_raw_parts(*p, l.size()) };
+                assert!(bytes.iter().all(|&b| b == i as u8 ^ round), "block {i} overlaps another");
+            }
+            for (p, l) in blocks {
+                // SAFETY: allocated above with this layout.
+                unsafe { r.pools.dealloc(0, p, l) };
+            }
+            assert_eq!(r.pools.free_bytes(0), before);
+        }
+    }
+
+    #[test]
+    fn cached_small_blocks_go_back_to_the_heap_when_it_runs_dry() {
+        let r = region(256 << 10, 1);
+        let small = Layout::from_size_align(48, 8).unwrap();
+        let mut blocks = Vec::new();
+        loop {
+            let p = r.pools.alloc(0, small);
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p);
+        }
+        assert!(blocks.len() > 1000);
+        for p in blocks {
+            // SAFETY: allocated above with this layout.
+            unsafe { r.pools.dealloc(0, p, small) };
+        }
+        // Everything sits in the 64-byte class now; a large block needs it back.
+        let big = Layout::from_size_align(200 << 10, 8).unwrap();
+        let p = r.pools.alloc(0, big);
+        assert!(!p.is_null(), "the cached blocks were not given back to the heap");
+        // SAFETY: allocated just now with this layout.
+        unsafe { r.pools.dealloc(0, p, big) };
     }
 
     #[test]
