@@ -3,6 +3,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::bus::{Bus, Notify};
@@ -158,7 +159,7 @@ impl<'bus> Incoming<'bus> {
 
 struct LocalMessage {
     header: Header,
-    data: Box<[u8]>,
+    data: Vec<u8>,
 }
 
 /// Core `core`'s end of the bus: the private half of the `cores−1` rings it
@@ -181,6 +182,9 @@ pub struct Endpoint<'bus, N: Notify> {
     rx: Box<[DeviceState]>,
     /// Messages between ranks of this core: no ring, no other core involved.
     local: VecDeque<Box<LocalMessage>>,
+    /// Released local messages, reused by the next local sends: a steady
+    /// exchange between ranks of one core allocates nothing.
+    local_free: Vec<Box<LocalMessage>>,
     /// Where the next `poll` starts, so every source gets its turn.
     next_source: CoreId,
     /// Between `prepare_wait` and `finish_wait`.
@@ -198,6 +202,12 @@ pub struct Endpoint<'bus, N: Notify> {
 
 /// At most this many released eager descriptors wait to be given back.
 const DEFER_MAX: usize = 8;
+
+/// Released local messages kept for reuse, at most this many (a window of
+/// osu_bw's sends)…
+const LOCAL_FREE_MAX: usize = 64;
+/// …and only those whose buffer holds at most this many bytes.
+const LOCAL_KEEP_BYTES: usize = 16 << 10;
 
 impl<N: Notify> fmt::Debug for Endpoint<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -217,6 +227,7 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
             tx: (0..config.cores).map(|dst| DriverState::new(q(dst))).collect(),
             rx: (0..config.cores).map(|_| DeviceState::default()).collect(),
             local: VecDeque::new(),
+            local_free: Vec::new(),
             next_source: 0,
             waiting: false,
             armed_tx: 0,
@@ -286,7 +297,16 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         };
         if to == self.core {
             self.give_back_deferred();
-            self.local.push_back(Box::new(LocalMessage { header, data: data.into() }));
+            let message = match self.local_free.pop() {
+                Some(mut message) => {
+                    message.header = header;
+                    message.data.clear();
+                    message.data.extend_from_slice(data);
+                    message
+                }
+                None => Box::new(LocalMessage { header, data: data.to_vec() }),
+            };
+            self.local.push_back(message);
             if self.waiting {
                 // Another rank of this core is about to sleep on it.
                 self.bus.notifier().notify(self.core);
@@ -470,8 +490,11 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
     pub fn release(&mut self, msg: Incoming<'bus>) {
         let (ring, src, id) = match msg.held {
             Held::Ring { ring, src, id } => (ring, src as CoreId, id),
-            Held::Local { core, .. } => {
+            Held::Local { message, core } => {
                 assert!(core as CoreId == self.core, "message of another endpoint");
+                if self.local_free.len() < LOCAL_FREE_MAX && message.data.capacity() <= LOCAL_KEEP_BYTES {
+                    self.local_free.push(message);
+                }
                 return;
             }
         };

@@ -239,20 +239,33 @@ fn ranks_on_the_same_core_use_the_local_queue() {
     let config = small(2);
     let stats = run_cores(config, |ep| {
         let me = ep.core();
-        for seq in 0..50u64 {
-            let data = message(me, me, seq, (seq as usize * 97) % 2000);
-            ep.send(me, env(me, me, seq), &data).unwrap();
-        }
-        for seq in 0..50u64 {
-            let m = ep.recv();
-            assert_eq!(m.src_core(), me);
-            assert_eq!(m.header(), intra_vbus::Header {
-                env: env(me, me, seq),
-                len: ((seq as usize * 97) % 2000) as u64,
-                protocol: m.header().protocol,
-            });
-            assert_eq!(m.payload(), &message(me, me, seq, m.len())[..]);
-            ep.release(m);
+        // Rounds of 50, all held before any is released (last first), sizes
+        // changing from round to round and one beyond what a reused local
+        // message keeps: released messages are reused by the next sends.
+        let len = |round: u64, seq: u64| match seq % 25 {
+            24 => 20_000,
+            _ => ((seq + round * 13) as usize * 97) % 2000,
+        };
+        for round in 0..3u64 {
+            for seq in 0..50u64 {
+                let data = message(me, me, seq + round, len(round, seq));
+                ep.send(me, env(me, me, seq), &data).unwrap();
+            }
+            let mut held = Vec::new();
+            for seq in 0..50u64 {
+                let m = ep.recv();
+                assert_eq!(m.src_core(), me);
+                assert_eq!(m.header(), intra_vbus::Header {
+                    env: env(me, me, seq),
+                    len: len(round, seq) as u64,
+                    protocol: m.header().protocol,
+                });
+                assert_eq!(m.payload(), &message(me, me, seq + round, m.len())[..]);
+                held.push(m);
+            }
+            while let Some(m) = held.pop() {
+                ep.release(m);
+            }
         }
     });
     assert_eq!(stats.notifies, 0, "no other core involved");
