@@ -1,6 +1,7 @@
 //! Per-core memory pools. Each core allocates from its own pool; a block
 //! freed on another core is pushed onto its owner's lock-free list and
-//! returned to the owner's free lists the next time the owner allocates.
+//! returned to the owner's free lists the next time the pool is taken (an
+//! allocation, a borrow by another core, `free_bytes`).
 //!
 //! Blocks of up to [`CLASS_MAX`] bytes come from free lists by size class
 //! (powers of two from 16 bytes) in front of the linked-list heap: the heap's
@@ -8,9 +9,10 @@
 //! MPI layer allocates and frees a small buffer per message (a message for
 //! another rank of the core, one that arrived before its receive was posted,
 //! one between two ranks of a core). A class block, once carved from the
-//! heap, stays in its class until the heap runs dry; then every cached block
-//! goes back to the heap (which merges neighbours) before the allocation is
-//! tried again, or on another core's pool.
+//! heap, stays in its class until the heap runs dry (or the class lists hold
+//! [`CACHED_MAX`]); then every cached block goes back to the heap (which
+//! merges neighbours) before the allocation is tried again, or on another
+//! core's pool.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -22,6 +24,7 @@ use toro_abi::MAX_CPUS;
 
 /// What a remotely freed block holds while it waits for its owner.
 /// Every block the allocator hands out has room for it (its minimum is 16 bytes).
+/// Size and alignment fit 32 bits: a pool is a part of at most 3 GiB of RAM.
 #[repr(C)]
 struct RemoteFree {
     next: *mut RemoteFree,
@@ -35,18 +38,30 @@ const CLASS_MIN: usize = 16;
 const CLASS_MAX: usize = 4096;
 const CLASSES: usize = (CLASS_MAX / CLASS_MIN).trailing_zeros() as usize + 1;
 
+/// Class blocks are aligned to their size up to this, so carving one from the
+/// heap leaves at most a small hole in front of it.
+const CLASS_ALIGN_MAX: usize = 64;
+/// Past this many bytes in a pool's class lists, a freed small block goes back
+/// to the heap: bounds what the class lists hold and what a flush walks.
+const CACHED_MAX: usize = 4 << 20;
+
 /// The size class of `layout`: its size and alignment rounded up to a power
-/// of two, at least [`CLASS_MIN`]; `None` above [`CLASS_MAX`]. A class block
-/// is aligned to its size, so it serves any layout of its class.
+/// of two, at least [`CLASS_MIN`]; `None` above [`CLASS_MAX`] or for an
+/// alignment above [`CLASS_ALIGN_MAX`] (those come from the heap as they are).
+/// A class block is aligned to its size up to [`CLASS_ALIGN_MAX`], so it
+/// serves any layout of its class.
 fn class_of(layout: Layout) -> Option<usize> {
+    if layout.align() > CLASS_ALIGN_MAX {
+        return None;
+    }
     let bytes = layout.size().max(layout.align()).max(CLASS_MIN).next_power_of_two();
     (bytes <= CLASS_MAX).then(|| (bytes / CLASS_MIN).trailing_zeros() as usize)
 }
 
 fn class_layout(class: usize) -> Layout {
     let bytes = CLASS_MIN << class;
-    // A power of two up to 4096: always a valid size and alignment.
-    Layout::from_size_align(bytes, bytes).expect("class layout")
+    // A power of two up to 4096, aligned to at most 64: always valid.
+    Layout::from_size_align(bytes, bytes.min(CLASS_ALIGN_MAX)).expect("class layout")
 }
 
 /// A cached block of a class: the link to the next one lives in the block.
@@ -87,14 +102,17 @@ impl PoolState {
     /// `ptr` came from `alloc` of this pool with `layout` and is not used any more.
     unsafe fn free(&mut self, ptr: *mut u8, layout: Layout) {
         match class_of(layout) {
-            Some(class) => {
+            Some(class) if self.cached < CACHED_MAX => {
                 let block = ptr.cast::<FreeBlock>();
                 // SAFETY: the block is free and at least CLASS_MIN bytes, aligned to
-                // its class size (at least 16): room for the link.
+                // at least 16: room for the link.
                 unsafe { block.write(FreeBlock { next: self.classes[class] }) };
                 self.classes[class] = block;
                 self.cached += CLASS_MIN << class;
             }
+            // SAFETY: the caller's guarantee; the block came from the heap with the
+            // class layout.
+            Some(class) => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), class_layout(class)) },
             // SAFETY: the caller's guarantee; large blocks came from the heap as they are.
             None => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), layout) },
         }
@@ -165,6 +183,7 @@ impl CorePool {
         // SAFETY: guaranteed by the caller.
         unsafe { self.state.lock().free(ptr, layout) };
     }
+
     /// # Safety
     /// As for `free_local`; the block must be at least 16 bytes (the allocator's minimum).
     unsafe fn free_remote(&self, ptr: *mut u8, layout: Layout) {
@@ -356,7 +375,8 @@ mod tests {
     fn small_blocks_are_reused_aligned_and_disjoint() {
         let r = region(1 << 20, 1);
         let before = r.pools.free_bytes(0);
-        let layout = |i: usize| Layout::from_size_align(1 + (i * 53) % 3000, 1 << (i % 7)).unwrap();
+        // Alignments up to 4096: above 64 they bypass the classes.
+        let layout = |i: usize| Layout::from_size_align(1 + (i * 53) % 3000, 1 << (i % 13)).unwrap();
         for round in 0..3u8 {
             let blocks: Vec<_> = (0..300).map(|i| (r.pools.alloc(0, layout(i)), layout(i))).collect();
             for (i, (p, l)) in blocks.iter().enumerate() {

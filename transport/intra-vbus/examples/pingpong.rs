@@ -256,7 +256,7 @@ fn main() {
     if std::env::args().any(|a| a == "--rate") {
         // Small-message rate, osu_bw's window shape: for comparing with the
         // MPI layer's (mpi/examples/message_rate.rs) and finding which is the limit.
-        for size in [1, 8, 64] {
+        for size in [1, 8, 64, 128, 256] {
             let gbs = bandwidth(default, size, false);
             println!("{size:>4} B: {:.1} M messages/s (best of {RUNS} runs)", gbs * 1e3 / size as f64);
         }

@@ -72,6 +72,9 @@ impl SendHandle {
 /// taking a message moves nothing and the handle travels in registers. (As a
 /// copy of the header with its pointers, 88 bytes moved through the stack,
 /// the 8 B one-way between host threads was 1–2 ns longer.)
+///
+/// It may move to another thread (it is `Send` and `Sync`: it only reads a
+/// descriptor it owns); it must still be released on this core's endpoint.
 #[must_use = "release the message, or its descriptor never returns to the sender"]
 pub struct Incoming<'bus> {
     held: Held<'bus>,
@@ -98,10 +101,12 @@ impl<'bus> Incoming<'bus> {
     #[inline]
     pub fn header(&self) -> Header {
         match &self.held {
-            // SAFETY: the descriptor is ours until `release` consumes `self`
-            // (see `payload`), and the sender wrote its header before the
-            // stamp we acquired when taking it.
-            Held::Ring { ring, id, .. } => unsafe { ring.header(*id) },
+            Held::Ring { ring, id, .. } => {
+                // SAFETY: the descriptor is ours until `release` consumes `self`
+                // (see `payload`), and the sender wrote its header before the
+                // stamp we acquired when taking it.
+                unsafe { ring.header(*id) }
+            }
             Held::Local { message, .. } => message.header,
         }
     }
@@ -141,10 +146,11 @@ impl<'bus> Incoming<'bus> {
                 let len = header.len as usize;
                 let start = match header.protocol {
                     Protocol::Eager => ring.eager_payload(*id, len).cast_const(),
-                    // SAFETY: as above. The address was exposed by the sender
-                    // (`expose_provenance`) when it published the descriptor.
                     Protocol::Rendezvous => {
-                        core::ptr::with_exposed_provenance(unsafe { ring.desc(*id) }.addr as usize)
+                        // SAFETY: as above. The address was exposed by the sender
+                        // (`expose_provenance`) when it published the descriptor.
+                        let desc = unsafe { ring.desc(*id) };
+                        core::ptr::with_exposed_provenance(desc.addr as usize)
                     }
                 };
                 // SAFETY: the sender leaves this memory alone while we hold the
@@ -183,7 +189,9 @@ pub struct Endpoint<'bus, N: Notify> {
     /// Messages between ranks of this core: no ring, no other core involved.
     local: VecDeque<Box<LocalMessage>>,
     /// Released local messages, reused by the next local sends: a steady
-    /// exchange between ranks of one core allocates nothing.
+    /// exchange between ranks of one core allocates nothing. (Boxed: the box
+    /// is what an `Incoming` holds.)
+    #[allow(clippy::vec_box)]
     local_free: Vec<Box<LocalMessage>>,
     /// Where the next `poll` starts, so every source gets its turn.
     next_source: CoreId,
@@ -206,8 +214,9 @@ const DEFER_MAX: usize = 8;
 /// Released local messages kept for reuse, at most this many (a window of
 /// osu_bw's sends)…
 const LOCAL_FREE_MAX: usize = 64;
-/// …and only those whose buffer holds at most this many bytes.
-const LOCAL_KEEP_BYTES: usize = 16 << 10;
+/// …and only those whose buffer holds at most this many bytes (at most
+/// 256 KiB kept per core).
+const LOCAL_KEEP_BYTES: usize = 4 << 10;
 
 impl<N: Notify> fmt::Debug for Endpoint<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -491,6 +500,8 @@ impl<'bus, N: Notify> Endpoint<'bus, N> {
         let (ring, src, id) = match msg.held {
             Held::Ring { ring, src, id } => (ring, src as CoreId, id),
             Held::Local { message, core } => {
+                // A local message carries no bus: one of another bus's endpoint
+                // for the same core index passes, and is only recycled here.
                 assert!(core as CoreId == self.core, "message of another endpoint");
                 if self.local_free.len() < LOCAL_FREE_MAX && message.data.capacity() <= LOCAL_KEEP_BYTES {
                     self.local_free.push(message);
