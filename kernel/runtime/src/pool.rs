@@ -84,18 +84,19 @@ unsafe impl Send for PoolState {}
 impl PoolState {
     /// Takes a block for `layout` off its class list or carves one from the heap.
     fn alloc(&mut self, layout: Layout) -> *mut u8 {
-        let Some(class) = class_of(layout) else {
-            return self.heap.allocate_first_fit(layout).map_or(ptr::null_mut(), |p| p.as_ptr());
-        };
-        let head = self.classes[class];
-        if !head.is_null() {
-            // SAFETY: every block on a class list is a free block of this pool
-            // with a FreeBlock written into it by `free`.
-            self.classes[class] = unsafe { (*head).next };
-            self.cached -= CLASS_MIN << class;
-            return head.cast();
+        let class = class_of(layout);
+        if let Some(class) = class {
+            let head = self.classes[class];
+            if !head.is_null() {
+                // SAFETY: every block on a class list is a free block of this pool
+                // with a FreeBlock written into it by `free`.
+                self.classes[class] = unsafe { (*head).next };
+                self.cached -= CLASS_MIN << class;
+                return head.cast();
+            }
         }
-        self.heap.allocate_first_fit(class_layout(class)).map_or(ptr::null_mut(), |p| p.as_ptr())
+        let carve = class.map_or(layout, class_layout);
+        self.heap.allocate_first_fit(carve).map_or(ptr::null_mut(), |p| p.as_ptr())
     }
 
     /// # Safety
@@ -110,11 +111,9 @@ impl PoolState {
                 self.classes[class] = block;
                 self.cached += CLASS_MIN << class;
             }
-            // SAFETY: the caller's guarantee; the block came from the heap with the
-            // class layout.
-            Some(class) => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), class_layout(class)) },
-            // SAFETY: the caller's guarantee; large blocks came from the heap as they are.
-            None => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), layout) },
+            // SAFETY: the caller's guarantee; `alloc` carved the block from the heap
+            // with this very layout (its class's, or the request's own).
+            class => unsafe { self.heap.deallocate(NonNull::new_unchecked(ptr), class.map_or(layout, class_layout)) },
         }
     }
 
