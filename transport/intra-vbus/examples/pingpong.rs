@@ -74,9 +74,14 @@ where
 /// (lowest latency, highest bandwidth), each run itself an OSU-style average.
 const RUNS: usize = 5;
 
+/// The lowest of `runs` calls of `run`.
+fn lowest(runs: usize, mut run: impl FnMut() -> f64) -> f64 {
+    (0..runs).map(|_| run()).fold(f64::INFINITY, f64::min)
+}
+
 /// One-way latency in µs: half the mean round trip, best of [`RUNS`].
 fn latency(config: Config, size: usize, fresh: bool) -> f64 {
-    (0..RUNS).map(|_| latency_run(config, size, fresh)).fold(f64::INFINITY, f64::min)
+    lowest(RUNS, || latency_run(config, size, fresh))
 }
 
 /// Bandwidth in GB/s, best of [`RUNS`].
@@ -242,14 +247,14 @@ fn main() {
     let scan = std::env::args().any(|a| a == "--scan");
     let default = config(DEFAULT_EAGER_MAX);
     if std::env::args().any(|a| a == "--software") {
-        let ns = (0..RUNS).map(|_| software_one_way_ns(default)).fold(f64::INFINITY, f64::min);
+        let ns = lowest(RUNS, || software_one_way_ns(default));
         println!("8 B one-way, software only (both endpoints on one thread): {ns:.1} ns (best of {RUNS} runs)");
         return;
     }
     if std::env::args().any(|a| a == "--line") {
         // Just the yardstick, quickly: benches/osu/run.sh records it before each run,
         // since the host moves this VM's two vCPUs between near and far cores.
-        let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
+        let line = lowest(RUNS, cache_line_one_way_ns);
         println!("cache-line ping-pong one-way: {line:.0} ns (best of {RUNS} runs)");
         return;
     }
@@ -264,17 +269,17 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--latency") {
         // 8 B only, for profiling the small-message path.
-        let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
-        let two = (0..RUNS).map(|_| two_lines_one_way_ns()).fold(f64::INFINITY, f64::min);
-        let bare = (0..RUNS).map(|_| bare_ring_one_way_ns()).fold(f64::INFINITY, f64::min);
-        let bus = (0..20).map(|_| latency_run(default, 8, false)).fold(f64::INFINITY, f64::min);
+        let line = lowest(RUNS, cache_line_one_way_ns);
+        let two = lowest(RUNS, two_lines_one_way_ns);
+        let bare = lowest(RUNS, bare_ring_one_way_ns);
+        let bus = lowest(20, || latency_run(default, 8, false));
         println!(
             "8 B one-way {:.0} ns, cache line {line:.0} ns, answer in a second line {two:.0} ns, bare ring {bare:.0} ns (best of 20 and {RUNS} runs)",
             bus * 1e3
         );
         return;
     }
-    let line = (0..RUNS).map(|_| cache_line_one_way_ns()).fold(f64::INFINITY, f64::min);
+    let line = lowest(RUNS, cache_line_one_way_ns);
     println!("cache-line ping-pong one-way: {line:.0} ns (best of {RUNS} runs everywhere)");
     println!("bus, eager_max = {} B, queue_size = {}", default.eager_max, default.queue_size);
     println!("{:>10} {:>22} {:>22}", "size", "OSU (same buffer)", "fresh data");
